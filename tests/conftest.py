@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
+
+
+def pytest_configure(config):
+    # Tests train tiny models; one thread keeps them deterministic and fast on 2 cores.
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def tiny_overrides() -> list[str]:
+    """A run small enough for a unit test (a few seconds on one core)."""
+    return ["data.per_class=50", "data.val_size=50", "train.steps=60", "train.batch_size=50",
+            "train.eval_every=20", "train.flush_every=20", "train.checkpoint_every=40", "train.threads=1"]
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300):
+    """Run the real console entry point in a subprocess, as a user would."""
+    e = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    return subprocess.run([sys.executable, "-m", "vaebench.cli", *args], cwd=cwd or REPO, env=e,
+                          capture_output=True, text=True, timeout=timeout)

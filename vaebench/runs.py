@@ -1,0 +1,123 @@
+"""The run folder: its file names, atomic writes, and readers.
+
+Everything that reads results (load, report, evaluation) goes through here and
+never through the trainer. A run folder holds:
+
+    config.yaml       the resolved config, every default filled in
+    status.json       running / done / failed, the step, and the reason
+    env.json          versions, device, git commit
+    metrics.parquet   per-step terms (while running: metrics/part-*.parquet)
+    final.json        terms on the whole train and validation splits at the end
+    checkpoint.pt     model, optimizer, RNG states and step
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from .errors import VaebenchError
+
+CONFIG, STATUS, ENV, FINAL, CHECKPOINT = "config.yaml", "status.json", "env.json", "final.json", "checkpoint.pt"
+METRICS, PARTS = "metrics.parquet", "metrics"
+TERMS = ("rec", "kl", "elbo")
+METRICS_SCHEMA = pa.schema([("step", pa.int64()), ("split", pa.string()),
+                            ("rec", pa.float64()), ("kl", pa.float64()), ("elbo", pa.float64())])
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write to a temporary file beside ``path`` and rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_table(path: Path, table: pa.Table) -> None:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    atomic_write(path, sink.getvalue().to_pybytes())
+
+
+def is_run_dir(path: Path) -> bool:
+    return (Path(path) / CONFIG).is_file()
+
+
+def find_runs(root: str | Path) -> list[Path]:
+    """Every run folder at or below ``root``, in a stable order."""
+    root = Path(root)
+    if not root.exists():
+        raise VaebenchError(f"results folder not found: {root}")
+    if is_run_dir(root):
+        return [root]
+    return sorted(p.parent for p in root.rglob(CONFIG) if not any(s.startswith(".") for s in p.parts[len(root.parts):]))
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    return yaml.safe_load((Path(run_dir) / CONFIG).read_text())
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    return read_json(Path(run_dir) / STATUS) or {"state": "new", "step": 0}
+
+
+def read_final(run_dir: Path) -> dict[str, Any] | None:
+    return read_json(Path(run_dir) / FINAL)
+
+
+def part_files(run_dir: Path) -> list[Path]:
+    return sorted((Path(run_dir) / PARTS).glob("part-*.parquet"))
+
+
+def part_end(path: Path) -> int:
+    """The last step a part covers, from its name ``part-000001000.parquet``."""
+    return int(path.stem.split("-")[1])
+
+
+def read_tables(files: list[Path]) -> pa.Table:
+    tables = []
+    for f in files:
+        try:
+            tables.append(pq.read_table(f, schema=METRICS_SCHEMA))
+        except (OSError, pa.ArrowException) as e:
+            raise VaebenchError(f"unreadable metrics file {f}: {e}") from None
+    return pa.concat_tables(tables) if tables else METRICS_SCHEMA.empty_table()
+
+
+def read_metrics(run_dir: Path) -> pd.DataFrame:
+    """Per-step terms in wide form (step, split, rec, kl, elbo), from the whole file or the parts."""
+    run_dir = Path(run_dir)
+    files = [run_dir / METRICS] if (run_dir / METRICS).is_file() else part_files(run_dir)
+    return read_tables(files).to_pandas()
+
+
+def iter_runs(root: str | Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    for run_dir in find_runs(root):
+        yield run_dir, read_config(run_dir)
