@@ -289,8 +289,8 @@ def train_run(cfg: RunConfig, run_dir: str | Path, device: str | torch.device = 
         shutil.rmtree(run_dir / runs.PARTS, ignore_errors=True)
     elif status.get("state") == "done":
         return RunResult(run_dir, "skipped", int(status.get("step", 0)), final=runs.read_final(run_dir))
+    trainer = Trainer(cfg, run_dir, dev)  # loads data first: a data error writes nothing
     prepare_run_dir(cfg, run_dir, dev)
-    trainer = Trainer(cfg, run_dir, dev)
     try:
         return trainer.run(progress)
     except KeyboardInterrupt:
