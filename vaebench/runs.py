@@ -8,6 +8,7 @@ never through the trainer. A run folder holds:
     env.json          versions, device, git commit
     metrics.parquet   per-step terms (while running: metrics/part-*.parquet)
     final.json        terms on the whole train and validation splits at the end
+    eval.json         held-out evaluations (importance-weighted log-likelihood, ...)
     checkpoint.pt     model, optimizer, RNG states and step
 """
 
@@ -27,6 +28,7 @@ import yaml
 from .errors import VaebenchError
 
 CONFIG, STATUS, ENV, FINAL, CHECKPOINT = "config.yaml", "status.json", "env.json", "final.json", "checkpoint.pt"
+EVAL = "eval.json"  # held-out evaluations: {"test": {"iw_ll": ..., ...}}
 METRICS, PARTS = "metrics.parquet", "metrics"
 TERMS = ("rec", "kl", "elbo")
 METRICS_SCHEMA = pa.schema([("step", pa.int64()), ("split", pa.string()),
@@ -121,3 +123,27 @@ def read_metrics(run_dir: Path) -> pd.DataFrame:
 def iter_runs(root: str | Path) -> Iterator[tuple[Path, dict[str, Any]]]:
     for run_dir in find_runs(root):
         yield run_dir, read_config(run_dir)
+
+
+def load_model(run_dir: str | Path, device: str = "cpu"):
+    """Rebuild a run's VAE from its config and checkpoint (eval mode), without the trainer."""
+    import torch
+
+    from .components import build_model
+
+    run_dir = Path(run_dir)
+    ckpt = run_dir / CHECKPOINT
+    if not ckpt.is_file():
+        raise VaebenchError(f"{run_dir} has no checkpoint yet; train it first (vaebench run)")
+    cfg = read_config(run_dir)
+    state = torch.load(ckpt, map_location=device, weights_only=True)
+    model_state = state["model"]
+    model = build_model(cfg["model"], _data_dim(model_state)).to(device)
+    model.load_state_dict(model_state)
+    return model.eval()
+
+
+def _data_dim(model_state: dict) -> int:
+    """The data dimension is the width of the decoder's last layer."""
+    last_bias = [k for k in model_state if k.startswith("decoder.") and k.endswith(".bias")][-1]
+    return int(model_state[last_bias].shape[0])
