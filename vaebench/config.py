@@ -40,6 +40,7 @@ class _Section(BaseModel):
 
 
 PosInt = Annotated[int, Field(gt=0)]
+Seed = Annotated[int, Field(ge=0)]
 
 
 class DataConfig(_Section):
@@ -47,7 +48,7 @@ class DataConfig(_Section):
     root: Optional[str] = None  # folder of IDX files; None: the embedded copy or $VAEBENCH_DATA
     binarize: Annotated[str, registered(BINARIZERS)] = "threshold"
     per_class: Optional[PosInt] = 1000  # training images per digit; None: the whole train split
-    seed: int = 0  # picks the per_class subset
+    seed: Seed = 0  # picks the per_class subset
     val_size: Optional[PosInt] = 100  # the first val_size test images; None: all 10,000
 
 
@@ -94,7 +95,7 @@ class TrainConfig(_Section):
 
 class RunConfig(_Section):
     name: str = "run"
-    seed: int = 0  # initialization, data order and z noise
+    seed: Seed = 0  # initialization, data order and z noise
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     objective: Annotated[ObjectiveConfig, BeforeValidator(_name_shorthand)] = ObjectiveConfig()
