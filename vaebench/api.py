@@ -8,29 +8,61 @@ from typing import Any
 import pandas as pd
 
 from . import runs
-from .config import RunConfig, flatten, load_config, resolve
-from .errors import VaebenchError
+from .config import EXECUTION_KEYS, RunConfig, flatten, read_yaml
+from .errors import ConfigError, VaebenchError
+from .grid import Study, StudyResult, expand
+from .grid import run_study as _run_study
 
 
-def _as_config(config: str | Path | dict[str, Any] | RunConfig, overrides) -> RunConfig:
+def _as_raw(config: str | Path | dict[str, Any] | RunConfig) -> tuple[dict[str, Any], str]:
     if isinstance(config, (str, Path)):
-        return load_config(config, overrides)
-    return resolve(config, overrides)
+        return read_yaml(config), str(config)
+    if isinstance(config, RunConfig):
+        return config.to_dict(), ""
+    return dict(config or {}), ""
+
+
+def study(config: str | Path | dict[str, Any] | RunConfig,
+          overrides: list[str] | dict[str, Any] | None = None) -> Study:
+    """The flat list of runs a config or study file describes (with ``--set``-style overrides)."""
+    raw, source = _as_raw(config)
+    return expand(raw, overrides, source)
 
 
 def run_dir_for(cfg: RunConfig, out: str | Path) -> Path:
-    """results/<name>/<hash>: the same config always lands in the same folder."""
+    """results/<name>/<id>: where a lone run of this config lives."""
     return Path(out) / cfg.name / cfg.run_hash()
+
+
+def run_study(config: str | Path | dict[str, Any] | RunConfig | Study, out: str | Path = "results",
+              overrides: list[str] | dict[str, Any] | None = None, device: str = "auto",
+              jobs: int | None = None, executor: str = "local", ray_address: str | None = None,
+              gpus_per_run: float | None = None, force: bool = False, retry_failed: bool = False,
+              dry_run: bool = False, progress: bool | None = None, on_result=None) -> StudyResult:
+    """Run every missing run of a study (any config file is a study of one run); see vaebench.grid."""
+    s = config if isinstance(config, Study) else study(config, overrides)
+    return _run_study(s, out, device=device, jobs=jobs, executor=executor, ray_address=ray_address,
+                      gpus_per_run=gpus_per_run, force=force, retry_failed=retry_failed, dry_run=dry_run,
+                      progress=progress, on_result=on_result)
 
 
 def run(config: str | Path | dict[str, Any] | RunConfig, out: str | Path = "results",
         overrides: list[str] | dict[str, Any] | None = None, device: str = "auto",
         progress: bool | None = None, force: bool = False):
-    """Train the run a config describes (resuming or skipping it if it exists); return its RunResult."""
-    from .training import train_run
+    """Train the one run a config describes (resuming or skipping it if it exists); return its RunResult."""
+    from .training import RunResult
 
-    cfg = _as_config(config, overrides)
-    return train_run(cfg, run_dir_for(cfg, out), device=device, progress=progress, force=force)
+    s = study(config, overrides)
+    if s.axes:
+        raise ConfigError(f"{config if isinstance(config, (str, Path)) else 'this config'} describes a study of "
+                          f"{len(s.runs)} runs; use vaebench.run_study (or `vaebench run` on the command line)")
+    res = _run_study(s, out, device=device, jobs=1, progress=progress, force=force)
+    run_dir = res.run_dirs[0]
+    if 0 in res.results:
+        return res.results[0]
+    status = runs.read_status(run_dir)
+    state = {"done": "skipped", "running": "busy"}.get(res.states[0], res.states[0])
+    return RunResult(run_dir, state, int(status.get("step", 0)), status.get("reason"), runs.read_final(run_dir))
 
 
 def _run_label(run_dir: Path, root: Path) -> str:
@@ -60,10 +92,11 @@ def load(path: str | Path = "results", final: bool = False) -> pd.DataFrame:
     results such as ``test_iw_ll``) and the same config columns.
     """
     root = Path(path)
-    frames = []
+    frames, configs = [], []
     for run_dir in runs.find_runs(root):
         status = runs.read_status(run_dir)
         config = flatten(runs.read_config(run_dir))
+        configs.append(config)
         label = _run_label(run_dir, root)
         if final:
             frames.append(pd.DataFrame([{"run": label, "state": status.get("state", "new"),
@@ -79,7 +112,27 @@ def load(path: str | Path = "results", final: bool = False) -> pd.DataFrame:
     if not frames:
         raise VaebenchError(f"no runs found under {root}")
     df = pd.concat(frames, ignore_index=True)
+    df.attrs["varied"] = varied_keys(pd.DataFrame(configs))
     if not final:
         for col in ("run", "split", "term", "state"):
             df[col] = df[col].astype("category")
     return df
+
+
+def varied_keys(df: pd.DataFrame) -> list[str]:
+    """The config columns whose values differ across the runs in ``df``: a study's axes and seeds
+    (execution-only keys such as train.threads aside)."""
+    config_cols = [c for c in df.columns if "." in c or c == "seed"]
+    return [c for c in config_cols
+            if c not in EXECUTION_KEYS and df[c].astype(str).nunique(dropna=False) > 1]
+
+
+def ls(path: str | Path = "results") -> pd.DataFrame:
+    """One row per run: its varied values, state, progress, final validation ELBO and any held-out
+    log-likelihood (``vaebench ls``)."""
+    df = load(path, final=True)
+    keys = varied_keys(df)
+    df = df.rename(columns={"train.steps": "steps"})
+    metrics = [c for c in ("val_elbo", "val_rec", "val_kl") if c in df]
+    metrics += sorted(c for c in df.columns if c.endswith(("_iw_ll", "_iw_ll_se")))
+    return df[["run", *keys, "state", "step", "steps", *metrics]].sort_values("run", ignore_index=True)

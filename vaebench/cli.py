@@ -33,27 +33,69 @@ def cli() -> None:
 @cli.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config value, e.g. --set train.steps=500 (repeatable).")
+              help="Set a config value in every run, e.g. --set train.steps=500; KEY=a,b,c adds an axis "
+                   "(a comma inside [..] does not split). Repeatable.")
 @click.option("--out", default="results", show_default=True, type=click.Path(file_okay=False),
-              help="Results folder; each run writes results/<name>/<id>/.")
+              help="Results folder; each run writes OUT/<name>/<varied values>-<id>/.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--force", is_flag=True, help="Redo runs that are already done.")
-def run(config: str, overrides: tuple[str, ...], out: str, device: str, force: bool) -> None:
-    """Train the runs CONFIG describes; rerunning resumes or skips finished runs."""
-    from .api import run as api_run
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
+              help="Runs at once (default: one per core; threads per run = cores / jobs).")
+@click.option("--executor", default="local", show_default=True,
+              help="local (a process pool) or ray (tasks on a Ray instance; pip install 'vaebench[ray]').")
+@click.option("--ray-address", default=None, metavar="ADDR",
+              help="An existing Ray cluster, e.g. ray://head:10001 or auto (default: start a local one).")
+@click.option("--gpus-per-run", type=click.FloatRange(min=0), default=None,
+              help="GPUs a Ray task asks for (default 1 with --device cuda, else 0); 0.125 packs 8 runs per GPU.")
+@click.option("--force", is_flag=True, help="Redo every run, even those that are done.")
+@click.option("--retry-failed", is_flag=True, help="Rerun runs that failed (they are skipped otherwise).")
+@click.option("--dry-run", is_flag=True, help="Print the runs and their state (done/partial/failed/new); run nothing.")
+def run(config: str, overrides: tuple[str, ...], out: str, device: str, jobs: int | None, executor: str,
+        ray_address: str | None, gpus_per_run: float | None, force: bool, retry_failed: bool,
+        dry_run: bool) -> None:
+    """Train the runs CONFIG describes (one run, or a study); rerunning does only what is missing."""
+    from tqdm.auto import tqdm
 
-    result = api_run(config, out=out, overrides=list(overrides), device=device, force=force)
-    _report(result)
+    from .api import run_study, study
 
-
-def _report(result) -> None:
-    final = result.final or {}
-    val = final.get("val")
-    tail = f"  final val ELBO {val['elbo']:.2f} (rec {val['rec']:.2f}, KL {val['kl']:.2f})" if val else ""
-    click.echo(f"{result.state:8s} {result.path}  step {result.step}{tail}")
-    if result.state == "failed":
-        click.echo(f"vaebench: run failed: {result.reason} (see {result.path}/status.json)", err=True)
+    s = study(config, list(overrides))
+    res = run_study(s, out=out, device=device, jobs=jobs, executor=executor, ray_address=ray_address,
+                    gpus_per_run=gpus_per_run, force=force, retry_failed=retry_failed, dry_run=dry_run,
+                    on_result=lambda root, r: tqdm.write(_line(r)))
+    table = res.table()
+    if dry_run:
+        counts = table["state"].value_counts()
+        click.echo(table.drop(columns=["reason"]).to_string(index=False))
+        click.echo(f"{len(table)} runs in {res.root}: " + ", ".join(f"{counts.get(k, 0)} {k}" for k in
+                                                               ("done", "partial", "running", "failed", "new")))
+        return
+    if not res.results:
+        click.echo(f"nothing to do: all {len(table)} runs in {res.root} are done"
+                   + (" or failed (--retry-failed reruns those)" if (table["state"] == "failed").any() else "")
+                   + (" or running elsewhere" if (table["state"] == "running").any() else ""))
+    if len(table) > 1:
+        click.echo(table.to_string(index=False, na_rep="-", max_colwidth=60, float_format="{:.2f}".format))
+    failed = res.failed
+    if failed:
+        click.echo(f"vaebench: {len(failed)} of {len(res.results)} runs failed "
+                   f"(see each run's status.json; --retry-failed reruns them)", err=True)
         sys.exit(1)
+
+
+def _line(result) -> str:
+    val = (result.final or {}).get("val")
+    tail = f"  final val ELBO {val['elbo']:.2f} (rec {val['rec']:.2f}, KL {val['kl']:.2f})" if val else ""
+    why = f"  {result.reason}" if result.state in ("failed", "busy") and result.reason else ""
+    return f"{result.state:8s} {result.path}  step {result.step}{tail}{why}"
+
+
+@cli.command(name="ls")
+@click.argument("results", default="results", type=click.Path(file_okay=False))
+def ls_command(results: str) -> None:
+    """List the runs under RESULTS: varied values, state, steps, final validation ELBO."""
+    from .api import ls
+
+    df = ls(results)
+    click.echo(df.to_string(index=False, na_rep="-", max_colwidth=50, float_format="{:.2f}".format))
 
 
 def main() -> None:

@@ -105,16 +105,29 @@ class RunConfig(_Section):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
-    def run_hash(self) -> str:
-        """A short stable id of everything that changes the numbers (the name does not)."""
+    def result_dict(self) -> dict[str, Any]:
+        """The config minus the keys that never change a run's numbers (EXECUTION_KEYS)."""
         d = self.to_dict()
-        d.pop("name")
-        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
+        for key in EXECUTION_KEYS:
+            *parents, last = key.split(".")
+            node = d
+            for part in parents:
+                node = node.get(part, {})
+            node.pop(last, None)
+        return d
+
+    def run_hash(self) -> str:
+        """A short stable id of everything that changes the numbers: the same in every process and
+        on every machine, blind to the name, the logging cadence and the thread count."""
+        blob = json.dumps(self.result_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
-# Keys that differ only in how a run is executed or logged, never in its numbers.
-NON_RESULT_KEYS = ("name",)
+# Keys that differ only in how a run is executed or logged, never in its numbers: they are left
+# out of the run's id, so changing them resumes the same run instead of starting another.
+EXECUTION_KEYS = ("name", "train.flush_every", "train.checkpoint_every", "train.threads")
+# Top-level keys of a study file (vaebench.grid); everything else is the base run config.
+STUDY_KEYS = ("grid", "zip", "variants", "seeds")
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -172,24 +185,28 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | list[str] |
     return out
 
 
-def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+def known_keys(model: type[BaseModel] | None = None, prefix: str = "") -> list[str]:
+    """Every dotted key a run config accepts, sections included."""
     keys = []
-    for name, field in model.model_fields.items():
+    for name, field in (model or RunConfig).model_fields.items():
         full = prefix + name
         keys.append(full)
         ann = field.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
-            keys += _known_keys(ann, full + ".")
+            keys += known_keys(ann, full + ".")
     return keys
+
+
+def suggest(key: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _describe(err: dict[str, Any], source: str) -> str:
     loc = ".".join(str(p) for p in err["loc"])
     where = f" in {source}" if source else ""
     if err["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(loc, _known_keys(RunConfig), n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        return f"unknown key {loc!r}{where}{hint}"
+        return f"unknown key {loc!r}{where}{suggest(loc, known_keys() + list(STUDY_KEYS))}"
     msg = err["msg"].removeprefix("Value error, ")
     got = err.get("input")
     shown = "" if err["type"] == "value_error" or isinstance(got, dict) else f" (got {got!r})"

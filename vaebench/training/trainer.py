@@ -26,7 +26,7 @@ import yaml
 from .. import __version__
 from .. import runs
 from ..components import OBJECTIVES, OPTIMIZERS, build_model
-from ..config import RunConfig
+from ..config import RunConfig, resolve
 from ..data import BINARIZERS, load_splits
 from ..errors import ConfigError
 
@@ -211,15 +211,17 @@ class Trainer:
         runs.write_json(self.dir / runs.STATUS, {"state": state, "step": self.step, "steps": self.cfg.train.steps,
                                                  "reason": reason, "updated": _now()})
 
-    def run(self, progress: bool | None = None) -> RunResult:
+    def run(self, progress: bool | dict | None = None) -> RunResult:
         from tqdm.auto import tqdm
 
         tc = self.cfg.train
         self.restore()
         self.write_status("running")
         refresh = max(1, min(100, tc.eval_every))
+        # progress: True/False/None (None: only on a terminal), or tqdm options such as a bar position
+        opts = progress if isinstance(progress, dict) else {"disable": None if progress is None else not progress}
         bar = tqdm(total=tc.steps, initial=self.step, unit="upd", dynamic_ncols=True, leave=False,
-                   desc=self.dir.name, disable=(not progress) if progress is not None else None)
+                   desc=self.dir.name, **opts)
         try:
             if self.step == 0:
                 self.eval_val()
@@ -271,14 +273,19 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, device: torch.device) -> None
     run_dir.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     cfg_path = run_dir / runs.CONFIG
-    if cfg_path.is_file() and cfg_path.read_text() != text:
-        raise ConfigError(f"{run_dir} holds a run of a different config; choose another --out or delete it")
-    runs.atomic_write(cfg_path, text)
+    if cfg_path.is_file():
+        try:
+            same = resolve(runs.read_config(run_dir)).run_hash() == cfg.run_hash()
+        except ConfigError:
+            same = False
+        if not same:
+            raise ConfigError(f"{run_dir} holds a run of a different config; choose another --out or delete it")
+    runs.atomic_write(cfg_path, text)  # execution-only keys (flush_every, threads, ...) may have changed
     runs.write_json(run_dir / runs.ENV, environment(device))
 
 
 def train_run(cfg: RunConfig, run_dir: str | Path, device: str | torch.device = "auto",
-              progress: bool | None = None, force: bool = False) -> RunResult:
+              progress: bool | dict | None = None, force: bool = False) -> RunResult:
     """Train (or finish, or skip) one run in its own folder. Idempotent: a done run is skipped."""
     run_dir = Path(run_dir)
     dev = resolve_device(device)

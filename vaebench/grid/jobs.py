@@ -1,0 +1,89 @@
+"""One job = one run (or a group of runs trained together), executed under per-run locks.
+
+``execute`` is what every executor calls, in whatever process it runs in. A run's lock is
+held for as long as it trains, so a second runner on the same folder skips it ("busy").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from .. import runs
+from ..config import RunConfig
+from ..errors import VaebenchError
+
+LOCK = "run.lock"
+_slot = 0  # this worker's progress-bar row (set by init_worker in pool workers)
+
+
+@dataclass(frozen=True)
+class Job:
+    configs: tuple[RunConfig, ...]
+    run_dirs: tuple[Path, ...]
+    device: str = "auto"
+    threads: int = 1
+    force: bool = False
+    progress: bool | None = None
+
+
+def init_worker(lock: Any, slots: Any) -> None:
+    """Share tqdm's lock with the parent and give this worker its own bar row."""
+    global _slot
+    from tqdm.auto import tqdm
+
+    tqdm.set_lock(lock)
+    with slots.get_lock():
+        slots.value += 1
+        _slot = slots.value
+
+
+def is_locked(run_dir: Path) -> bool:
+    """Whether another process is training this run now."""
+    if not (Path(run_dir) / LOCK).exists():
+        return False
+    lock = FileLock(Path(run_dir) / LOCK)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
+def execute(job: Job) -> list:
+    """Train the job's runs; return one RunResult per run, never raising for a run's own failure."""
+    import torch
+
+    from ..training import RunResult, train_run
+
+    torch.set_num_threads(max(1, job.threads))
+    progress: Any = job.progress
+    if _slot and progress is not False:
+        progress = {"position": _slot, "disable": None if progress is None else False}
+    elif progress is not False:
+        progress = {"position": 1, "disable": None if progress is None else False}
+    results = []
+    for cfg, run_dir in zip(job.configs, job.run_dirs):
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(run_dir / LOCK)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            st = runs.read_status(run_dir)
+            results.append(RunResult(run_dir, "busy", int(st.get("step", 0)), "being trained by another process"))
+            continue
+        try:
+            results.append(train_run(cfg, run_dir, device=job.device, progress=progress, force=job.force))
+        except VaebenchError as e:
+            results.append(RunResult(run_dir, "failed", int(runs.read_status(run_dir).get("step", 0)), str(e)))
+        except Exception as e:  # a bug or a crash in one run must not stop the grid
+            results.append(RunResult(run_dir, "failed", int(runs.read_status(run_dir).get("step", 0)),
+                                     f"{type(e).__name__}: {e}"))
+        finally:
+            lock.release()
+    return results

@@ -1,0 +1,150 @@
+"""Run a study: find what is missing, run it on an executor, summarise.
+
+Every run is an idempotent job in its own folder ``<out>/<name>/<varied values>-<id>``: a rerun
+skips done runs, resumes cut ones from their checkpoint, retries failed ones only when asked.
+A run is found again by its id even when an axis added later changes its folder's label.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import yaml
+
+from .. import runs
+from ..errors import ConfigError
+from .executors import EXECUTORS, ExecOptions, available_cores
+from .jobs import Job, execute, is_locked
+from .study import Study, format_value
+
+GRID_FILE = "grid.yaml"
+STATES = ("new", "partial", "running", "failed", "done")
+
+
+def run_state(run_dir: Path) -> str:
+    """new / partial (cut: resumable) / running (locked by another process) / failed / done."""
+    state = runs.read_status(run_dir).get("state", "new")
+    if state == "running":
+        return "running" if is_locked(run_dir) else "partial"
+    if state == "new" and (Path(run_dir) / runs.CHECKPOINT).is_file():
+        return "partial"
+    return state
+
+
+def locate(root: Path, study: Study) -> list[Path]:
+    """Each run's folder: the existing one with its id, else a new one named by its varied values."""
+    existing: dict[str, Path] = {}
+    if root.is_dir():
+        for d in root.iterdir():
+            if d.is_dir() and (d / runs.CONFIG).is_file():
+                existing.setdefault(d.name.rsplit("-", 1)[-1], d)
+    return [existing.get(r.hash, root / folder) for r, folder in zip(study.runs, study.folders())]
+
+
+@dataclass
+class StudyResult:
+    study: Study
+    root: Path
+    run_dirs: list[Path]
+    states: list[str]  # before this command ran
+    results: dict[int, Any] = field(default_factory=dict)  # run index -> RunResult of this command
+
+    @property
+    def failed(self) -> list[int]:
+        return [i for i, r in self.results.items() if r.state == "failed"]
+
+    def table(self) -> pd.DataFrame:
+        """One row per run: folder, varied values, state, steps, final validation ELBO."""
+        short = self.study.short_names()
+        rows = []
+        for i, (spec, d) in enumerate(zip(self.study.runs, self.run_dirs)):
+            r = self.results.get(i)
+            status = runs.read_status(d)
+            val = (runs.read_final(d) or {}).get("val", {})
+            rows.append({
+                "run": d.name, **{short[a]: format_value(spec.varied.get(a)) for a in self.study.axes},
+                "state": (r.state if r is not None else self.states[i]),
+                "step": status.get("step", 0), "steps": spec.config.train.steps,
+                "val_elbo": val.get("elbo"), "reason": (r.reason if r is not None else status.get("reason")) or "",
+            })
+        return pd.DataFrame(rows)
+
+
+def _todo(states: list[str], force: bool, retry_failed: bool) -> list[int]:
+    wanted = {"new", "partial"} | ({"failed"} if retry_failed else set())
+    return [i for i, s in enumerate(states) if s != "running" and (force or s in wanted)]
+
+
+def _check_inputs(study: Study, todo: list[int], device: str) -> None:
+    """Fail before anything runs on what would fail every run: no data, no such device."""
+    from ..data import load_splits
+    from ..training import resolve_device
+
+    resolve_device(device)
+    seen = set()
+    for i in todo:
+        d = study.runs[i].config.data
+        key = (d.dataset, d.root, d.per_class, d.seed, d.val_size)
+        if key not in seen:
+            seen.add(key)
+            splits = load_splits(*key)
+            batch = max(study.runs[j].config.train.batch_size for j in todo if study.runs[j].config.data == d)
+            if batch > len(splits["train"]):
+                raise ConfigError(f"train.batch_size {batch} is larger than the {len(splits['train'])} "
+                                  f"training images of data.per_class={d.per_class}")
+
+
+def run_study(study: Study, out: str | Path = "results", device: str = "auto", jobs: int | None = None,
+              executor: str = "local", ray_address: str | None = None, gpus_per_run: float | None = None,
+              force: bool = False, retry_failed: bool = False, dry_run: bool = False,
+              progress: bool | None = None, on_result: Callable[[Path, Any], None] | None = None) -> StudyResult:
+    """Run every missing run of ``study`` under ``out/<name>/``; see the module docstring."""
+    run_executor = EXECUTORS.get(executor)
+    root = Path(out) / study.name
+    run_dirs = locate(root, study)
+    states = [run_state(d) for d in run_dirs]
+    result = StudyResult(study, root, run_dirs, states)
+    todo = _todo(states, force, retry_failed)
+    if dry_run or not todo:
+        return result
+    _check_inputs(study, todo, device)
+
+    grid = study.to_dict()
+    for entry, d in zip(grid["runs"], run_dirs):
+        entry["folder"] = d.name
+    runs.atomic_write(root / GRID_FILE, yaml.safe_dump(grid, sort_keys=False))
+
+    cores = available_cores()
+    workers = max(1, min(jobs or cores, len(todo)))
+    job_list = []
+    index: dict[Path, int] = {}
+    for i in todo:
+        cfg = study.runs[i].config
+        threads = cfg.train.threads or (1 if executor == "ray" else max(1, cores // workers))
+        job_list.append(Job((cfg,), (run_dirs[i],), device, threads, force, progress))
+        index[run_dirs[i]] = i
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(job_list), unit="run", desc=study.name, position=0, dynamic_ncols=True,
+               disable=None if progress is None else not progress)
+
+    def done(job: Job, results: list) -> None:
+        for r in results:
+            result.results[index[Path(r.path)]] = r
+            if on_result:
+                on_result(root, r)
+        bar.update(1)
+
+    gpus = gpus_per_run if gpus_per_run is not None else (1.0 if device == "cuda" else 0.0)
+    try:
+        run_executor(job_list, done, ExecOptions(workers, ray_address, gpus))
+    finally:
+        bar.close()
+    return result
+
+
+__all__ = ["GRID_FILE", "STATES", "StudyResult", "execute", "locate", "run_state", "run_study"]

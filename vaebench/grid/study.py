@@ -1,0 +1,283 @@
+"""A study file expands into a flat list of run configs (as in disentanglement_lib's sweeps).
+
+A study is a single-run config plus any of four top-level keys:
+
+    grid:     {objective.k: [1, 2, 5]}                  values crossed (product)
+    zip:      {optim.lr: [1e-3, 3e-4], train.steps: [..]} lists that vary together (or a list of such groups)
+    variants: {log_sigma: {model.posterior: log_sigma}}  named partial configs (or an unnamed list)
+    seeds:    3                                          or [0, 1, 2]
+
+Runs = variants x grid x zip groups x seeds, each applied over the base in that order; a
+``--set key=a,b,c`` on the command line adds (or replaces) a grid axis, a plain ``--set
+key=value`` sets the key in every run. Runs that resolve to the same config are kept once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import STUDY_KEYS, RunConfig, apply_overrides, known_keys, read_yaml, resolve, suggest
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    config: RunConfig
+    varied: dict[str, Any] = field(default_factory=dict)  # axis -> this run's value, in axis order
+
+    @property
+    def hash(self) -> str:
+        return self.config.run_hash()
+
+    def folder(self, short: dict[str, str]) -> str:
+        """``k=5,seed=1-3fa2c1d9e0``: the varied values for people, the hash for identity."""
+        label = ",".join(f"{short[a]}={format_value(v)}" for a, v in self.varied.items())
+        label = re.sub(r"[^A-Za-z0-9._=,+-]+", "_", label)[:96]
+        return f"{label}-{self.hash}" if label else self.hash
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    axes: list[str]
+    runs: list[RunSpec]
+
+    def short_names(self) -> dict[str, str]:
+        """Each axis by its last dotted part, or in full where that part is ambiguous."""
+        last = [a.rsplit(".", 1)[-1] for a in self.axes]
+        return {a: (s if last.count(s) == 1 else a) for a, s in zip(self.axes, last)}
+
+    def folders(self) -> list[str]:
+        short = self.short_names()
+        return [r.folder(short) for r in self.runs]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "axes": self.axes,
+                "runs": [{"folder": f, "id": r.hash, "varied": r.varied} for f, r in zip(self.folders(), self.runs)]}
+
+
+def format_value(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return "x".join(format_value(x) for x in v)
+    if isinstance(v, dict):
+        return json.dumps(v, sort_keys=True, separators=(",", ":"))
+    return str(v)
+
+
+def split_sweep(raw: str) -> list[str]:
+    """``a,b,[1,2]`` -> ["a", "b", "[1,2]"]: commas inside brackets or quotes don't split."""
+    parts, depth, quote, cur = [], 0, "", ""
+    for ch in raw:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+            continue
+        cur += ch
+    return [*parts, cur]
+
+
+def _yaml_value(raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        return raw
+
+
+def parse_cli(overrides: list[str] | dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """Split ``--set`` items into fixed values and new axes (``key=a,b,c``)."""
+    if isinstance(overrides, dict):
+        return dict(overrides), {}
+    fixed: dict[str, Any] = {}
+    axes: dict[str, list[Any]] = {}
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key=value (or key=a,b,c for an axis), "
+                              f"e.g. train.steps=500")
+        parts = split_sweep(raw)
+        if len(parts) > 1:
+            axes[key] = [_yaml_value(p) for p in parts]
+            fixed.pop(key, None)
+        else:
+            fixed[key] = _yaml_value(raw)
+            axes.pop(key, None)
+    return fixed, axes
+
+
+def _check_key(key: Any, where: str) -> str:
+    if not isinstance(key, str) or key not in known_keys():
+        raise ConfigError(f"{where} names {key!r}, which is not a config key{suggest(str(key), known_keys())}")
+    return key
+
+
+def _named(key: str, value: Any) -> tuple[str, Any]:
+    """``objective: iwae`` in a partial means objective.name=iwae, keeping the section's other keys."""
+    return (f"{key}.name", value) if isinstance(value, str) and f"{key}.name" in known_keys() else (key, value)
+
+
+def _axis_values(values: Any, where: str) -> list[Any]:
+    if not isinstance(values, list):
+        raise ConfigError(f"{where} must be a list of values, got {values!r}")
+    if not values:
+        raise ConfigError(f"{where} has no values; give at least one or remove it")
+    return values
+
+
+def _grid(spec: Any, source: str) -> dict[str, list[Any]]:
+    if spec is None:
+        return {}
+    if not isinstance(spec, dict):
+        raise ConfigError(f"'grid' in {source} must map config keys to lists, e.g. grid: {{objective.k: [1, 2]}}")
+    return {_check_key(k, f"grid in {source}"): _axis_values(v, f"grid axis {k!r} in {source}")
+            for k, v in spec.items()}
+
+
+def _zip_groups(spec: Any, source: str) -> list[dict[str, list[Any]]]:
+    if spec is None:
+        return []
+    groups = [spec] if isinstance(spec, dict) else spec
+    if not isinstance(groups, list) or not all(isinstance(g, dict) and g for g in groups):
+        raise ConfigError(f"'zip' in {source} must be a mapping of config keys to equal-length lists, "
+                          f"or a list of such mappings")
+    out = []
+    for g in groups:
+        group = {_check_key(k, f"zip in {source}"): _axis_values(v, f"zip key {k!r} in {source}")
+                 for k, v in g.items()}
+        lengths = {k: len(v) for k, v in group.items()}
+        if len(set(lengths.values())) > 1:
+            shown = ", ".join(f"{k}: {n}" for k, n in lengths.items())
+            raise ConfigError(f"zip group in {source} has lists of unequal length ({shown}); "
+                              f"keys in one group vary together, so give them the same number of values")
+        out.append(group)
+    return out
+
+
+def _flat_partial(partial: dict[str, Any], where: str, prefix: str = "") -> dict[str, Any]:
+    """A partial config (nested or dotted) as dotted keys, each checked."""
+    out: dict[str, Any] = {}
+    for k, v in partial.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and key in known_keys() and key + "." + next(iter(v), "") in known_keys():
+            out.update(_flat_partial(v, where, key + "."))
+        else:
+            out[_check_key(key, where)] = v
+    return out
+
+
+def _variants(spec: Any, source: str) -> list[tuple[str, dict[str, Any]]]:
+    if spec is None:
+        return []
+    if isinstance(spec, dict):
+        items = list(spec.items())
+    elif isinstance(spec, list):
+        items = [(None, v) for v in spec]
+    else:
+        raise ConfigError(f"'variants' in {source} must be a mapping of names to partial configs, or a list")
+    if not items:
+        raise ConfigError(f"'variants' in {source} is empty; give at least one or remove it")
+    out = []
+    for name, partial in items:
+        if partial is None:
+            partial = {}
+        if not isinstance(partial, dict):
+            raise ConfigError(f"variant {name or partial!r} in {source} must be a mapping of config keys")
+        flat = _flat_partial(partial, f"variant {name!r} in {source}" if name else f"a variant in {source}")
+        label = str(name) if name is not None else (
+            ",".join(f"{k}={format_value(v)}" for k, v in flat.items()) or "base")
+        out.append((label, flat))
+    return out
+
+
+def _seeds(spec: Any, source: str) -> list[int] | None:
+    if spec is None:
+        return None
+    if isinstance(spec, bool) or not isinstance(spec, (int, list)):
+        raise ConfigError(f"'seeds' in {source} must be a count (seeds: 3) or a list (seeds: [0, 1, 2])")
+    seeds = list(range(spec)) if isinstance(spec, int) else spec
+    if not seeds:
+        raise ConfigError(f"'seeds' in {source} is empty; give a count >= 1 or a non-empty list")
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise ConfigError(f"'seeds' in {source} must be non-negative integers, got {spec!r}")
+    return seeds
+
+
+def expand(raw: dict[str, Any], overrides: list[str] | dict[str, Any] | None = None, source: str = "") -> Study:
+    """A study dict (plus ``--set`` items) as a flat list of resolved runs; one ConfigError line if invalid."""
+    source = source or "the config"
+    raw = dict(raw or {})
+    spec = {k: raw.pop(k, None) for k in STUDY_KEYS}
+    fixed, cli_axes = parse_cli(overrides)
+    for key in [*fixed, *cli_axes]:
+        _check_key(key, "--set")
+    grid = {k: v for k, v in _grid(spec["grid"], source).items() if k not in fixed}
+    grid.update({k: _axis_values(v, f"--set {k}") for k, v in cli_axes.items()})
+    zips = [{k: v for k, v in g.items() if k not in fixed and k not in cli_axes} for g in _zip_groups(spec["zip"], source)]
+    zips = [g for g in zips if g]
+    variants = _variants(spec["variants"], source)
+    seeds = _seeds(spec["seeds"], source)
+    if "seed" in fixed and seeds is not None:
+        seeds = None
+    if "seed" in grid and seeds is not None:
+        raise ConfigError(f"{source} sets both 'seeds' and a 'seed' axis; keep one")
+
+    axes = (["variant"] if variants else []) + list(grid) + [k for g in zips for k in g] + \
+        (["seed"] if seeds is not None else [])
+    if len(set(axes)) != len(axes):
+        dup = next(a for a in axes if axes.count(a) > 1)
+        raise ConfigError(f"{dup!r} is varied twice in {source} (grid, zip or --set); vary each key in one place")
+
+    choices: list[list[tuple[dict[str, Any], dict[str, Any]]]] = []  # per factor: (varied, overrides)
+    if variants:
+        choices.append([({"variant": name}, flat) for name, flat in variants])
+    for k, values in grid.items():
+        choices.append([({k: v}, {k: v}) for v in values])
+    for g in zips:
+        n = len(next(iter(g.values())))
+        choices.append([({k: g[k][i] for k in g}, {k: g[k][i] for k in g}) for i in range(n)])
+    if seeds is not None:
+        choices.append([({"seed": s}, {"seed": s}) for s in seeds])
+
+    runs: list[RunSpec] = []
+    seen: set[str] = set()
+    for combo in itertools.product(*choices):
+        varied: dict[str, Any] = {}
+        sets: dict[str, Any] = {}
+        for v, o in combo:
+            varied.update(v)
+            sets.update(o)
+        sets.update(fixed)
+        sets = dict(_named(k, v) for k, v in sets.items())
+        where = source + (" (run " + ", ".join(f"{k}={format_value(v)}" for k, v in varied.items()) + ")"
+                          if varied else "")
+        cfg = resolve(apply_overrides(raw, sets), source=where)
+        if cfg.run_hash() not in seen:
+            seen.add(cfg.run_hash())
+            runs.append(RunSpec(cfg, varied))
+    name = runs[0].config.name
+    if any(r.config.name != name for r in runs):
+        raise ConfigError(f"runs of one study must share a 'name' ({source} varies it); vary something else")
+    return Study(name, axes, runs)
+
+
+def load_study(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> Study:
+    return expand(read_yaml(path), overrides, source=str(path))
+
+
+def is_study(raw: dict[str, Any], overrides: list[str] | dict[str, Any] | None = None) -> bool:
+    return any(raw.get(k) is not None for k in STUDY_KEYS) or bool(parse_cli(overrides)[1])
