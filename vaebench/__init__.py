@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
-from .api import load, run  # noqa: E402
+from . import errors  # noqa: E402
+from .api import load, ls, run, run_study, study  # noqa: E402
 
-__all__ = ["__version__", "load", "run"]
+__all__ = ["__version__", "errors", "load", "ls", "run", "run_study", "study"]

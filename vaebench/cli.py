@@ -64,7 +64,7 @@ def run(config: str, overrides: tuple[str, ...], out: str, device: str, jobs: in
     table = res.table()
     if dry_run:
         counts = table["state"].value_counts()
-        click.echo(table.drop(columns=["reason"]).to_string(index=False))
+        click.echo(_table(table.drop(columns=["reason", "val_elbo"])))
         click.echo(f"{len(table)} runs in {res.root}: " + ", ".join(f"{counts.get(k, 0)} {k}" for k in
                                                                ("done", "partial", "running", "failed", "new")))
         return
@@ -73,7 +73,7 @@ def run(config: str, overrides: tuple[str, ...], out: str, device: str, jobs: in
                    + (" or failed (--retry-failed reruns those)" if (table["state"] == "failed").any() else "")
                    + (" or running elsewhere" if (table["state"] == "running").any() else ""))
     if len(table) > 1:
-        click.echo(table.to_string(index=False, na_rep="-", max_colwidth=60, float_format="{:.2f}".format))
+        click.echo(_table(table if table["reason"].astype(bool).any() else table.drop(columns=["reason"])))
     failed = res.failed
     if failed:
         click.echo(f"vaebench: {len(failed)} of {len(res.results)} runs failed "
@@ -94,8 +94,18 @@ def ls_command(results: str) -> None:
     """List the runs under RESULTS: varied values, state, steps, final validation ELBO."""
     from .api import ls
 
-    df = ls(results)
-    click.echo(df.to_string(index=False, na_rep="-", max_colwidth=50, float_format="{:.2f}".format))
+    click.echo(_table(ls(results)))
+
+
+def _table(df) -> str:
+    """Config values as written, metrics (float columns named like val_elbo) to 2 decimals."""
+    df = df.copy()
+    for col in df.columns:
+        if "_" in col and "." not in col and df[col].dtype.kind == "f":
+            df[col] = df[col].map(lambda v: "-" if v != v else f"{v:.2f}")
+        else:
+            df[col] = df[col].map(lambda v: "-" if v is None or v != v else str(v))
+    return df.to_string(index=False)
 
 
 def main() -> None:
