@@ -60,7 +60,7 @@ def run(config: str, overrides: tuple[str, ...], out: str, device: str, jobs: in
     s = study(config, list(overrides))
     res = run_study(s, out=out, device=device, jobs=jobs, executor=executor, ray_address=ray_address,
                     gpus_per_run=gpus_per_run, force=force, retry_failed=retry_failed, dry_run=dry_run,
-                    on_result=lambda root, r: tqdm.write(_line(r)))
+                    on_result=lambda root, r: (tqdm.write(_line(r)), sys.stdout.flush()))
     table = res.table()
     if dry_run:
         counts = table["state"].value_counts()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable
@@ -58,9 +59,12 @@ def local(jobs: list[Job], on_done: OnDone, opts: ExecOptions) -> None:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
                     on_done(pending.pop(fut), fut.result())
-        except BaseException:
-            for fut in pending:
-                fut.cancel()
+        except BaseException:  # Ctrl-C: stop queued runs, interrupt running ones (they save their status)
+            procs = list((getattr(pool, "_processes", None) or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in procs:
+                if proc.is_alive():
+                    os.kill(proc.pid, signal.SIGINT)
             raise
 
 

@@ -18,6 +18,12 @@ from ..errors import VaebenchError
 
 LOCK = "run.lock"
 _slot = 0  # this worker's progress-bar row (set by init_worker in pool workers)
+_interrupted = False
+
+
+def _mark_interrupted() -> None:
+    global _interrupted
+    _interrupted = True
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,8 @@ def execute(job: Job) -> list:
 
     from ..training import RunResult, train_run
 
+    if _interrupted:  # a pool worker that saw Ctrl-C takes no new runs
+        return [RunResult(Path(d), "interrupted", 0, "interrupted before it started") for d in job.run_dirs]
     torch.set_num_threads(max(1, job.threads))
     progress: Any = job.progress
     if _slot and progress is not False:
@@ -79,6 +87,9 @@ def execute(job: Job) -> list:
             continue
         try:
             results.append(train_run(cfg, run_dir, device=job.device, progress=progress, force=job.force))
+        except KeyboardInterrupt:
+            _mark_interrupted()
+            raise
         except VaebenchError as e:
             results.append(RunResult(run_dir, "failed", int(runs.read_status(run_dir).get("step", 0)), str(e)))
         except Exception as e:  # a bug or a crash in one run must not stop the grid
