@@ -73,6 +73,8 @@ def test_cli_overrides_fix_values_and_add_axes():
     assert {r.config.seed for r in s.runs} == {5, 6}
     fixed = expand({"grid": {"objective.k": [1, 2]}, "seeds": 3}, ["objective.k=5", "seed=1"])
     assert fixed.axes == [] and len(fixed.runs) == 1 and fixed.runs[0].config.objective.k == 5
+    more = expand({"grid": {"objective.k": [1, 2]}, "seeds": 3}, ["seeds=[7]", "grid=null"])
+    assert more.axes == ["seed"] and [r.config.seed for r in more.runs] == [7]
 
 
 def test_single_config_is_a_study_of_one_run_named_by_its_id():

@@ -223,6 +223,9 @@ def expand(raw: dict[str, Any], overrides: list[str] | dict[str, Any] | None = N
     raw = dict(raw or {})
     spec = {k: raw.pop(k, None) for k in STUDY_KEYS}
     fixed, cli_axes = parse_cli(overrides)
+    for key in STUDY_KEYS:  # --set seeds=5, --set variants=null: the study's own keys
+        if key in fixed:
+            spec[key] = fixed.pop(key)
     for key in [*fixed, *cli_axes]:
         _check_key(key, "--set")
     grid = {k: v for k, v in _grid(spec["grid"], source).items() if k not in fixed}
