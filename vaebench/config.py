@@ -94,7 +94,7 @@ class TrainConfig(_Section):
 
 
 class RunConfig(_Section):
-    name: str = "run"
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")] = "run"  # the results subfolder
     seed: Seed = 0  # initialization, data order and z noise
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
