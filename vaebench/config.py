@@ -148,17 +148,27 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def parse_override(item: str) -> tuple[str, Any]:
-    """``a.b=1e-3`` -> ("a.b", 0.001); values are read as YAML so lists and null work."""
+def yaml_value(raw: str) -> Any:
+    """A command-line value read as YAML, so numbers, lists and null work; anything else stays text."""
+    try:
+        return yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        return raw
+
+
+def split_override(item: str) -> tuple[str, str]:
+    """``a.b=1e-3`` -> ("a.b", "1e-3"), or one ConfigError line."""
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError(f"override {item!r} must look like key=value, e.g. train.steps=500")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key, value
+        raise ConfigError(f"override {item!r} must look like key=value (or key=a,b,c for an axis), "
+                          f"e.g. train.steps=500")
+    return key, raw
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    key, raw = split_override(item)
+    return key, yaml_value(raw)
 
 
 def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:

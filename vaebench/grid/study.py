@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..config import STUDY_KEYS, RunConfig, apply_overrides, known_keys, read_yaml, resolve, suggest
+from ..config import (STUDY_KEYS, RunConfig, apply_overrides, known_keys, read_yaml, resolve, split_override, suggest,
+                      yaml_value)
 from ..errors import ConfigError
 
 
@@ -91,13 +90,6 @@ def split_sweep(raw: str) -> list[str]:
     return [*parts, cur]
 
 
-def _yaml_value(raw: str) -> Any:
-    try:
-        return yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        return raw
-
-
 def parse_cli(overrides: list[str] | dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, list[Any]]]:
     """Split ``--set`` items into fixed values and new axes (``key=a,b,c``)."""
     if isinstance(overrides, dict):
@@ -105,17 +97,13 @@ def parse_cli(overrides: list[str] | dict[str, Any] | None) -> tuple[dict[str, A
     fixed: dict[str, Any] = {}
     axes: dict[str, list[Any]] = {}
     for item in overrides or []:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} must look like key=value (or key=a,b,c for an axis), "
-                              f"e.g. train.steps=500")
+        key, raw = split_override(item)
         parts = split_sweep(raw)
         if len(parts) > 1:
-            axes[key] = [_yaml_value(p) for p in parts]
+            axes[key] = [yaml_value(p) for p in parts]
             fixed.pop(key, None)
         else:
-            fixed[key] = _yaml_value(raw)
+            fixed[key] = yaml_value(raw)
             axes.pop(key, None)
     return fixed, axes
 
