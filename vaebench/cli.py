@@ -97,6 +97,24 @@ def ls_command(results: str) -> None:
     click.echo(_table(ls(results)))
 
 
+@cli.command(name="report")
+@click.argument("results", default="results", type=click.Path(file_okay=False))
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Report folder (default: RESULTS/report, or beside RESULTS when it is one run folder).")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
+              help="Processes drawing figures (default: one per core).")
+@click.option("--force", is_flag=True, help="Redraw every figure, even those whose run did not change.")
+def report_command(results: str, out: str | None, jobs: int | None, force: bool) -> None:
+    """Draw every run's figures, every study's comparisons and a summary table, with an index.html."""
+    from .api import report
+
+    rep = report(results, out=out, force=force, jobs=jobs)
+    click.echo(_table(rep.summary.drop(columns=[c for c in rep.summary if c.endswith("_ci95")])))
+    missing = f"; {len(rep.missing)} runs have figures missing (see the index)" if rep.missing else ""
+    click.echo(f"drew {len(rep.drawn)}, reused {len(rep.reused)} unchanged{missing}")
+    click.echo(f"report: {rep.index}")
+
+
 def _table(df) -> str:
     """Config values as written, metrics (float columns named like val_elbo) to 2 decimals."""
     df = df.copy()

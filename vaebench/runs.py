@@ -140,6 +140,7 @@ def load_model(run_dir: str | Path, device: str = "cpu"):
     model_state = state["model"]
     model = build_model(cfg["model"], _data_dim(model_state)).to(device)
     model.load_state_dict(model_state)
+    model.trained_steps = int(state.get("step", 0))
     return model.eval()
 
 

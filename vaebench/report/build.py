@@ -1,0 +1,351 @@
+"""``vaebench report RESULTS``: every figure of every run and study, an index page, a summary table.
+
+The report reads run folders (metrics, checkpoint, config) and the dataset a run's config names;
+it never trains and never writes inside a run folder. Each run's figures are redrawn only when
+one of the run's files changed since the last report (a manifest of file sizes and times).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from functools import lru_cache
+from multiprocessing import get_context
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from .. import __version__, runs
+from ..errors import VaebenchError
+from ..results import load
+from . import figures as F
+from .studies import StudyView, axis_slice, study_views, summary, summary_markdown
+
+RUN_FIGURES = {
+    "terms": "ELBO terms against weight updates",
+    "recon_train": "reconstructions of training images",
+    "recon_val": "reconstructions of validation images",
+    "samples": "samples from z ~ N(0, I)",
+    "train_val": "reconstruction log-likelihood, train vs validation",
+}
+FORMATS = ("png", "svg")
+MANIFEST = ".manifest.json"
+N_IMAGES = 20  # reconstructed images per split: two of each digit
+N_SAMPLES = 100
+SAMPLE_SEED = 0  # the same z in every report, so samples change only with the model
+_FORMAT_VERSION = 1  # bump to redraw every figure after a change to how they are drawn
+
+
+@dataclass
+class Report:
+    out: Path
+    index: Path
+    summary: pd.DataFrame
+    drawn: list[str] = field(default_factory=list)  # runs and studies whose figures were (re)drawn
+    reused: list[str] = field(default_factory=list)  # unchanged since the last report
+    missing: dict[str, dict[str, str]] = field(default_factory=dict)  # run -> figure -> why it is missing
+
+
+def default_out(root: Path) -> Path:
+    """RESULTS/report, or beside a single run folder (the report never writes inside a run)."""
+    return root.parent / f"{root.name}-report" if runs.is_run_dir(root) else root / "report"
+
+
+def run_path(root: Path, label: str) -> Path:
+    """The folder of the run ``label`` (as in ``vaebench.load``'s run column) under ``root``."""
+    return root if runs.is_run_dir(root) else root / label
+
+
+def fingerprint(run_dir: Path) -> str:
+    """Changes whenever a file the run's figures are drawn from changes."""
+    parts = [__version__, str(_FORMAT_VERSION)]
+    files = [runs.CONFIG, runs.STATUS, runs.FINAL, runs.EVAL, runs.METRICS, runs.CHECKPOINT]
+    for path in [run_dir / f for f in files] + runs.part_files(run_dir):
+        try:
+            st = path.stat()
+            parts.append(f"{path.name}:{st.st_size}:{st.st_mtime_ns}")
+        except FileNotFoundError:
+            parts.append(f"{path.name}:-")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+@lru_cache(maxsize=8)
+def _splits(dataset: str, root: str | None, per_class: int | None, seed: int, val_size: int | None):
+    from ..data import load_splits
+
+    return load_splits(dataset, root, per_class, seed, val_size)
+
+
+def pick_images(labels: np.ndarray, n: int = N_IMAGES) -> np.ndarray:
+    """Indices of the first images of each digit in turn (0, 1, ..., 9, 0, 1, ...): every digit shows."""
+    labels = np.asarray(labels)
+    rank = np.zeros(len(labels), dtype=np.int64)
+    for c in np.unique(labels):
+        where = np.flatnonzero(labels == c)
+        rank[where] = np.arange(len(where))
+    order = np.lexsort((labels, rank))
+    return order[:n]
+
+
+def _images(run_dir: Path, cfg: dict) -> tuple[dict, tuple[int, int], int]:
+    """Inputs and reconstructions for train and validation, samples, image shape, checkpoint step."""
+    import torch
+
+    from ..data import BINARIZERS
+
+    model = runs.load_model(run_dir)
+    d = cfg["data"]
+    splits = _splits(d["dataset"], d.get("root"), d.get("per_class"), d.get("seed", 0), d.get("val_size"))
+    binarizer = BINARIZERS.get(d["binarize"])()
+    out = {}
+    with torch.no_grad():
+        for split in ("train", "val"):
+            grey = splits[split].subset(pick_images(splits[split].labels))
+            gen = torch.Generator().manual_seed(SAMPLE_SEED)  # dynamic binarization: the same draw each time
+            x = binarizer.sample(binarizer.prepare(grey, "cpu"), gen).float()
+            out[split] = (x.numpy(), model.reconstruct(x).numpy())
+        out["samples"] = model.sample(N_SAMPLES, torch.Generator().manual_seed(SAMPLE_SEED)).numpy()
+    return out, tuple(splits["train"].shape), int(getattr(model, "trained_steps", 0))
+
+
+def draw_run(run_dir: str | Path, fig_dir: str | Path, title: str) -> dict[str, str]:
+    """Draw the seed's five figures for one run; return {figure: why it is missing} for those it can't."""
+    import torch
+
+    torch.set_num_threads(1)
+    run_dir, fig_dir = Path(run_dir), Path(fig_dir)
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    cfg = runs.read_config(run_dir)
+    missing: dict[str, str] = {}
+    m = runs.read_metrics(run_dir)
+    window = int(cfg.get("train", {}).get("eval_every", 100))
+    if len(m):
+        F.save(F.plot_terms(m, window, title), fig_dir / "terms", FORMATS)
+        F.save(F.plot_train_val(m, "rec", window, title), fig_dir / "train_val", FORMATS)
+    else:
+        missing["terms"] = missing["train_val"] = "no metrics logged yet"
+    if (run_dir / runs.CHECKPOINT).is_file():
+        images, shape, step = _images(run_dir, cfg)
+        at = f"{title} (checkpoint at update {step:,})"
+        for split, name in (("train", "training"), ("val", "validation")):
+            x, recon = images[split]
+            F.save(F.plot_reconstructions(x, recon, shape, f"{at}: {name} images"), fig_dir / f"recon_{split}", FORMATS)
+        F.save(F.plot_samples(images["samples"], shape, at), fig_dir / "samples", FORMATS)
+    else:
+        for name in ("recon_train", "recon_val", "samples"):
+            missing[name] = "no checkpoint yet"
+    for name in missing:  # a figure from an earlier report that can no longer be drawn is stale
+        for fmt in FORMATS:
+            (fig_dir / f"{name}.{fmt}").unlink(missing_ok=True)
+    return missing
+
+
+def _study_curves(view: StudyView, root: Path) -> pd.DataFrame:
+    """Validation curves (long form) of the study's runs, with their config columns."""
+    frames = []
+    for _, r in view.final.iterrows():
+        m = runs.read_metrics(run_path(root, r["run"]))
+        m = m[m["split"] == "val"].melt(id_vars=["step", "split"], value_vars=list(runs.TERMS),
+                                        var_name="term", value_name="value")
+        frames.append(m.assign(run=r["run"], **{k: r[k] for a in view.axes for k in a}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def draw_study(view: StudyView, root: Path, fig_dir: Path) -> list[tuple[str, str]]:
+    """Per axis: final validation terms per value (seeds and 95% CI), and learning curves with bands."""
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    curves = _study_curves(view, root)
+    drawn = []
+    for axis in view.axes:
+        keep = axis_slice(view.final, axis, view.axes, view.refs)
+        final = view.final[keep]
+        label = " & ".join(axis)
+        others = [f"{' & '.join(a)}={view.refs[a]}" for a in view.axes if a != axis]
+        title = f"{view.name}: {label}" + (f"  (other axes at {', '.join(others)})" if others else "")
+        stem = _slug(label)
+        done = final[final["state"] == "done"]
+        if len(done) and "val_elbo" in done:
+            F.save(F.plot_final_by_value(done, axis, title=title), fig_dir / f"final-{stem}", FORMATS)
+            drawn.append((f"final-{stem}", f"final validation terms per value of {label}"))
+        c = curves[curves["run"].isin(final["run"])] if len(curves) else curves
+        if len(c):
+            F.save(F.plot_curves_by_value(c, axis, title=title), fig_dir / f"curves-{stem}", FORMATS)
+            drawn.append((f"curves-{stem}", f"validation learning curves per value of {label} (mean, 95% CI band)"))
+    return drawn
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in text)
+
+
+def build_report(path: str | Path = "results", out: str | Path | None = None, force: bool = False,
+                 jobs: int | None = None) -> Report:
+    """Write the report of every run under ``path`` to ``out`` (default RESULTS/report); see module doc."""
+    root = Path(path)
+    final = load(root, final=True)  # raises one clear line when there are no runs
+    out = Path(out) if out is not None else default_out(root)
+    if any(runs.is_run_dir(p) for p in (out, *out.resolve().parents)):
+        raise VaebenchError(f"the report can't be written inside a run folder ({out}); choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = runs.read_json(out / MANIFEST) or {}
+    old = manifest.get("runs", {}) if manifest.get("version") == _FORMAT_VERSION else {}
+    report = Report(out, out / "index.html", summary(final))
+
+    run_dirs = {label: run_path(root, label) for label in final["run"]}
+    prints = {label: fingerprint(d) for label, d in run_dirs.items()}
+    todo = [label for label in final["run"]
+            if force or old.get(label, {}).get("fp") != prints[label]
+            or not all((out / "runs" / label / f"{name}.png").is_file() or name in old[label].get("missing", {})
+                       for name in RUN_FIGURES)]
+    views = {v.name: v for v in study_views(final)}
+    results = _draw_runs([(run_dirs[t], out / "runs" / t, t) for t in todo], jobs)
+    new_runs = {label: old[label] for label in final["run"] if label in old and label not in todo}
+    for label, missing in zip(todo, results):
+        new_runs[label] = {"fp": prints[label], "missing": missing}
+    report.drawn += todo
+    report.reused += [label for label in final["run"] if label not in todo]
+    report.missing = {label: v["missing"] for label, v in new_runs.items() if v["missing"]}
+
+    study_figs: dict[str, list] = {}
+    old_studies = manifest.get("studies", {}) if old else {}
+    new_studies = {}
+    for name, view in views.items():
+        fp = hashlib.sha256("|".join(prints[r] for r in view.final["run"]).encode()).hexdigest()[:16]
+        prev = old_studies.get(name, {})
+        if view.axes and (force or prev.get("fp") != fp
+                          or not all((out / "studies" / _slug(name) / f"{s}.png").is_file() for s, _ in prev.get("figures", []))):
+            figs = draw_study(view, root, out / "studies" / _slug(name))
+            report.drawn.append(f"study {name}")
+        else:
+            figs = [tuple(f) for f in prev.get("figures", [])] if view.axes else []
+        study_figs[name] = figs
+        new_studies[name] = {"fp": fp, "figures": [list(f) for f in figs]}
+
+    report.summary.to_csv(out / "summary.csv.tmp", index=False)
+    os.replace(out / "summary.csv.tmp", out / "summary.csv")
+    runs.atomic_write(out / "summary.md", summary_markdown(report.summary))
+    runs.atomic_write(report.index, _index_html(root, final, views, study_figs, new_runs, report.summary))
+    runs.write_json(out / MANIFEST, {"version": _FORMAT_VERSION, "runs": new_runs, "studies": new_studies})
+    return report
+
+
+def _draw_runs(tasks: list[tuple[Path, Path, str]], jobs: int | None) -> list[dict[str, str]]:
+    """Draw runs' figures, in worker processes when there are enough to pay for starting them."""
+    workers = min(jobs or os.cpu_count() or 1, len(tasks))
+    if workers <= 1 or len(tasks) < 8:
+        return [_draw_safely(*t) for t in tasks]
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        return list(pool.map(_draw_safely, *zip(*tasks), chunksize=max(1, len(tasks) // (4 * workers))))
+
+
+def _draw_safely(run_dir: Path, fig_dir: Path, title: str) -> dict[str, str]:
+    """A run whose files can't be read is reported as such, never stops the report."""
+    try:
+        return draw_run(run_dir, fig_dir, title)
+    except Exception as e:  # noqa: BLE001 - one unreadable run must not stop a 100-run report
+        return {name: f"could not be drawn: {type(e).__name__}: {e}" for name in RUN_FIGURES}
+
+
+# -- index.html -----------------------------------------------------------------------------------
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
+h1,h2,h3{font-weight:600} table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}
+td,th{border:1px solid #ccc;padding:2px 6px;text-align:right} th{background:#f3f3f3}
+td:first-child,th:first-child{text-align:left} img{max-width:100%;border:1px solid #eee;margin:4px 0}
+.figs{display:flex;flex-wrap:wrap;gap:8px} .figs figure{margin:0;flex:1 1 480px}
+figcaption{font-size:0.8em;color:#555} pre{background:#f7f7f7;padding:6px;font-size:0.75em;overflow:auto}
+.state-failed{color:#b00020;font-weight:600} .state-done{color:#1b7f3a} .state-partial,.state-new,.state-running{color:#a06000}
+details{margin:0.6em 0} summary{cursor:pointer}
+"""
+
+
+def _url(path: str) -> str:
+    return quote(path, safe="/")
+
+
+def _figure_html(rel_stem: str, caption: str) -> str:
+    png, svg = _url(rel_stem + ".png"), _url(rel_stem + ".svg")
+    return (f'<figure><a href="{png}"><img src="{png}" loading="lazy" alt="{html.escape(caption)}"></a>'
+            f'<figcaption>{html.escape(caption)} · <a href="{svg}">SVG</a></figcaption></figure>')
+
+
+def _config_html(root: Path, label: str) -> str:
+    run_dir = run_path(root, label)
+    try:
+        text = yaml.safe_dump(runs.read_config(run_dir), sort_keys=False)
+    except OSError:
+        text = "(config.yaml unreadable)"
+    return f"<details><summary>config</summary><pre>{html.escape(text)}</pre></details>"
+
+
+def _index_html(root: Path, final: pd.DataFrame, views: dict[str, StudyView], study_figs: dict[str, list],
+                run_info: dict, table: pd.DataFrame) -> str:
+    h = ["<!doctype html><html><head><meta charset='utf-8'>",
+         f"<title>vaebench report: {html.escape(str(root))}</title><style>{_CSS}</style></head><body>",
+         f"<h1>vaebench report: {html.escape(str(root))}</h1>",
+         f"<p>{len(final)} runs in {len(views)} {'study' if len(views) == 1 else 'studies'}; "
+         f"drawn {html.escape(time.strftime('%Y-%m-%d %H:%M'))} by vaebench {__version__}. "
+         "Curves are in nats per image against weight updates; train is blue, validation orange. "
+         "The summary table is also in <a href='summary.csv'>summary.csv</a> and "
+         "<a href='summary.md'>summary.md</a>.</p>"]
+    counts = final["state"].value_counts()
+    incomplete = final[final["state"] != "done"]
+    h.append("<p>States: " + ", ".join(f"{counts[s]} {s}" for s in counts.index) + ".</p>")
+    if len(incomplete) or any(v["missing"] for v in run_info.values()):
+        h.append("<h2>What is missing</h2><ul>")
+        for _, r in final.iterrows():
+            why = run_info.get(r["run"], {}).get("missing", {})
+            if r["state"] == "done" and not why:
+                continue
+            status = runs.read_status(run_path(root, r["run"]))
+            reason = status.get("reason") or ""
+            figs = "; ".join(f"{k}: {v}" for k, v in why.items())
+            h.append(f"<li><a href='#{_url(r['run'])}'>{html.escape(r['run'])}</a>: "
+                     f"<span class='state-{r['state']}'>{html.escape(str(r['state']))}</span> at update "
+                     f"{int(r['step']):,}{' — ' + html.escape(reason) if reason else ''}"
+                     f"{' — missing figures: ' + html.escape(figs) if figs else ''}</li>")
+        h.append("</ul>")
+    for name, view in views.items():
+        h.append(f"<h2>Study {html.escape(name)}</h2>")
+        part = table[table["study"] == name].drop(columns=["study"])
+        h.append(_summary_html(part))
+        if view.axes:
+            refs = ", ".join(f"{' & '.join(a)}={v}" for a, v in view.refs.items())
+            h.append(f"<p>Axes: {html.escape(', '.join(' & '.join(a) for a in view.axes))}. Each axis is compared "
+                     f"with the others at their most common value ({html.escape(refs)}); points are seeds, bars "
+                     "the mean and its 95% confidence interval (Student t).</p>")
+        h.append("<div class='figs'>" + "".join(_figure_html(f"studies/{_slug(name)}/{stem}", cap)
+                                                for stem, cap in study_figs.get(name, [])) + "</div>")
+        for _, r in view.final.iterrows():
+            label = r["run"]
+            info = run_info.get(label, {})
+            h.append(f"<h3 id='{html.escape(_url(label))}'>{html.escape(label)} — {html.escape(view.label(r))} "
+                     f"<span class='state-{r['state']}'>[{html.escape(str(r['state']))}, update {int(r['step']):,}]</span></h3>")
+            if pd.notna(r.get("val_elbo")):
+                h.append(f"<p>final validation ELBO {r['val_elbo']:.2f} (rec {r['val_rec']:.2f}, KL {r['val_kl']:.2f}) "
+                         f"nats per image; train ELBO {r.get('train_elbo', float('nan')):.2f}</p>")
+            h.append(_config_html(root, label))
+            figs = [_figure_html(f"runs/{label}/{name}", cap) for name, cap in RUN_FIGURES.items()
+                    if name not in info.get("missing", {})]
+            h.append("<div class='figs'>" + "".join(figs) + "</div>")
+    h.append("</body></html>")
+    return "\n".join(h)
+
+
+def _summary_html(table: pd.DataFrame) -> str:
+    shown = table.copy()
+    for col in [c for c in shown.columns if c.endswith("_mean")]:
+        m = col[:-5]
+        shown[m] = [("-" if pd.isna(a) else f"{a:.2f}") + ("" if pd.isna(b) else f" ± {b:.2f}")
+                    for a, b in zip(shown[col], shown[f"{m}_ci95"])]
+        shown = shown.drop(columns=[col, f"{m}_ci95"])
+    return shown.to_html(index=False, escape=True, border=0)

@@ -1,0 +1,308 @@
+"""The report's figures, each a function of a DataFrame (from ``vaebench.load``) or of image arrays.
+
+Every function returns a matplotlib Figure and never touches pyplot's global state, so a notebook
+can redraw any figure with its own filter::
+
+    df = vaebench.load("results/ablations")
+    plot_curves_by_value(df[df["objective.k"].isin([1, 10])], "objective.k")
+
+Colours are fixed per split (train blue, validation orange, test green) in every figure.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from contextlib import contextmanager
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+from .stats import mean_ci
+
+SPLIT_COLORS = {"train": "#1f77b4", "val": "#ff7f0e", "test": "#2ca02c"}
+SPLIT_LABELS = {"train": "train", "val": "validation", "test": "test"}
+TERM_LABELS = {
+    "rec": "reconstruction log-likelihood E_q[log p(x|z)]",
+    "kl": "KL(q(z|x) || p(z))",
+    "elbo": "ELBO",
+}
+NATS = "nats per image"
+UPDATES = "weight updates"
+
+
+@contextmanager
+def _style():
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85):
+        yield
+
+
+def _figure(width: float, height: float, ncols: int = 1, title: str = "", images: bool = False
+            ) -> tuple[Figure, list]:
+    """A figure with fixed margins in inches (constrained layout would double the drawing time of
+    a 100-run report), its title wrapped to the width; ``images`` drops the axis margins."""
+    lines = textwrap.wrap(title, width=int(width * 11)) if title else []
+    height += 0.22 * len(lines)
+    with _style():
+        fig = Figure(figsize=(width, height))
+        axes = fig.subplots(1, ncols, squeeze=False)[0]
+    if lines:
+        fig.suptitle("\n".join(lines), y=1 - 0.08 / height, va="top", fontsize="medium")
+    top = 0.32 + 0.22 * len(lines)
+    if images:
+        fig.subplots_adjust(left=0.1 / width, right=1 - 0.1 / width, bottom=0.1 / height, top=1 - top / height)
+    else:
+        fig.subplots_adjust(left=0.75 / width, right=1 - 0.15 / width, bottom=0.55 / height,
+                            top=1 - (top + 0.05) / height, wspace=0.32)
+    return fig, list(axes)
+
+
+def wide_metrics(df: pd.DataFrame) -> pd.DataFrame:
+    """Long form (run, step, split, term, value) -> one row per (step, split) with rec/kl/elbo columns.
+    A frame that is already wide (``vaebench.runs.read_metrics``) is returned as is."""
+    if "term" not in df.columns:
+        return df
+    runs_in = df["run"].nunique() if "run" in df.columns else 1
+    if runs_in > 1:
+        raise ValueError(f"this figure shows one run; filter the DataFrame to one run (it has {runs_in})")
+    wide = df.pivot_table(index=["step", "split"], columns="term", values="value", observed=True).reset_index()
+    wide.columns.name = None
+    return wide
+
+
+def smooth(values: pd.Series, window: int) -> pd.Series:
+    """Centred moving average over ``window`` updates: what a noisy per-update curve is doing,
+    without the lag of a trailing average (so it lines up with the validation points)."""
+    return values.rolling(max(1, int(window)), min_periods=1, center=True).mean()
+
+
+def _split_curve(ax, m: pd.DataFrame, term: str, window: int) -> None:
+    train = m[m["split"] == "train"].sort_values("step")
+    val = m[m["split"] == "val"].sort_values("step")
+    if len(train):
+        ax.plot(train["step"], train[term], color=SPLIT_COLORS["train"], alpha=0.2, lw=0.6,
+                label="train (every update)")
+        ax.plot(train["step"], smooth(train[term], window), color=SPLIT_COLORS["train"], lw=1.6,
+                label=f"train (mean of {window} updates)")
+    if len(val):
+        ax.plot(val["step"], val[term], color=SPLIT_COLORS["val"], lw=1.6, marker="o", ms=2.5,
+                label="validation")
+    ax.set_xlabel(UPDATES)
+    ax.set_ylabel(NATS)
+    _clip_start(ax, pd.concat([train, val]), term)
+
+
+def _clip_start(ax, m: pd.DataFrame, term: str) -> None:
+    """Keep the first few hundred updates (where the terms move by hundreds of nats) from flattening
+    the rest of the curve: the y range covers the values after the first 5% of training."""
+    if m.empty:
+        return
+    late = m[m["step"] >= 0.05 * m["step"].max()][term]
+    late = late[np.isfinite(late)]
+    if len(late) > 1:
+        lo, hi = np.percentile(late, [0.5, 99.5])
+        pad = 0.08 * (hi - lo or 1.0)
+        ax.set_ylim(lo - pad, hi + pad)
+
+
+def plot_terms(df: pd.DataFrame, smooth_window: int = 100, title: str = "") -> Figure:
+    """The seed's figure 1: the ELBO's two terms (reconstruction log-likelihood and KL) against
+    weight updates, train every update (light), smoothed, and validation."""
+    m = wide_metrics(df)
+    fig, axes = _figure(10, 3.6, ncols=2, title=title)
+    for ax, term in zip(axes, ("rec", "kl")):
+        _split_curve(ax, m, term, smooth_window)
+        ax.set_title(TERM_LABELS[term])
+    axes[0].legend(loc="lower right", fontsize="small")
+    return fig
+
+
+def plot_train_val(df: pd.DataFrame, term: str = "rec", smooth_window: int = 100, title: str = "") -> Figure:
+    """The seed's figure 5: one term on training vs validation images against weight updates."""
+    m = wide_metrics(df)
+    fig, (ax,) = _figure(6.4, 4, title=title)
+    _split_curve(ax, m, term, smooth_window)
+    ax.set_title(f"{TERM_LABELS[term]}: train vs validation")
+    ax.legend(loc="lower right", fontsize="small")
+    return fig
+
+
+def mosaic(images: np.ndarray, shape: tuple[int, int], cols: int, pad: int = 1, value: float = 0.5) -> np.ndarray:
+    """Tile N images of ``shape`` (given flat or not) into one array, ``pad`` pixels of grey between them."""
+    h, w = shape
+    images = np.asarray(images, dtype=np.float32).reshape(-1, h, w)
+    rows = -(-len(images) // cols)
+    out = np.full((rows * (h + pad) - pad, cols * (w + pad) - pad), value, dtype=np.float32)
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        out[r * (h + pad):r * (h + pad) + h, c * (w + pad):c * (w + pad) + w] = img
+    return out
+
+
+def _show(ax, grid: np.ndarray) -> None:
+    ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+
+
+def plot_reconstructions(inputs: np.ndarray, outputs: np.ndarray, shape: tuple[int, int],
+                         title: str = "", pairs_per_row: int = 5) -> Figure:
+    """The seed's figures 2 and 3: each input image with the decoder's output (Bernoulli means at
+    z = E_q[z]) beside it."""
+    h, w = shape
+    inputs = np.asarray(inputs, dtype=np.float32).reshape(-1, h, w)
+    outputs = np.asarray(outputs, dtype=np.float32).reshape(-1, h, w)
+    sep = np.full((len(inputs), h, 1), 0.5, dtype=np.float32)
+    pairs = np.concatenate([inputs, sep, outputs], axis=2)  # (N, h, 2w + 1)
+    grid = mosaic(pairs, (h, 2 * w + 1), cols=pairs_per_row, pad=max(2, h // 5))
+    rows = -(-len(inputs) // pairs_per_row)
+    fig, (ax,) = _figure(1.3 * pairs_per_row + 0.4, 0.7 * rows + 0.3, title=title, images=True)
+    _show(ax, grid)
+    ax.set_title("each pair: input (left), reconstruction (right)", fontsize="small")
+    return fig
+
+
+def plot_samples(images: np.ndarray, shape: tuple[int, int], title: str = "", cols: int = 10) -> Figure:
+    """The seed's figure 4: Bernoulli means of p(x|z) for z ~ N(0, I)."""
+    grid = mosaic(np.asarray(images), shape, cols=cols, pad=1)
+    rows = -(-len(images) // cols)
+    fig, (ax,) = _figure(0.6 * cols + 0.4, 0.6 * rows + 0.3, title=title, images=True)
+    _show(ax, grid)
+    ax.set_title("Bernoulli means of p(x|z) for z ~ N(0, I)", fontsize="small")
+    return fig
+
+
+# -- comparisons across an ablation axis --------------------------------------------------------
+
+def axis_label(axis: str | Sequence[str]) -> str:
+    return " & ".join([axis] if isinstance(axis, str) else list(axis))
+
+
+def axis_values(df: pd.DataFrame, axis: str | Sequence[str]) -> pd.Series:
+    """One label per row for the axis (several keys that vary together are joined)."""
+    cols = [axis] if isinstance(axis, str) else list(axis)
+    if len(cols) == 1:
+        return df[cols[0]].map(format_value)
+    def join(r) -> str:
+        vals = [format_value(v) for v in r]
+        return vals[0] if len(set(vals)) == 1 else ", ".join(vals)
+
+    return df[cols].apply(join, axis=1)
+
+
+def format_value(v) -> str:
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e6:
+        return str(int(v)) if not isinstance(v, bool) else str(v)
+    return str(v)
+
+
+def value_order(labels: Iterable[str]) -> list[str]:
+    """Numbers (and lists of numbers such as widths) in numeric order, anything else alphabetically."""
+    def key(s: str):
+        first = s.split(", ")[0]
+        try:
+            v = json.loads(first)
+        except ValueError:
+            return (1, (), s)
+        nums = v if isinstance(v, list) else [v]
+        if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in nums):
+            return (0, tuple(nums), s)
+        return (1, (), s)
+
+    return sorted(set(labels), key=key)
+
+
+FINAL_METRICS = ("val_elbo", "val_rec", "val_kl")
+
+
+def plot_final_by_value(final: pd.DataFrame, axis: str | Sequence[str],
+                        metrics: Sequence[str] = FINAL_METRICS, title: str = "") -> Figure:
+    """Final values per axis value: every seed as a point, the mean with its 95% CI as a bar.
+
+    ``final`` is one row per run, as ``vaebench.load(path, final=True)`` gives; runs without the
+    metric (failed or partial) are left out.
+    """
+    metrics = [m for m in metrics if m in final.columns]
+    if not metrics:
+        raise ValueError("no final metrics to plot (are any runs done?)")
+    d = final.assign(_value=axis_values(final, axis))
+    order = value_order(d["_value"])
+    fig, axes = _figure(3.3 * len(metrics) + 0.4, 3.6, ncols=len(metrics), title=title)
+    x = np.arange(len(order))
+    for ax, metric in zip(axes, metrics):
+        for i, value in enumerate(order):
+            vals = d.loc[d["_value"] == value, metric].astype(float).to_numpy()
+            vals = vals[np.isfinite(vals)]
+            if len(vals) == 0:
+                continue
+            jitter = np.linspace(-0.12, 0.12, len(vals)) if len(vals) > 1 else np.zeros(1)
+            ax.scatter(i + jitter, vals, s=14, color="0.45", zorder=3, label="seeds" if i == 0 else None)
+            mean, ci = mean_ci(vals)
+            ax.errorbar(i, mean, yerr=None if np.isnan(ci) else ci, fmt="D", color=SPLIT_COLORS["val"], ms=6,
+                        capsize=5, lw=1.6, zorder=4, label="mean ± 95% CI" if i == 0 else None)
+        ax.set_xticks(x, order, rotation=30 if max(map(len, order)) > 6 else 0)
+        ax.set_xlim(-0.5, len(order) - 0.5)
+        ax.set_xlabel(axis_label(axis))
+        split, _, term = metric.partition("_")
+        ax.set_title(f"final {SPLIT_LABELS.get(split, split)} {TERM_LABELS.get(term, term).split(' E_q')[0]}",
+                     fontsize="medium")
+        ax.set_ylabel(NATS)
+    axes[0].legend(fontsize="small")
+    return fig
+
+
+def curve_bands(df: pd.DataFrame, axis: str | Sequence[str], split: str = "val", term: str = "elbo") -> pd.DataFrame:
+    """Per axis value and step: the mean over runs (seeds), the 95% CI half-width, and the run count."""
+    d = df[(df["split"] == split) & (df["term"] == term)]
+    d = d.assign(_value=axis_values(d, axis))
+    rows = []
+    for (value, step), g in d.groupby(["_value", "step"], observed=True, sort=True):
+        mean, ci = mean_ci(g["value"])
+        rows.append((value, step, mean, ci, g["run"].nunique()))
+    return pd.DataFrame(rows, columns=["value", "step", "mean", "ci", "runs"])
+
+
+def plot_curves_by_value(df: pd.DataFrame, axis: str | Sequence[str], split: str = "val",
+                         terms: Sequence[str] = ("elbo", "rec", "kl"), title: str = "") -> Figure:
+    """Learning curves per axis value: the mean over seeds with a 95% CI band.
+
+    ``df`` is the long form of ``vaebench.load``; validation terms are logged every ``eval_every``
+    updates, so the default split gives smooth curves.
+    """
+    fig, axes = _figure(3.4 * len(terms) + 0.4, 3.6, ncols=len(terms), title=title)
+    order = value_order(axis_values(df, axis))
+    palette = sns.color_palette("viridis", len(order)) if len(order) > 1 else [SPLIT_COLORS[split]]
+    for ax, term in zip(axes, terms):
+        bands = curve_bands(df, axis, split, term)
+        for color, value in zip(palette, order):
+            b = bands[bands["value"] == value]
+            if b.empty:
+                continue
+            ax.plot(b["step"], b["mean"], color=color, lw=1.5, label=value)
+            ci = b["ci"].fillna(0)
+            ax.fill_between(b["step"], b["mean"] - ci, b["mean"] + ci, color=color, alpha=0.2, lw=0)
+        ax.set_title(f"{SPLIT_LABELS.get(split, split)} {TERM_LABELS[term].split(' E_q')[0]}", fontsize="medium")
+        ax.set_xlabel(UPDATES)
+        ax.set_ylabel(NATS)
+        _clip_start(ax, bands.rename(columns={"mean": term}), term)
+    axes[0].legend(title=axis_label(axis), loc="lower right", fontsize="small", title_fontsize="small")
+    return fig
+
+
+def save(fig: Figure, stem, formats: Sequence[str] = ("png", "svg"), dpi: int = 110) -> list[str]:
+    """Write ``stem.png`` and ``stem.svg`` (PNG to look at, SVG to put in a paper); return the names."""
+    from pathlib import Path
+
+    from ..runs import atomic_write
+    import io
+
+    names = []
+    for fmt in formats:
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=dpi)
+        path = Path(f"{stem}.{fmt}")
+        atomic_write(path, buf.getvalue())
+        names.append(path.name)
+    return names

@@ -1,0 +1,98 @@
+"""Reading a results folder into pandas: what ``vaebench.load``, ``vaebench ls`` and the report share.
+
+It reads run folders through vaebench.runs only, so it never needs the trainer or the grid.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import runs
+from .config import EXECUTION_KEYS, flatten
+from .errors import VaebenchError
+
+
+def _run_label(run_dir: Path, root: Path) -> str:
+    rel = run_dir.relative_to(root).as_posix()
+    return run_dir.name if rel == "." else rel
+
+
+def _study_label(run_dir: Path, root: Path) -> str:
+    """The folder that holds a run (``ablations`` for results/ablations/<run>): runs of one study share it."""
+    if run_dir == root:
+        return run_dir.parent.name or run_dir.name
+    parent = run_dir.parent.relative_to(root).as_posix()
+    return root.resolve().name if parent == "." else parent
+
+
+def _final_row(run_dir: Path) -> dict[str, Any]:
+    """Final metrics as flat columns: ``val_elbo``, ``train_rec``, ``test_iw_ll`` ..."""
+    row: dict[str, Any] = {}
+    for doc in (runs.read_final(run_dir) or {}, runs.read_json(run_dir / runs.EVAL) or {}):
+        for split, terms in doc.items():
+            if isinstance(terms, dict):
+                row.update({f"{split}_{term}": v for term, v in terms.items() if not isinstance(v, (dict, list))})
+    return row
+
+
+def load(path: str | Path = "results", final: bool = False) -> pd.DataFrame:
+    """Every run under ``path`` (any depth) as a DataFrame.
+
+    Long form (default): one row per logged value with columns run, study (the folder
+    holding the run), step, split (train/val), term (rec/kl/elbo), value, state, and the run's resolved config
+    as dotted-key columns (``objective.k``, ``model.latent``, ...).
+
+    ``final=True``: one row per run with its state, last step, final metrics
+    (``val_elbo``, ``val_rec``, ``val_kl``, ``train_elbo``, ... and any evaluation
+    results such as ``test_iw_ll``) and the same config columns.
+    """
+    root = Path(path)
+    frames, configs = [], []
+    for run_dir in runs.find_runs(root):
+        status = runs.read_status(run_dir)
+        config = flatten(runs.read_config(run_dir))
+        configs.append(config)
+        label = _run_label(run_dir, root)
+        if final:
+            frames.append(pd.DataFrame([{"run": label, "study": _study_label(run_dir, root),
+                                         "state": status.get("state", "new"),
+                                         "step": status.get("step", 0), **_final_row(run_dir), **config}]))
+            continue
+        m = runs.read_metrics(run_dir)
+        long = m.melt(id_vars=["step", "split"], value_vars=list(runs.TERMS), var_name="term", value_name="value")
+        long.insert(0, "run", label)
+        long.insert(1, "study", _study_label(run_dir, root))
+        long["state"] = status.get("state", "new")
+        for key, value in config.items():
+            long[key] = value
+        frames.append(long)
+    if not frames:
+        raise VaebenchError(f"no runs found under {root}")
+    df = pd.concat(frames, ignore_index=True)
+    df.attrs["varied"] = varied_keys(pd.DataFrame(configs))
+    if not final:
+        for col in ("run", "study", "split", "term", "state"):
+            df[col] = df[col].astype("category")
+    return df
+
+
+def varied_keys(df: pd.DataFrame) -> list[str]:
+    """The config columns whose values differ across the runs in ``df``: a study's axes and seeds
+    (execution-only keys such as train.threads aside)."""
+    config_cols = [c for c in df.columns if "." in c or c == "seed"]
+    return [c for c in config_cols
+            if c not in EXECUTION_KEYS and df[c].astype(str).nunique(dropna=False) > 1]
+
+
+def ls(path: str | Path = "results") -> pd.DataFrame:
+    """One row per run: its varied values, state, progress, final validation ELBO and any held-out
+    log-likelihood (``vaebench ls``)."""
+    df = load(path, final=True)
+    keys = varied_keys(df)
+    df = df.rename(columns={"train.steps": "steps"})
+    metrics = [c for c in ("val_elbo", "val_rec", "val_kl") if c in df]
+    metrics += sorted(c for c in df.columns if c.endswith(("_iw_ll", "_iw_ll_se")))
+    return df[["run", *keys, "state", "step", "steps", *metrics]].sort_values("run", ignore_index=True)
