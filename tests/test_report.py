@@ -1,0 +1,198 @@
+"""The report: every figure for a run and a study, the summary's numbers, failed and partial runs,
+idempotent reruns, and a report that never trains or touches a run folder."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from matplotlib.figure import Figure
+
+import vaebench
+from vaebench import runs
+from vaebench.report import build_report, plot_curves_by_value, plot_final_by_value, plot_terms, plot_train_val
+from vaebench.report.build import RUN_FIGURES
+from vaebench.report.stats import mean_ci, t975
+
+from conftest import REPO, run_cli
+
+TINY = {"data": {"per_class": 20, "val_size": 40},
+        "train": {"steps": 200, "batch_size": 20, "eval_every": 25, "flush_every": 50, "checkpoint_every": 100,
+                  "threads": 1}}
+
+
+def write(tmp: Path, name: str, **study) -> Path:
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, **TINY, **study}, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
+    """A single run and a 2-axis x 2-seed study (8 runs), a few hundred updates each."""
+    tmp = tmp_path_factory.mktemp("report")
+    out = tmp / "results"
+    vaebench.run_study(write(tmp, "single"), out=out, jobs=1, progress=False)
+    study = write(tmp, "st", grid={"objective.kl": ["analytic", "monte_carlo"], "objective.k": [1, 2]}, seeds=2)
+    res = vaebench.run_study(study, out=out, jobs=1, progress=False)
+    assert not res.failed
+    return out
+
+
+def figure_files(report_dir: Path) -> set[str]:
+    return {p.relative_to(report_dir).as_posix() for p in report_dir.rglob("*") if p.suffix in (".png", ".svg")}
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in root.rglob("*") if p.is_file() and "report" not in p.relative_to(root).parts[:1]}
+
+
+def test_every_figure_of_a_study_and_its_runs(results, tmp_path):
+    out = tmp_path / "rep"
+    rep = build_report(results, out=out)
+    files = figure_files(out)
+    labels = list(vaebench.load(results, final=True)["run"])
+    assert len(labels) == 9
+    for label in labels:
+        for name in RUN_FIGURES:
+            for fmt in ("png", "svg"):
+                assert f"runs/{label}/{name}.{fmt}" in files
+    for axis in ("objective.k", "objective.kl"):
+        for kind in ("final", "curves"):
+            assert f"studies/st/{kind}-{axis}.png" in files and f"studies/st/{kind}-{axis}.svg" in files
+    index = rep.index.read_text()
+    for f in files:
+        if f.endswith(".png"):
+            assert f.replace(",", "%2C").replace("=", "%3D") in index or f in index
+    assert (out / "summary.csv").is_file() and "| study |" in (out / "summary.md").read_text()
+    assert not rep.missing
+
+
+def test_a_single_run_folder_reports_beside_itself(results):
+    run_dir = runs.find_runs(results / "single")[0]
+    rep = build_report(run_dir)
+    assert rep.out == run_dir.parent / f"{run_dir.name}-report"
+    assert {f"runs/{run_dir.name}/{n}.png" for n in RUN_FIGURES} <= figure_files(rep.out)
+    assert runs.find_runs(results / "single") == [run_dir]  # the report folder is not a run
+
+
+def test_summary_equals_a_pandas_computation_from_load(results, tmp_path):
+    table = vaebench.summary(results / "st")
+    final = vaebench.load(results / "st", final=True)
+    final["gap"] = final["train_elbo"] - final["val_elbo"]
+    by = final.groupby(["objective.kl", "objective.k"])
+    assert len(table) == by.ngroups == 4
+    for (kl, k), g in by:
+        row = table[(table["objective.kl"] == kl) & (table["objective.k"] == str(k))].iloc[0]
+        assert row["n_seeds"] == len(g) == 2 and row["n_failed"] == 0
+        for metric in ("val_elbo", "val_rec", "val_kl", "gap"):
+            assert row[f"{metric}_mean"] == pytest.approx(g[metric].mean(), rel=1e-12)
+            half = t975(len(g) - 1) * g[metric].std(ddof=1) / math.sqrt(len(g))
+            assert row[f"{metric}_ci95"] == pytest.approx(half, rel=1e-9)
+    csv = pd.read_csv(build_report(results / "st", out=tmp_path / "r").out / "summary.csv")
+    assert csv["val_elbo_mean"].tolist() == pytest.approx(table["val_elbo_mean"].tolist())
+
+
+def test_t_quantiles_and_mean_ci():
+    assert t975(1) == 12.706 and t975(30) == 2.042
+    assert t975(31) == pytest.approx(2.0395, abs=2e-4) and t975(1000) == pytest.approx(1.9623, abs=2e-4)
+    mean, half = mean_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.303 * 1.0 / math.sqrt(3))
+    assert math.isnan(mean_ci([5.0])[1]) and math.isnan(mean_ci([])[0])
+
+
+def test_failed_and_partial_runs_are_reported_not_fatal(tmp_path, monkeypatch):
+    from vaebench.training import trainer
+
+    study = write(tmp_path, "mixed", variants={"good": {}, "bad": {"optim.name": "sgd", "optim.lr": 1.0e6}}, seeds=2)
+    out = tmp_path / "results"
+    assert len(vaebench.run_study(study, out=out, jobs=1, progress=False).failed) == 2
+    study = write(tmp_path, "mixed", variants={"good": {}, "bad": {"optim.name": "sgd", "optim.lr": 1.0e6},
+                                               "cut": {"optim.lr": 2.0e-3}}, seeds=2)
+    save = trainer.Trainer.save_checkpoint
+
+    def save_then_crash(self):  # a real cut: the run dies right after its first checkpoint
+        save(self)
+        if self.cfg.optim.lr == 2e-3:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(trainer.Trainer, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        vaebench.run_study(study, out=out, jobs=1, progress=False)
+    monkeypatch.undo()
+
+    before = snapshot(out)
+    rep = build_report(out)
+    assert snapshot(out) == before
+    table = rep.summary.set_index("config")
+    assert table.loc["optim.name=sgd, optim.lr=1000000.0", "n_failed"] == 2
+    assert table.loc["optim.name=sgd, optim.lr=1000000.0", "n_seeds"] == 0
+    assert table.loc["optim.lr=0.002", "n_unfinished"] == 1 and table.loc["optim.lr=0.002", "n_seeds"] == 0
+    assert table.loc["baseline", "n_seeds"] == 2
+    index = rep.index.read_text()
+    assert "What is missing" in index and "NaN" in index and "partial" in index
+    partial = next(label for label in vaebench.load(out, final=True)["run"] if "cut" in label)
+    files = figure_files(rep.out)
+    assert f"runs/{partial}/terms.png" in files and f"runs/{partial}/recon_val.png" in files  # from update 100
+    failed = [label for label, why in rep.missing.items() if "bad" in label]
+    assert len(failed) == 2 and all("no checkpoint" in why["samples"] for label, why in rep.missing.items()
+                                    if label in failed)
+
+
+def test_rerun_redraws_only_what_changed_and_never_touches_runs(results, tmp_path):
+    out = tmp_path / "rep"
+    before = snapshot(results)
+    first = build_report(results, out=out)
+    assert snapshot(results) == before  # nothing written in any run folder
+    times = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    second = build_report(results, out=out)
+    assert second.drawn == [] and len(second.reused) == len(first.drawn) - 1  # every run; the study aside
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == times
+
+    changed = runs.find_runs(results / "st")[0]
+    runs.write_json(changed / runs.EVAL, {"test": {"iw_ll": -30.0}})
+    try:
+        third = build_report(results, out=out)
+    finally:
+        (changed / runs.EVAL).unlink()
+    label = changed.relative_to(results).as_posix()
+    assert third.drawn == [label, "study st"]
+
+
+def test_the_report_never_imports_the_trainer(results, tmp_path):
+    code = ("import sys; from vaebench.report import build_report; "
+            f"build_report({str(results)!r}, out={str(tmp_path / 'r')!r}); "
+            "assert 'vaebench.training' not in sys.modules, "
+            "sorted(m for m in sys.modules if m.startswith('vaebench'))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+
+
+def test_plot_functions_take_dataframes_from_load(results):
+    df = vaebench.load(results / "st")
+    one = df[df["run"] == df["run"].iloc[0]]
+    assert isinstance(plot_terms(one), Figure) and isinstance(plot_train_val(one), Figure)
+    with pytest.raises(ValueError, match="one run"):
+        plot_terms(df)
+    only_k1 = df[df["objective.k"] == 1]
+    assert isinstance(plot_curves_by_value(only_k1, "objective.kl"), Figure)
+    final = vaebench.load(results / "st", final=True)
+    fig = plot_final_by_value(final, ["objective.kl", "objective.k"])
+    assert len(fig.axes) == 3
+
+
+def test_cli_report_and_its_errors(results, tmp_path):
+    r = run_cli("report", str(results / "st"), "--out", str(tmp_path / "r"))
+    assert r.returncode == 0, r.stderr
+    assert "index.html" in r.stdout and "val_elbo_mean" in r.stdout
+    missing = run_cli("report", str(tmp_path / "nothing"))
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "not found" in missing.stderr
+    run_dir = runs.find_runs(results / "single")[0]
+    inside = run_cli("report", str(results / "single"), "--out", str(run_dir / "figs"))
+    assert inside.returncode == 2 and "inside a run folder" in inside.stderr
