@@ -83,7 +83,14 @@ def find_runs(root: str | Path) -> list[Path]:
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
-    return yaml.safe_load((Path(run_dir) / CONFIG).read_text())
+    path = Path(run_dir) / CONFIG
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise VaebenchError(f"unreadable {path}: {str(e).splitlines()[0]}; restore it or delete the run folder") from None
+    if not isinstance(cfg, dict):
+        raise VaebenchError(f"{path} is not a run config (a mapping of keys); restore it or delete the run folder")
+    return cfg
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:

@@ -152,7 +152,10 @@ def _study_curves(view: StudyView, root: Path) -> pd.DataFrame:
     """Validation curves (long form) of the study's runs, with their config columns."""
     frames = []
     for _, r in view.final.iterrows():
-        m = runs.read_metrics(run_path(root, r["run"]))
+        try:
+            m = runs.read_metrics(run_path(root, r["run"]))
+        except VaebenchError:  # an unreadable metrics file: the run's own page says so
+            continue
         m = m[m["split"] == "val"].melt(id_vars=["step", "split"], value_vars=list(runs.TERMS),
                                         var_name="term", value_name="value")
         frames.append(m.assign(run=r["run"], **{k: r[k] for a in view.axes for k in a}))
@@ -282,7 +285,7 @@ def _config_html(root: Path, label: str) -> str:
     run_dir = run_path(root, label)
     try:
         text = yaml.safe_dump(runs.read_config(run_dir), sort_keys=False)
-    except OSError:
+    except VaebenchError:
         text = "(config.yaml unreadable)"
     return f"<details><summary>config</summary><pre>{html.escape(text)}</pre></details>"
 

@@ -81,6 +81,17 @@ class StudyView:
         parts = [f"{' & '.join(a)}={v}" for a, v in values.items() if v != self.refs[a]]
         return ", ".join(parts) or ("baseline" if self.axes else row.get("name", self.name))
 
+    def order_key(self, row: pd.Series) -> tuple:
+        """Baseline first, then the configs that differ on one axis, axis by axis, in value order."""
+        frame = row.to_frame().T
+        key = []
+        for axis in self.axes:
+            value = axis_values(frame, axis).iloc[0]
+            order = value_order(axis_values(self.final, axis))
+            key.append(order.index(value) if value != self.refs[axis] else -1)
+        differ = [i for i, k in enumerate(key) if k >= 0]
+        return (len(differ), differ, key)
+
 
 def study_views(final: pd.DataFrame) -> list[StudyView]:
     views = []
@@ -102,7 +113,8 @@ def summary(path_or_final: str | Path | pd.DataFrame) -> pd.DataFrame:
     rows = []
     for view in study_views(final):
         f = view.final.assign(_cfg=config_id(view.final))
-        for _, g in f.groupby("_cfg", sort=False):
+        groups = sorted(f.groupby("_cfg", sort=False), key=lambda item: view.order_key(item[1].iloc[0]))
+        for _, g in groups:
             done = g[g["state"] == "done"]
             row = {"study": view.name, "config": view.label(g.iloc[0])}
             for axis in view.axes:
