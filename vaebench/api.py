@@ -123,8 +123,50 @@ def varied_keys(df: pd.DataFrame) -> list[str]:
     """The config columns whose values differ across the runs in ``df``: a study's axes and seeds
     (execution-only keys such as train.threads aside)."""
     config_cols = [c for c in df.columns if "." in c or c == "seed"]
-    return [c for c in config_cols
-            if c not in EXECUTION_KEYS and df[c].astype(str).nunique(dropna=False) > 1]
+    return [c for c in config_cols if not _execution_key(c) and df[c].astype(str).nunique(dropna=False) > 1]
+
+
+def _execution_key(col: str) -> bool:
+    """``eval.k`` is an execution key because its section ``eval`` is one."""
+    return any(col == k or col.startswith(k + ".") for k in EXECUTION_KEYS)
+
+
+def evaluate(path: str | Path = "results", k: int = 5000, split: str = "test", device: str = "auto",
+             batch: int | None = None, force: bool = False, on_result=None) -> pd.DataFrame:
+    """Evaluate every done run under ``path`` (a run or a study) on ``split`` with ``k`` importance
+    samples per image, into each run's eval.json; runs with that (split, k) already are skipped
+    unless ``force``. Returns one row per run: run, state (evaluated / skipped / not done), the
+    split's numbers. ``on_result(row)`` is called after each run."""
+    from .evaluation import SPLITS, evaluate_run, has_eval, resolve_device
+
+    if k < 1:
+        raise ConfigError(f"k must be at least 1, got {k}")
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    resolve_device(device)
+    root = Path(path)
+    run_dirs = runs.find_runs(root)
+    if not run_dirs:
+        raise VaebenchError(f"no runs found under {root}")
+    if len(run_dirs) == 1 and runs.read_status(run_dirs[0]).get("state") != "done":
+        if not (run_dirs[0] / runs.CHECKPOINT).is_file():
+            raise VaebenchError(f"{run_dirs[0]} has no checkpoint yet; train it first (vaebench run)")
+        raise VaebenchError(f"{run_dirs[0]} is not done ({runs.read_status(run_dirs[0]).get('state', 'new')}); "
+                            f"finish it first (vaebench run)")
+    rows = []
+    for run_dir in run_dirs:
+        row: dict[str, Any] = {"run": _run_label(run_dir, root), "split": split}
+        if runs.read_status(run_dir).get("state") != "done":
+            row["state"] = "not done"
+        elif has_eval(run_dir, split, k) and not force:
+            row |= {"state": "skipped", **runs.read_json(run_dir / runs.EVAL)[split]}
+        else:
+            row |= {"state": "evaluated", **evaluate_run(run_dir, k=k, split=split, device=device, batch=batch)}
+        row.pop("kl_per_dim", None)
+        rows.append(row)
+        if on_result:
+            on_result(row)
+    return pd.DataFrame(rows)
 
 
 def ls(path: str | Path = "results") -> pd.DataFrame:

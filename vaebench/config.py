@@ -10,7 +10,7 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
@@ -93,6 +93,14 @@ class TrainConfig(_Section):
     threads: Optional[PosInt] = None  # torch intra-op threads; None: torch's default
 
 
+class EvalConfig(_Section):
+    """An optional evaluation after a run finishes (vaebench.evaluation); off with no splits."""
+
+    k: PosInt = 5000  # importance samples per image
+    splits: list[Literal["test", "val", "train"]] = []
+    batch: Optional[PosInt] = None  # images per batch; None: chosen from k
+
+
 class RunConfig(_Section):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")] = "run"  # the results subfolder
     seed: Seed = 0  # initialization, data order and z noise
@@ -101,6 +109,7 @@ class RunConfig(_Section):
     objective: Annotated[ObjectiveConfig, BeforeValidator(_name_shorthand)] = ObjectiveConfig()
     optim: Annotated[OptimConfig, BeforeValidator(_name_shorthand)] = OptimConfig()
     train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -125,7 +134,7 @@ class RunConfig(_Section):
 
 # Keys that differ only in how a run is executed or logged, never in its numbers: they are left
 # out of the run's id, so changing them resumes the same run instead of starting another.
-EXECUTION_KEYS = ("name", "train.flush_every", "train.checkpoint_every", "train.threads")
+EXECUTION_KEYS = ("name", "train.flush_every", "train.checkpoint_every", "train.threads", "eval")
 # Top-level keys of a study file (vaebench.grid); everything else is the base run config.
 STUDY_KEYS = ("grid", "zip", "variants", "seeds")
 
