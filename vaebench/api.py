@@ -71,12 +71,18 @@ def _run_label(run_dir: Path, root: Path) -> str:
 
 
 def _final_row(run_dir: Path) -> dict[str, Any]:
-    """Final metrics as flat columns: ``val_elbo``, ``train_rec``, ``test_iw_ll`` ..."""
+    """Final metrics as flat columns: ``val_elbo``, ``train_rec``, ``test_iw_ll`` ...
+
+    An evaluation's term that final.json already has (eval.json's val ELBO) is ``val_eval_elbo``.
+    """
     row: dict[str, Any] = {}
-    for doc in (runs.read_final(run_dir) or {}, runs.read_json(run_dir / runs.EVAL) or {}):
+    for source, doc in (("", runs.read_final(run_dir) or {}), ("eval_", runs.read_json(run_dir / runs.EVAL) or {})):
         for split, terms in doc.items():
             if isinstance(terms, dict):
-                row.update({f"{split}_{term}": v for term, v in terms.items() if not isinstance(v, (dict, list))})
+                for term, v in terms.items():
+                    if not isinstance(v, (dict, list)):
+                        key = f"{split}_{term}"
+                        row[f"{split}_{source}{term}" if key in row else key] = v
     return row
 
 

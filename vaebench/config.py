@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal, Optional
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from .components import ACTIVATIONS, KL_ESTIMATORS, LIKELIHOODS, NETWORKS, OBJECTIVES, OPTIMIZERS, POSTERIORS
+from .components import (ACTIVATIONS, KL_ESTIMATORS, LIKELIHOODS, NETWORKS, OBJECTIVES, OPTIMIZERS, POSTERIORS,
+                         SCHEDULES)
 from .data import BINARIZERS, DATASETS
 from .errors import ConfigError
 from .registry import Registry
@@ -74,6 +75,7 @@ class ObjectiveConfig(_Section):
     k: PosInt = 1  # z samples per example
     kl: Annotated[str, registered(KL_ESTIMATORS)] = "analytic"
     beta: Annotated[float, Field(ge=0)] = 1.0
+    warmup: Annotated[int, Field(ge=0)] = 0  # updates over which the KL weight ramps from 0 to beta
 
 
 class OptimConfig(_Section):
@@ -82,6 +84,7 @@ class OptimConfig(_Section):
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
     eps: Annotated[float, Field(gt=0)] = 1e-8
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    schedule: Annotated[str, registered(SCHEDULES)] = "none"  # learning-rate schedule over train.steps
 
 
 class TrainConfig(_Section):
