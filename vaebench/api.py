@@ -10,7 +10,7 @@ from .config import RunConfig, read_yaml
 from .errors import ConfigError, VaebenchError
 from .grid import Study, StudyResult, expand
 from .grid import run_study as _run_study
-from .results import load, ls, varied_keys  # noqa: F401  (re-exported: the API users call)
+from .results import _run_label, load, ls, varied_keys  # noqa: F401  (re-exported: the API users call)
 
 
 def _as_raw(config: str | Path | dict[str, Any] | RunConfig) -> tuple[dict[str, Any], str]:
@@ -79,3 +79,41 @@ def report(path: str | Path = "results", out: str | Path | None = None, force: b
     from .report import build_report
 
     return build_report(path, out=out, force=force, jobs=jobs)
+
+
+def evaluate(path: str | Path = "results", k: int = 5000, split: str = "test", device: str = "auto",
+             batch: int | None = None, force: bool = False, on_result=None) -> pd.DataFrame:
+    """Evaluate every done run under ``path`` (a run or a study) on ``split`` with ``k`` importance
+    samples per image, into each run's eval.json; runs with that (split, k) already are skipped
+    unless ``force``. Returns one row per run: run, state (evaluated / skipped / not done), the
+    split's numbers. ``on_result(row)`` is called after each run."""
+    from .evaluation import SPLITS, evaluate_run, has_eval, resolve_device
+
+    if k < 1:
+        raise ConfigError(f"k must be at least 1, got {k}")
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    resolve_device(device)
+    root = Path(path)
+    run_dirs = runs.find_runs(root)
+    if not run_dirs:
+        raise VaebenchError(f"no runs found under {root}")
+    if len(run_dirs) == 1 and runs.read_status(run_dirs[0]).get("state") != "done":
+        if not (run_dirs[0] / runs.CHECKPOINT).is_file():
+            raise VaebenchError(f"{run_dirs[0]} has no checkpoint yet; train it first (vaebench run)")
+        raise VaebenchError(f"{run_dirs[0]} is not done ({runs.read_status(run_dirs[0]).get('state', 'new')}); "
+                            f"finish it first (vaebench run)")
+    rows = []
+    for run_dir in run_dirs:
+        row: dict[str, Any] = {"run": _run_label(run_dir, root), "split": split}
+        if runs.read_status(run_dir).get("state") != "done":
+            row["state"] = "not done"
+        elif has_eval(run_dir, split, k) and not force:
+            row |= {"state": "skipped", **runs.read_json(run_dir / runs.EVAL)[split]}
+        else:
+            row |= {"state": "evaluated", **evaluate_run(run_dir, k=k, split=split, device=device, batch=batch)}
+        row.pop("kl_per_dim", None)
+        rows.append(row)
+        if on_result:
+            on_result(row)
+    return pd.DataFrame(rows)

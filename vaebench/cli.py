@@ -115,6 +115,30 @@ def report_command(results: str, out: str | None, jobs: int | None, force: bool)
     click.echo(f"report: {rep.index}")
 
 
+@cli.command(name="eval")
+@click.argument("path", metavar="RUN_OR_STUDY", type=click.Path(file_okay=False))
+@click.option("--k", "k", type=int, default=5000, show_default=True, help="Importance samples per image.")
+@click.option("--split", default="test", show_default=True,
+              help="test (all 10,000 test images), val or train (the run's own splits).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=None, help="Images per batch (default: by k).")
+@click.option("--force", is_flag=True, help="Evaluate again runs that already have this split and k.")
+def eval_command(path: str, k: int, split: str, device: str, batch: int | None, force: bool) -> None:
+    """Importance-weighted log p(x), ELBO, active units and KL per dimension of every done run under
+    RUN_OR_STUDY, into each run's eval.json (vaebench ls shows them)."""
+    from .api import evaluate
+
+    def line(row) -> None:
+        if row["state"] == "not done":
+            click.echo(f"{row['state']:9s} {row['run']}")
+        else:
+            click.echo(f"{row['state']:9s} {row['run']}  {split} IW log p(x) {row['iw_ll']:.2f} "
+                       f"± {row['iw_ll_se']:.2f} (k={row['k']}), ELBO {row['elbo']:.2f} ± {row['elbo_se']:.2f}, "
+                       f"{row['active_units']} active units, {row['seconds']:.1f}s")
+
+    evaluate(path, k=k, split=split, device=device, batch=batch, force=force, on_result=line)
+
+
 def _table(df) -> str:
     """Config values as written, metrics (float columns named like val_elbo) to 2 decimals."""
     df = df.copy()

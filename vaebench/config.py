@@ -10,12 +10,13 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from .components import ACTIVATIONS, KL_ESTIMATORS, LIKELIHOODS, NETWORKS, OBJECTIVES, OPTIMIZERS, POSTERIORS
+from .components import (ACTIVATIONS, KL_ESTIMATORS, LIKELIHOODS, NETWORKS, OBJECTIVES, OPTIMIZERS, POSTERIORS,
+                         SCHEDULES)
 from .data import BINARIZERS, DATASETS
 from .errors import ConfigError
 from .registry import Registry
@@ -74,6 +75,7 @@ class ObjectiveConfig(_Section):
     k: PosInt = 1  # z samples per example
     kl: Annotated[str, registered(KL_ESTIMATORS)] = "analytic"
     beta: Annotated[float, Field(ge=0)] = 1.0
+    warmup: Annotated[int, Field(ge=0)] = 0  # updates over which the KL weight ramps from 0 to beta
 
 
 class OptimConfig(_Section):
@@ -82,6 +84,7 @@ class OptimConfig(_Section):
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
     eps: Annotated[float, Field(gt=0)] = 1e-8
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    schedule: Annotated[str, registered(SCHEDULES)] = "none"  # learning-rate schedule over train.steps
 
 
 class TrainConfig(_Section):
@@ -93,6 +96,14 @@ class TrainConfig(_Section):
     threads: Optional[PosInt] = None  # torch intra-op threads; None: torch's default
 
 
+class EvalConfig(_Section):
+    """An optional evaluation after a run finishes (vaebench.evaluation); off with no splits."""
+
+    k: PosInt = 5000  # importance samples per image
+    splits: list[Literal["test", "val", "train"]] = []
+    batch: Optional[PosInt] = None  # images per batch; None: chosen from k
+
+
 class RunConfig(_Section):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")] = "run"  # the results subfolder
     seed: Seed = 0  # initialization, data order and z noise
@@ -101,6 +112,7 @@ class RunConfig(_Section):
     objective: Annotated[ObjectiveConfig, BeforeValidator(_name_shorthand)] = ObjectiveConfig()
     optim: Annotated[OptimConfig, BeforeValidator(_name_shorthand)] = OptimConfig()
     train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -125,7 +137,7 @@ class RunConfig(_Section):
 
 # Keys that differ only in how a run is executed or logged, never in its numbers: they are left
 # out of the run's id, so changing them resumes the same run instead of starting another.
-EXECUTION_KEYS = ("name", "train.flush_every", "train.checkpoint_every", "train.threads")
+EXECUTION_KEYS = ("name", "train.flush_every", "train.checkpoint_every", "train.threads", "eval")
 # Top-level keys of a study file (vaebench.grid); everything else is the base run config.
 STUDY_KEYS = ("grid", "zip", "variants", "seeds")
 

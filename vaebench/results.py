@@ -29,12 +29,18 @@ def _study_label(run_dir: Path, root: Path) -> str:
 
 
 def _final_row(run_dir: Path) -> dict[str, Any]:
-    """Final metrics as flat columns: ``val_elbo``, ``train_rec``, ``test_iw_ll`` ..."""
+    """Final metrics as flat columns: ``val_elbo``, ``train_rec``, ``test_iw_ll`` ...
+
+    An evaluation's term that final.json already has (eval.json's val ELBO) is ``val_eval_elbo``.
+    """
     row: dict[str, Any] = {}
-    for doc in (runs.read_final(run_dir) or {}, runs.read_json(run_dir / runs.EVAL) or {}):
+    for source, doc in (("", runs.read_final(run_dir) or {}), ("eval_", runs.read_json(run_dir / runs.EVAL) or {})):
         for split, terms in doc.items():
             if isinstance(terms, dict):
-                row.update({f"{split}_{term}": v for term, v in terms.items() if not isinstance(v, (dict, list))})
+                for term, v in terms.items():
+                    if not isinstance(v, (dict, list)):
+                        key = f"{split}_{term}"
+                        row[f"{split}_{source}{term}" if key in row else key] = v
     return row
 
 
@@ -83,8 +89,12 @@ def varied_keys(df: pd.DataFrame) -> list[str]:
     """The config columns whose values differ across the runs in ``df``: a study's axes and seeds
     (execution-only keys such as train.threads aside)."""
     config_cols = [c for c in df.columns if "." in c or c == "seed"]
-    return [c for c in config_cols
-            if c not in EXECUTION_KEYS and df[c].astype(str).nunique(dropna=False) > 1]
+    return [c for c in config_cols if not is_execution_key(c) and df[c].astype(str).nunique(dropna=False) > 1]
+
+
+def is_execution_key(col: str) -> bool:
+    """``eval.k`` is an execution key because its section ``eval`` is one."""
+    return any(col == k or col.startswith(k + ".") for k in EXECUTION_KEYS)
 
 
 def ls(path: str | Path = "results") -> pd.DataFrame:

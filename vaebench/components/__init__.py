@@ -8,10 +8,10 @@ from .posteriors import POSTERIORS
 from .kl import KL_ESTIMATORS
 from .likelihoods import LIKELIHOODS
 from .objectives import OBJECTIVES, Terms
-from .optimizers import OPTIMIZERS
+from .optimizers import OPTIMIZERS, SCHEDULES
 from .vae import VAE, build_model
 
 __all__ = [
     "ACTIVATIONS", "NETWORKS", "MLP", "POSTERIORS", "KL_ESTIMATORS", "LIKELIHOODS",
-    "OBJECTIVES", "Terms", "OPTIMIZERS", "VAE", "build_model",
+    "OBJECTIVES", "Terms", "OPTIMIZERS", "SCHEDULES", "VAE", "build_model",
 ]

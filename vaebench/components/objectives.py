@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import torch
 
 from .. import elbo
@@ -27,18 +29,49 @@ def draw_eps(k: int, mu: torch.Tensor, generator: torch.Generator | None) -> tor
     return torch.randn((k, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
 
 
+def kl_weight(beta: float, warmup: int, step: int | None) -> float:
+    """beta, ramped linearly from 0 over the first ``warmup`` updates; ``step`` counts the updates
+    done before this one (0 for the first), None means "not training" and gives beta itself."""
+    if step is None or warmup <= 0:
+        return beta
+    return beta * min(1.0, step / warmup)
+
+
 @OBJECTIVES.register("elbo")
 class ELBO:
     """The seed's objective: E_q[log p(x|z)] over K samples minus beta * KL (beta = 1 is the ELBO)."""
 
-    def __init__(self, k: int = 1, kl: str = "analytic", beta: float = 1.0, **_: object):
-        self.k, self.beta = k, beta
+    def __init__(self, k: int = 1, kl: str = "analytic", beta: float = 1.0, warmup: int = 0, **_: object):
+        self.k, self.beta, self.warmup = k, beta, warmup
         self.kl = KL_ESTIMATORS.get(kl)
 
-    def __call__(self, model, x: torch.Tensor, generator: torch.Generator | None = None) -> Terms:
+    def __call__(self, model, x: torch.Tensor, generator: torch.Generator | None = None,
+                 step: int | None = None) -> Terms:
         mu, sigma = model.encode(x)
         z = elbo.reparameterize(mu, sigma, draw_eps(self.k, mu, generator))
         rec = elbo.k_sample_mean(model.log_likelihood(z, x))
         kl = self.kl(mu, sigma, z)
-        loss = -(rec - self.beta * kl).mean()
+        loss = -(rec - kl_weight(self.beta, self.warmup, step) * kl).mean()
         return Terms(rec=rec, kl=kl, elbo=rec - kl, loss=loss)
+
+
+@OBJECTIVES.register("iwae")
+class IWAE(ELBO):
+    """The importance-weighted bound (Burda et al. 2016): log (1/K) sum_k p(x|z_k) [p(z_k)/q(z_k|x)]^beta.
+
+    The loss is minus that bound (beta = 1, warm-up aside); the logged rec, kl and elbo are the
+    usual K-sample ELBO terms on the same draws, so curves compare with objective: elbo. With
+    K = 1 it is the ELBO with the Monte-Carlo KL, gradient for gradient.
+    """
+
+    def __call__(self, model, x: torch.Tensor, generator: torch.Generator | None = None,
+                 step: int | None = None) -> Terms:
+        mu, sigma = model.encode(x)
+        z = elbo.reparameterize(mu, sigma, draw_eps(self.k, mu, generator))
+        log_px = model.log_likelihood(z, x)  # (K, B)
+        log_ratio = elbo.standard_normal_log_prob(z) - elbo.gaussian_log_prob(z, mu, sigma)
+        log_w = log_px + kl_weight(self.beta, self.warmup, step) * log_ratio
+        bound = torch.logsumexp(log_w, dim=0) - math.log(self.k)
+        rec = elbo.k_sample_mean(log_px)
+        kl = self.kl(mu, sigma, z)
+        return Terms(rec=rec, kl=kl, elbo=rec - kl, loss=-bound.mean())

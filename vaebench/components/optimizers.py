@@ -7,6 +7,28 @@ import torch
 from ..registry import Registry
 
 OPTIMIZERS: Registry = Registry("optimizer")
+# Learning-rate schedules: (update index, total updates) -> factor on optim.lr. A pure function of
+# the step, so a resumed run sets the same rate as an uninterrupted one without saving any state.
+SCHEDULES: Registry = Registry("learning-rate schedule")
+
+
+@SCHEDULES.register("none")
+def constant(step: int, steps: int) -> float:
+    return 1.0
+
+
+@SCHEDULES.register("iwae")
+def iwae(step: int, steps: int) -> float:
+    """Burda et al. (2016): stage i = 0..7 lasts 3^i epochs at lr * 10^(-i/7), 3,280 epochs in all.
+
+    Stages are fractions of train.steps, so steps = 3,280 epochs of updates is the paper's
+    schedule and fewer steps compress it.
+    """
+    done = 3_280 * step / steps  # epochs done, on the paper's clock
+    i = 0
+    while i < 7 and done >= (3 ** (i + 1) - 1) // 2:
+        i += 1
+    return 10.0 ** (-i / 7)
 
 
 @OPTIMIZERS.register("adam")

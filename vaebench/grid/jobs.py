@@ -60,6 +60,22 @@ def is_locked(run_dir: Path) -> bool:
     return False
 
 
+def evaluate_after(cfg: RunConfig, result, job: Job):
+    """The config's end-of-run evaluation (eval.splits), skipping splits already evaluated with eval.k."""
+    from ..evaluation import evaluate_run, has_eval
+
+    for split in cfg.eval.splits:
+        if job.force or not has_eval(result.path, split, cfg.eval.k):
+            try:
+                evaluate_run(result.path, k=cfg.eval.k, split=split, device=job.device, batch=cfg.eval.batch)
+            except Exception as e:  # the training is done and kept; only the evaluation is missing
+                result.state = "failed"
+                result.reason = (f"trained, but evaluation on {split} failed ({type(e).__name__}: {e}); "
+                                 f"retry with vaebench eval {result.path} --split {split} --k {cfg.eval.k}")
+                break
+    return result
+
+
 def execute(job: Job) -> list:
     """Train the job's runs; return one RunResult per run, never raising for a run's own failure."""
     import torch
@@ -87,6 +103,8 @@ def execute(job: Job) -> list:
             continue
         try:
             results.append(train_run(cfg, run_dir, device=job.device, progress=progress, force=job.force))
+            if results[-1].state in ("done", "skipped") and cfg.eval.splits:
+                results[-1] = evaluate_after(cfg, results[-1], job)
         except KeyboardInterrupt:
             _mark_interrupted()
             raise

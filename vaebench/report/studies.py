@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import EXECUTION_KEYS
-from ..results import load, varied_keys
+from ..results import is_execution_key, load, varied_keys
 from .figures import axis_values, value_order
 from .stats import mean_ci
 
@@ -24,7 +23,7 @@ SUMMARY_METRICS = ("val_elbo", "val_rec", "val_kl", "gap", "test_iw_ll")
 
 
 def config_columns(df: pd.DataFrame) -> list[str]:
-    return [c for c in df.columns if ("." in c or c == "seed") and c not in EXECUTION_KEYS]
+    return [c for c in df.columns if ("." in c or c == "seed") and not is_execution_key(c)]
 
 
 def axes_of(final: pd.DataFrame) -> list[tuple[str, ...]]:

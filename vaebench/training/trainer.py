@@ -25,7 +25,7 @@ import yaml
 
 from .. import __version__
 from .. import runs
-from ..components import OBJECTIVES, OPTIMIZERS, build_model
+from ..components import OBJECTIVES, OPTIMIZERS, SCHEDULES, build_model
 from ..config import RunConfig, resolve
 from ..data import BINARIZERS, load_splits
 from ..errors import ConfigError
@@ -111,6 +111,7 @@ class Trainer:
             torch.manual_seed(derive_seed(cfg.seed, 0))
             self.model = build_model(cfg.model.model_dump(mode="json"), self.train_x.shape[1]).to(device)
         o = cfg.optim.model_dump(mode="json")
+        self.schedule = SCHEDULES.get(o.pop("schedule"))
         self.optimizer = OPTIMIZERS.get(o.pop("name"))(self.model.parameters(), **o)
         ob = cfg.objective.model_dump(mode="json")
         self.objective = OBJECTIVES.get(ob.pop("name"))(**ob)
@@ -168,7 +169,10 @@ class Trainer:
 
     def train_step(self) -> torch.Tensor:
         x = self.next_batch()
-        terms = self.objective(self.model, x, self.noise_gen)
+        lr = self.cfg.optim.lr * self.schedule(self.step, self.cfg.train.steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        terms = self.objective(self.model, x, self.noise_gen, step=self.step)
         self.optimizer.zero_grad(set_to_none=True)
         terms.loss.backward()
         self.optimizer.step()

@@ -1,0 +1,189 @@
+"""Held-out evaluation and the objectives beyond the ELBO, against closed forms and exact integrals."""
+
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+import vaebench
+from vaebench import elbo, runs
+from vaebench.components import OBJECTIVES, SCHEDULES, VAE
+from vaebench.components.objectives import kl_weight
+from vaebench.config import resolve
+from vaebench.evaluation import active_units, evaluate_model, iw_log_likelihood, posterior_stats
+
+from conftest import run_cli
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _model(data_dim=6, latent=2, hidden=8, seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    m = VAE(data_dim, latent, {"name": "mlp", "hidden": [hidden]}, {"name": "mlp", "hidden": [hidden]})
+    return m.to(dtype).eval()
+
+
+def _data(n, d, seed=1, dtype=torch.float32):
+    return torch.bernoulli(torch.full((n, d), 0.4, dtype=dtype), generator=_gen(seed))
+
+
+def _log_weights_by_hand(model, x, eps):
+    """log p(x|z) + log p(z) - log q(z|x) from the ELBO's own functions, eps (B, S, L)."""
+    mu, sigma = model.encode(x)
+    z = elbo.reparameterize(mu[:, None], sigma[:, None], eps)
+    return (elbo.bernoulli_log_prob(model.decode(z), x[:, None]) + elbo.standard_normal_log_prob(z)
+            - elbo.gaussian_log_prob(z, mu[:, None], sigma[:, None]))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_k1_estimate_is_the_elbo_on_the_same_draw(fused):
+    model, x = _model(dtype=torch.float64), _data(5, 6, dtype=torch.float64)
+    iw, mean_w = iw_log_likelihood(model, x, 1, _gen(3), fused=fused)
+    eps = torch.randn((5, 1, 2), generator=_gen(3), dtype=torch.float64)
+    with torch.no_grad():
+        by_hand = _log_weights_by_hand(model, x, eps)[:, 0]
+    torch.testing.assert_close(iw, by_hand)
+    torch.testing.assert_close(mean_w, by_hand)
+
+
+def test_fused_path_matches_the_generic_one_and_the_logsumexp_by_hand():
+    model, x = _model(data_dim=12, hidden=16, dtype=torch.float64), _data(7, 12, dtype=torch.float64)
+    k = 50  # 4 chunks of 13 and a short last one: the chunks' log-sum-exps must combine exactly
+    fused = iw_log_likelihood(model, x, k, _gen(4), batch=7, chunk=13, fused=True)
+    generic = iw_log_likelihood(model, x, k, _gen(4), batch=7, chunk=13, fused=False)
+    torch.testing.assert_close(fused, generic)
+    g = _gen(4)
+    eps = torch.cat([torch.randn((7, min(13, k - j), 2), generator=g, dtype=torch.float64) for j in range(0, k, 13)], 1)
+    with torch.no_grad():
+        w = _log_weights_by_hand(model, x, eps)
+    torch.testing.assert_close(fused[0], torch.logsumexp(w, 1) - math.log(k))
+    torch.testing.assert_close(fused[1], w.mean(1))
+
+
+def test_estimate_grows_with_k_in_expectation():
+    model, x = _model(), _data(400, 6)
+    means = [iw_log_likelihood(model, x, k, _gen(k))[0].mean().item() for k in (1, 5, 50)]
+    assert means[0] < means[1] < means[2], means
+
+
+def _exact_log_px(model, x, half_width=8.0, n=601):
+    """log p(x) = log of the integral of p(x|z) N(z; 0, I) over a fine 2-D grid (trapezoid)."""
+    t = torch.linspace(-half_width, half_width, n, dtype=torch.float64)
+    z = torch.cartesian_prod(t, t)  # (n^2, 2)
+    w = torch.ones(n, dtype=torch.float64)
+    w[0] = w[-1] = 0.5
+    log_cell = torch.log(torch.outer(w, w).reshape(-1) * (t[1] - t[0]) ** 2)
+    with torch.no_grad():
+        logits = model.decode(z)[:, None]  # (n^2, 1, D) against x (N, D)
+        log_px_z = (x * logits - torch.nn.functional.softplus(logits)).sum(-1)
+        log_joint = log_px_z + elbo.standard_normal_log_prob(z)[:, None]
+    return torch.logsumexp(log_joint + log_cell[:, None], 0)
+
+
+def test_estimate_is_below_the_exact_log_likelihood_and_converges_to_it():
+    model, x = _model(dtype=torch.float64), _data(4, 6, dtype=torch.float64)
+    exact = _exact_log_px(model, x)
+    for k in (1, 10):  # E[estimate] <= log p(x): average over many independent estimates
+        draws = torch.stack([iw_log_likelihood(model, x, k, _gen(s))[0] for s in range(200)])
+        assert torch.all(draws.mean(0) < exact), (k, draws.mean(0), exact)
+    iw, mean_w = iw_log_likelihood(model, x, 20_000, _gen(9))
+    assert torch.all(mean_w < iw)
+    torch.testing.assert_close(iw, exact, atol=0.02, rtol=0)
+
+
+def test_active_units_and_kl_per_dimension():
+    model, x = _model(data_dim=20, latent=5, hidden=16), _data(500, 20)
+    last = model.encoder[-1]
+    with torch.no_grad():
+        last.weight[:5] *= 5.0  # spread the means of the live dimensions
+        last.weight[[1, 3]] = 0.0  # dims 1 and 3: E_q[z|x] is the same for every x
+        last.bias[[1, 3]] = 0.3
+    mu, kl = posterior_stats(model, x)
+    assert active_units(mu) == 3
+    assert mu[:, [1, 3]].var(0).max() == 0
+    entry = evaluate_model(model, x, k=3)
+    assert entry["active_units"] == 3 and entry["n"] == 500 and entry["k"] == 3
+    with torch.no_grad():
+        total = elbo.kl_analytic(*model.encode(x)).double().mean()
+    assert math.isclose(sum(entry["kl_per_dim"]), total.item(), rel_tol=1e-5)
+
+
+def _grads(objective, model, x, seed):
+    model.zero_grad()
+    terms = objective(model, x, _gen(seed))
+    terms.loss.backward()
+    return terms, [p.grad.clone() for p in model.parameters()]
+
+
+def test_iwae_with_one_sample_has_the_elbo_gradient():
+    model, x = _model(dtype=torch.float64).train(), _data(8, 6, dtype=torch.float64)
+    t_iwae, g_iwae = _grads(OBJECTIVES.get("iwae")(k=1), model, x, 11)
+    t_elbo, g_elbo = _grads(OBJECTIVES.get("elbo")(k=1, kl="monte_carlo"), model, x, 11)
+    torch.testing.assert_close(t_iwae.loss, t_elbo.loss)
+    for a, b in zip(g_iwae, g_elbo):
+        torch.testing.assert_close(a, b)
+
+
+def test_iwae_bound_is_above_the_elbo_on_the_same_draws_and_logs_elbo_terms():
+    model, x = _model(dtype=torch.float64), _data(8, 6, dtype=torch.float64)
+    with torch.no_grad():
+        iwae = OBJECTIVES.get("iwae")(k=5, kl="monte_carlo")(model, x, _gen(2))
+        same = OBJECTIVES.get("elbo")(k=5, kl="monte_carlo")(model, x, _gen(2))
+    for name in ("rec", "kl", "elbo"):
+        torch.testing.assert_close(getattr(iwae, name), getattr(same, name))
+    assert -iwae.loss > same.elbo.mean()
+
+
+def test_kl_warmup_and_iwae_learning_rate_schedule():
+    assert [kl_weight(2.0, 100, s) for s in (0, 50, 100, 500, None)] == [0.0, 1.0, 2.0, 2.0, 2.0]
+    assert kl_weight(0.5, 0, 0) == 0.5
+    model, x = _model(dtype=torch.float64), _data(4, 6, dtype=torch.float64)
+    with torch.no_grad():
+        t = OBJECTIVES.get("elbo")(k=1, warmup=10)(model, x, _gen(1), step=0)
+    torch.testing.assert_close(t.loss, -t.rec.mean())
+    lr = SCHEDULES.get("iwae")
+    steps = 3280  # one update per paper epoch: stage i spans 3^i epochs at 10^(-i/7)
+    starts = [(3**i - 1) // 2 for i in range(8)]
+    for i, s in enumerate(starts):
+        assert math.isclose(lr(s, steps), 10 ** (-i / 7)) and (s == 0 or lr(s - 1, steps) > lr(s, steps))
+    assert math.isclose(lr(steps - 1, steps), 0.1) and SCHEDULES.get("none")(7, 10) == 1.0
+
+
+def test_eval_keys_do_not_change_the_run_id():
+    base = resolve({})
+    assert resolve({"eval": {"k": 10, "splits": ["test", "val"]}}).run_hash() == base.run_hash()
+    assert resolve({"objective": {"name": "iwae", "k": 5}}).run_hash() != base.run_hash()
+
+
+def test_eval_cli_writes_eval_json_and_ls_shows_it(tmp_path, tiny_overrides):
+    o = {k: yaml.safe_load(v) for k, v in (x.split("=", 1) for x in tiny_overrides)}
+    o |= {"objective.name": "iwae", "objective.k": 3, "objective.warmup": 30, "optim.schedule": "iwae",
+          "eval.k": 4, "eval.splits": ["val"]}
+    res = vaebench.run({"name": "t"}, out=tmp_path, overrides=o, progress=False)
+    assert res.state == "done"
+    doc = json.loads((res.path / runs.EVAL).read_text())  # the config's end-of-run evaluation
+    assert doc["val"]["k"] == 4 and doc["val"]["n"] == 50 and len(doc["val"]["kl_per_dim"]) == 8
+
+    p = run_cli("eval", str(tmp_path), "--k", "3", "--split", "test")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("evaluated") and "IW log p(x)" in p.stdout
+    doc = json.loads((res.path / runs.EVAL).read_text())
+    assert set(doc) == {"val", "test"} and doc["test"]["n"] == 10_000
+    assert doc["test"]["elbo"] <= doc["test"]["iw_ll"] < 0
+    assert run_cli("eval", str(tmp_path), "--k", "3").stdout.startswith("skipped")
+
+    ls = run_cli("ls", str(tmp_path))
+    assert ls.returncode == 0 and "test_iw_ll" in ls.stdout and "val_iw_ll" in ls.stdout
+    final = vaebench.load(tmp_path, final=True)
+    assert final.loc[0, "test_iw_ll"] == pytest.approx(doc["test"]["iw_ll"])
+    assert final.loc[0, "val_elbo"] == json.loads((res.path / runs.FINAL).read_text())["val"]["elbo"]
+
+    bad = run_cli("eval", str(tmp_path), "--k", "0")
+    assert bad.returncode == 2 and bad.stderr.strip() == "vaebench: error: k must be at least 1, got 0"
+    (res.path / runs.CHECKPOINT).unlink()
+    bad = run_cli("eval", str(res.path), "--force")
+    assert bad.returncode != 0 and "no checkpoint" in bad.stderr and "Traceback" not in bad.stderr

@@ -1,0 +1,10 @@
+"""Held-out evaluation of trained runs: importance-weighted log-likelihood, active units, KL per dim.
+
+Imports components, data, runs and elbo only; never the trainer, the grid or the CLI.
+"""
+
+from .estimates import active_units, iw_log_likelihood, mean_and_se, posterior_stats
+from .run import SPLITS, evaluate_model, evaluate_run, has_eval, resolve_device, split_images
+
+__all__ = ["SPLITS", "active_units", "evaluate_model", "evaluate_run", "has_eval", "iw_log_likelihood",
+           "mean_and_se", "posterior_stats", "resolve_device", "split_images"]

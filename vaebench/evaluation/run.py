@@ -1,0 +1,87 @@
+"""Evaluate a finished run from its folder: rebuild the model and data, estimate, merge into eval.json.
+
+Reads the run through vaebench.runs only (never the trainer), so it works on any run folder.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+
+from .. import runs
+from ..data import BINARIZERS, load_splits
+from ..errors import ConfigError, VaebenchError
+from .estimates import active_units, iw_log_likelihood, mean_and_se, posterior_stats
+
+SPLITS = ("test", "val", "train")
+# Fixed seeds: the same run, split and k always give the same numbers on the same device.
+BINARIZE_SEED = 20_160_101  # one dynamic binarization of the evaluated images
+NOISE_SEED = 5_000  # the z samples
+EVAL_LOCK = "eval.lock"
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
+    return dev
+
+
+def split_images(data_cfg: dict[str, Any], split: str, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The 0/1 images of a run's split: "test" is the whole test set, "val"/"train" the run's own splits.
+
+    Binarized on the CPU with a fixed seed, so the images are the same on every device.
+    """
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    d = data_cfg
+    grey = load_splits(d["dataset"], d.get("root"), d.get("per_class"), d.get("seed", 0), d.get("val_size"))[split]
+    binarizer = BINARIZERS.get(d["binarize"])
+    x = binarizer.sample(binarizer.prepare(grey, "cpu"), torch.Generator().manual_seed(BINARIZE_SEED))
+    return x.to(device)
+
+
+def evaluate_model(model, x: torch.Tensor, k: int, seed: int = NOISE_SEED, batch: int | None = None) -> dict[str, Any]:
+    """The eval.json entry of one split: IW log p(x) and ELBO with standard errors, latent diagnostics."""
+    start = time.perf_counter()
+    gen = torch.Generator(x.device).manual_seed(seed)
+    iw, w = iw_log_likelihood(model, x, k, gen, batch=batch)
+    mu, kl = posterior_stats(model, x)
+    iw_ll, iw_se = mean_and_se(iw)
+    elbo, elbo_se = mean_and_se(w)
+    return {"iw_ll": iw_ll, "iw_ll_se": iw_se, "elbo": elbo, "elbo_se": elbo_se, "k": int(k), "n": len(x),
+            "active_units": active_units(mu), "kl_per_dim": kl.mean(0).tolist(),
+            "seconds": round(time.perf_counter() - start, 3)}
+
+
+def has_eval(run_dir: str | Path, split: str, k: int) -> bool:
+    entry = (runs.read_json(Path(run_dir) / runs.EVAL) or {}).get(split)
+    return isinstance(entry, dict) and entry.get("k") == k
+
+
+def evaluate_run(run_dir: str | Path, k: int = 5000, split: str = "test", device: str | torch.device = "auto",
+                 batch: int | None = None) -> dict[str, Any]:
+    """Evaluate a run's checkpoint on ``split`` with ``k`` samples per image; merge into its eval.json."""
+    if k < 1:
+        raise ConfigError(f"k must be at least 1, got {k}")
+    run_dir = Path(run_dir)
+    if not runs.is_run_dir(run_dir):
+        raise VaebenchError(f"{run_dir} is not a run folder (no {runs.CONFIG})")
+    dev = resolve_device(device)
+    model = runs.load_model(run_dir, device=str(dev))
+    x = split_images(runs.read_config(run_dir)["data"], split, dev)
+    entry = evaluate_model(model, x, k, batch=batch)
+    with FileLock(run_dir / EVAL_LOCK):  # two evaluations of one run must not drop each other's split
+        doc = runs.read_json(run_dir / runs.EVAL) or {}
+        doc[split] = entry
+        runs.write_json(run_dir / runs.EVAL, doc)
+    return entry
