@@ -29,7 +29,7 @@ from .. import runs
 from ..components import OBJECTIVES, OPTIMIZERS, build_model
 from ..config import RunConfig, resolve
 from ..data import BINARIZERS, load_splits
-from ..errors import ConfigError
+from ..errors import ConfigError, VaebenchError
 
 EVAL_BATCH = 2_000
 # Validation uses the same z noise at every evaluation, so curves move only with the model.
@@ -343,8 +343,14 @@ def train_group(cfgs: list[RunConfig], run_dirs: list[str | Path], device: str |
         if skipped:
             results[i] = skipped
             continue
-        t = Trainer(cfg, d, dev)
-        prepare_run_dir(cfg, d, dev)
+        try:
+            t = Trainer(cfg, d, dev)
+            prepare_run_dir(cfg, d, dev)
+        except VaebenchError as e:  # alone: the caller's one-line error; in a stack: this run fails
+            if len(cfgs) == 1:
+                raise
+            results[i] = RunResult(d, "failed", 0, str(e))
+            continue
         t.restore()
         t.write_status("running")
         members.append((i, t))
