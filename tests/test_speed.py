@@ -118,7 +118,7 @@ def test_a_killed_stack_resumes_each_run(tmp_path, alone, monkeypatch):
 
 
 def test_a_diverging_run_leaves_the_stack_and_the_others_finish(tmp_path, alone):
-    cfgs = [cfg(0, GROUP[0]), cfg(9, {"optim.lr": 1e30})  # overflows at its second step, cfg(2, GROUP[2])]
+    cfgs = [cfg(0, GROUP[0]), cfg(9, {"optim.lr": 1e30}), cfg(2, GROUP[2])]  # 1e30 overflows at step 2
     dirs = [tmp_path / n for n in ("r0", "bad", "r2")]
     res = train_group(cfgs, dirs, "cpu", progress=False)
     assert [r.state for r in res] == ["done", "failed", "done"]
