@@ -28,11 +28,11 @@ from ..config import RunConfig, flatten
 
 LOG_2PI = math.log(2.0 * math.pi)
 
-# activation -> (forward in place, derivative from the activation's output)
+# activation -> (forward in place, (grad, output) -> grad of the input: aten's one-pass kernels)
 ACTIVATIONS: dict[str, tuple[Callable, Callable]] = {
-    "tanh": (torch.tanh_, lambda y: 1.0 - y * y),
-    "relu": (torch.relu_, lambda y: (y > 0).to(y.dtype)),
-    "sigmoid": (torch.sigmoid_, lambda y: y * (1.0 - y)),
+    "tanh": (torch.tanh_, torch.ops.aten.tanh_backward),
+    "relu": (torch.relu_, lambda g, y: torch.ops.aten.threshold_backward(g, y, 0)),
+    "sigmoid": (torch.sigmoid_, torch.ops.aten.sigmoid_backward),
 }
 
 
@@ -237,7 +237,7 @@ class Stack:
 
     @staticmethod
     def _backward(layers, inp, outs, dy, act, need_input_grad):
-        deriv = ACTIVATIONS[act][1]
+        backward = ACTIVATIONS[act][1]
         for i in range(len(layers) - 1, -1, -1):
             W, _, gW, gb = layers[i]
             a = outs[i - 1] if i else inp
@@ -245,9 +245,7 @@ class Stack:
             torch.sum(dy, 1, out=gb)
             if i or need_input_grad:
                 da = torch.bmm(dy, W)
-                if i:
-                    da.mul_(deriv(a))
-                dy = da
+                dy = backward(da, a) if i else da
         return dy
 
     def step(self, x_idx: torch.Tensor, t: int, out: torch.Tensor) -> None:
@@ -271,12 +269,15 @@ class Stack:
         z = mu.unsqueeze(1) + sigma.unsqueeze(1) * eps  # (M, K, B, L)
         logits = self._forward(self.dec, z.view(M, K * B, L), self.dec_out, self.dec_act).view(M, K, B, -1)
         xk = x.unsqueeze(1)
-        rec = elbo.bernoulli_log_prob(logits, xk).mean(1)
+        # log p(x|l) = log sigmoid(l) + (x - 1) l, and sigmoid(l) = exp(log sigmoid(l)): one slow
+        # transcendental pass (as binary_cross_entropy_with_logits) gives the term and its gradient
+        log_sig = F.logsigmoid(logits)
+        rec = torch.addcmul(log_sig, logits, xk - 1.0).sum(-1).mean(1)
         kl, dmu_kl, dsig_kl, dz_kl = self._mixed(self.kls, KL_ESTIMATORS, mu, sigma, z, eps, K)
         torch.stack([rec.mean(1), kl.mean(1), (rec - kl).mean(1)], 1, out=out)
 
         # backward of loss = mean_b(-rec + beta * kl), per run
-        dlog = torch.sigmoid(logits).sub_(xk).mul_(1.0 / (B * K))
+        dlog = log_sig.exp_().sub_(xk).mul_(1.0 / (B * K))  # (sigmoid(l) - x) / (B K)
         dz = self._backward(self.dec, z.view(M, K * B, L), self.dec_out, dlog.view(M, K * B, -1), self.dec_act,
                             True).view(M, K, B, L)
         if dz_kl is not None:
