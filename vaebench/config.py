@@ -10,7 +10,7 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
@@ -94,6 +94,11 @@ class TrainConfig(_Section):
     flush_every: PosInt = 500  # updates between metric writes (at most this much is lost on a kill)
     checkpoint_every: PosInt = 2_000
     threads: Optional[PosInt] = None  # torch intra-op threads; None: torch's default
+    # fast: stacked hand-written step (vaebench.training.stacked); torch: the autograd Trainer;
+    # auto: fast when it supports the config. Same numbers up to float reassociation.
+    engine: Literal["auto", "torch", "fast"] = "auto"
+    # runs of one shape trained together in a grid: auto (8 on CPU, 256 on CUDA), off, or at most N
+    stack: Union[Literal["auto", "off"], PosInt] = "auto"
 
 
 class EvalConfig(_Section):
@@ -137,7 +142,8 @@ class RunConfig(_Section):
 
 # Keys that differ only in how a run is executed or logged, never in its numbers: they are left
 # out of the run's id, so changing them resumes the same run instead of starting another.
-EXECUTION_KEYS = ("name", "train.flush_every", "train.checkpoint_every", "train.threads", "eval")
+EXECUTION_KEYS = ("name", "train.flush_every", "train.checkpoint_every", "train.threads", "train.engine",
+                  "train.stack", "eval")
 # Top-level keys of a study file (vaebench.grid); everything else is the base run config.
 STUDY_KEYS = ("grid", "zip", "variants", "seeds")
 

@@ -80,7 +80,7 @@ def execute(job: Job) -> list:
     """Train the job's runs; return one RunResult per run, never raising for a run's own failure."""
     import torch
 
-    from ..training import RunResult, train_run
+    from ..training import RunResult, train_group, train_run
 
     if _interrupted:  # a pool worker that saw Ctrl-C takes no new runs
         return [RunResult(Path(d), "interrupted", 0, "interrupted before it started") for d in job.run_dirs]
@@ -90,29 +90,39 @@ def execute(job: Job) -> list:
         progress = {"position": _slot, "disable": None if progress is None else False}
     elif progress is not False:
         progress = {"position": 1, "disable": None if progress is None else False}
-    results = []
-    for cfg, run_dir in zip(job.configs, job.run_dirs):
-        run_dir = Path(run_dir)
+    results: dict[int, Any] = {}
+    locks: list[tuple[int, FileLock]] = []
+    for i, run_dir in enumerate(map(Path, job.run_dirs)):
         run_dir.mkdir(parents=True, exist_ok=True)
         lock = FileLock(run_dir / LOCK)
         try:
             lock.acquire(timeout=0)
+            locks.append((i, lock))
         except Timeout:
             st = runs.read_status(run_dir)
-            results.append(RunResult(run_dir, "busy", int(st.get("step", 0)), "being trained by another process"))
-            continue
+            results[i] = RunResult(run_dir, "busy", int(st.get("step", 0)), "being trained by another process")
+    mine = [i for i, _ in locks]
+    try:
         try:
-            results.append(train_run(cfg, run_dir, device=job.device, progress=progress, force=job.force))
-            if results[-1].state in ("done", "skipped") and cfg.eval.splits:
-                results[-1] = evaluate_after(cfg, results[-1], job)
+            if len(mine) == 1:
+                out = [train_run(job.configs[mine[0]], job.run_dirs[mine[0]], job.device, progress, job.force)]
+            else:  # the runs of one stack (vaebench.training.stacked)
+                out = train_group([job.configs[i] for i in mine], [job.run_dirs[i] for i in mine], job.device,
+                                  progress, job.force) if mine else []
+            results.update(zip(mine, out))
+            for i, r in zip(mine, out):
+                cfg = job.configs[i]
+                if r.state in ("done", "skipped") and cfg.eval.splits:
+                    results[i] = evaluate_after(cfg, r, job)
         except KeyboardInterrupt:
             _mark_interrupted()
             raise
-        except VaebenchError as e:
-            results.append(RunResult(run_dir, "failed", int(runs.read_status(run_dir).get("step", 0)), str(e)))
-        except Exception as e:  # a bug or a crash in one run must not stop the grid
-            results.append(RunResult(run_dir, "failed", int(runs.read_status(run_dir).get("step", 0)),
-                                     f"{type(e).__name__}: {e}"))
-        finally:
+        except Exception as e:  # a bug, a crash or a user error must not stop the grid
+            why = str(e) if isinstance(e, VaebenchError) else f"{type(e).__name__}: {e}"
+            for i in mine:
+                d = Path(job.run_dirs[i])
+                results[i] = RunResult(d, "failed", int(runs.read_status(d).get("step", 0)), why)
+    finally:
+        for _, lock in locks:
             lock.release()
-    return results
+    return [results[i] for i in range(len(job.run_dirs))]

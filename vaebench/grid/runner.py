@@ -97,6 +97,32 @@ def _check_inputs(study: Study, todo: list[int], device: str) -> None:
                                   f"training images of data.per_class={d.per_class}")
 
 
+def stack_groups(cfgs: list, device: str) -> list[list[int]]:
+    """Indices of ``cfgs`` in groups trained as one stack: the fast engine's runs with equal stack
+    keys, at most train.stack of them; every other run alone."""
+    from ..training import resolve_device
+    from ..training.stacked import stack_key, stack_size, use_fast
+
+    dev = resolve_device(device)
+    groups: list[list[int]] = []
+    open_: dict[str, list[int]] = {}
+    for i, cfg in enumerate(cfgs):
+        try:
+            fast = use_fast(cfg) and stack_size(cfg, dev) > 1
+        except ConfigError:  # engine=fast on a config it can't train: the run fails alone, with that line
+            fast = False
+        if not fast:
+            groups.append([i])
+            continue
+        key = stack_key(cfg)
+        group = open_.get(key)
+        if group is None or len(group) >= stack_size(cfg, dev):
+            group = open_[key] = []
+            groups.append(group)
+        group.append(i)
+    return groups
+
+
 def run_study(study: Study, out: str | Path = "results", device: str = "auto", jobs: int | None = None,
               executor: str = "local", ray_address: str | None = None, gpus_per_run: float | None = None,
               force: bool = False, retry_failed: bool = False, dry_run: bool = False,
@@ -118,14 +144,15 @@ def run_study(study: Study, out: str | Path = "results", device: str = "auto", j
     runs.atomic_write(root / GRID_FILE, yaml.safe_dump(grid, sort_keys=False))
 
     cores = available_cores()
-    workers = max(1, min(jobs or cores, len(todo)))
+    groups = stack_groups([study.runs[i].config for i in todo], device)
+    workers = max(1, min(jobs or cores, len(groups)))
     job_list = []
-    index: dict[Path, int] = {}
-    for i in todo:
-        cfg = study.runs[i].config
+    index: dict[Path, int] = {run_dirs[i]: i for i in todo}
+    for group in groups:
+        cfg = study.runs[todo[group[0]]].config
         threads = cfg.train.threads or (1 if executor == "ray" else max(1, cores // workers))
-        job_list.append(Job((cfg,), (run_dirs[i],), device, threads, force, progress))
-        index[run_dirs[i]] = i
+        job_list.append(Job(tuple(study.runs[todo[g]].config for g in group),
+                            tuple(run_dirs[todo[g]] for g in group), device, threads, force, progress))
 
     from tqdm.auto import tqdm
 

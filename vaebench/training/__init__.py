@@ -1,5 +1,5 @@
 """Training one run: the loop, its metric writer and its checkpoints."""
 
-from .trainer import RunResult, train_run, resolve_device
+from .trainer import RunResult, resolve_device, train_group, train_run
 
-__all__ = ["RunResult", "train_run", "resolve_device"]
+__all__ = ["RunResult", "resolve_device", "train_group", "train_run"]

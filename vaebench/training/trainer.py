@@ -8,6 +8,7 @@ hold everything needed to continue to exactly the numbers of an uninterrupted ru
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import math
 import os
 import platform
@@ -28,7 +29,7 @@ from .. import runs
 from ..components import OBJECTIVES, OPTIMIZERS, SCHEDULES, build_model
 from ..config import RunConfig, resolve
 from ..data import BINARIZERS, load_splits
-from ..errors import ConfigError
+from ..errors import ConfigError, VaebenchError
 
 EVAL_BATCH = 2_000
 # Validation uses the same z noise at every evaluation, so curves move only with the model.
@@ -91,6 +92,14 @@ def evaluate(model, objective, x: torch.Tensor, binarizer, seed: int = EVAL_SEED
     return total / len(x)
 
 
+@functools.lru_cache(maxsize=4)
+def load_data(d, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, val) prepared on the device; cached so the runs of a stack share one copy."""
+    splits = load_splits(d.dataset, d.root, d.per_class, d.seed, d.val_size)
+    binarizer = BINARIZERS.get(d.binarize)
+    return binarizer.prepare(splits["train"], device), binarizer.prepare(splits["val"], device)
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, run_dir: Path, device: torch.device):
         self.cfg, self.dir, self.device = cfg, Path(run_dir), device
@@ -98,10 +107,8 @@ class Trainer:
         if tc.threads:
             torch.set_num_threads(tc.threads)
         d = cfg.data
-        splits = load_splits(d.dataset, d.root, d.per_class, d.seed, d.val_size)
         self.binarizer = BINARIZERS.get(d.binarize)()
-        self.train_x = self.binarizer.prepare(splits["train"], device)
-        self.val_x = self.binarizer.prepare(splits["val"], device)
+        self.train_x, self.val_x = load_data(d, device)
         n = len(self.train_x)
         if tc.batch_size > n:
             raise ConfigError(f"train.batch_size {tc.batch_size} is larger than the {n} training images")
@@ -127,7 +134,8 @@ class Trainer:
     # -- state -------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
-            "step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            # clones: the fast engine's parameters are views into one tensor of all its runs
+            "step": self.step, "model": {k: v.clone() for k, v in self.model.state_dict().items()}, "optimizer": self.optimizer.state_dict(),
             "perm": self.perm, "pos": self.pos, "order_gen": self.order_gen.get_state(),
             "noise_gen": self.noise_gen.get_state(), "config_hash": self.cfg.run_hash(),
         }
@@ -288,11 +296,8 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, device: torch.device) -> None
     runs.write_json(run_dir / runs.ENV, environment(device))
 
 
-def train_run(cfg: RunConfig, run_dir: str | Path, device: str | torch.device = "auto",
-              progress: bool | dict | None = None, force: bool = False) -> RunResult:
-    """Train (or finish, or skip) one run in its own folder. Idempotent: a done run is skipped."""
-    run_dir = Path(run_dir)
-    dev = resolve_device(device)
+def _begin(cfg: RunConfig, run_dir: Path, force: bool) -> RunResult | None:
+    """Clear a forced run; return the skip result of a done one."""
     status = runs.read_status(run_dir)
     if force and run_dir.exists():
         for name in (runs.CHECKPOINT, runs.METRICS, runs.FINAL, runs.STATUS):
@@ -300,6 +305,21 @@ def train_run(cfg: RunConfig, run_dir: str | Path, device: str | torch.device = 
         shutil.rmtree(run_dir / runs.PARTS, ignore_errors=True)
     elif status.get("state") == "done":
         return RunResult(run_dir, "skipped", int(status.get("step", 0)), final=runs.read_final(run_dir))
+    return None
+
+
+def train_run(cfg: RunConfig, run_dir: str | Path, device: str | torch.device = "auto",
+              progress: bool | dict | None = None, force: bool = False) -> RunResult:
+    """Train (or finish, or skip) one run in its own folder. Idempotent: a done run is skipped."""
+    from .stacked import use_fast
+
+    run_dir = Path(run_dir)
+    if use_fast(cfg):
+        return train_group([cfg], [run_dir], device, progress, force)[0]
+    dev = resolve_device(device)
+    skipped = _begin(cfg, run_dir, force)
+    if skipped:
+        return skipped
     trainer = Trainer(cfg, run_dir, dev)  # loads data first: a data error writes nothing
     prepare_run_dir(cfg, run_dir, dev)
     try:
@@ -310,3 +330,47 @@ def train_run(cfg: RunConfig, run_dir: str | Path, device: str | torch.device = 
     except Exception as e:
         trainer.write_status("failed", f"{type(e).__name__}: {e}")
         raise
+
+
+def train_group(cfgs: list[RunConfig], run_dirs: list[str | Path], device: str | torch.device = "auto",
+                progress: bool | dict | None = None, force: bool = False) -> list[RunResult]:
+    """Train runs that share a stack key (vaebench.training.stacked) as one stacked program on the fast
+    engine; each keeps its own folder, exactly as if alone. Runs resumed at different steps train in
+    separate stacks. One RunResult per run, in order."""
+    from .stacked import train_stack
+
+    dev = resolve_device(device)
+    results: dict[int, RunResult] = {}
+    members: list[tuple[int, Trainer]] = []
+    for i, (cfg, d) in enumerate(zip(cfgs, map(Path, run_dirs))):
+        skipped = _begin(cfg, d, force)
+        if skipped:
+            results[i] = skipped
+            continue
+        try:
+            t = Trainer(cfg, d, dev)
+            prepare_run_dir(cfg, d, dev)
+        except VaebenchError as e:  # alone: the caller's one-line error; in a stack: this run fails
+            if len(cfgs) == 1:
+                raise
+            results[i] = RunResult(d, "failed", 0, str(e))
+            continue
+        t.restore()
+        t.write_status("running")
+        members.append((i, t))
+    by_step: dict[int, list[tuple[int, Trainer]]] = {}
+    for i, t in members:
+        by_step.setdefault(t.step, []).append((i, t))
+    for group in by_step.values():
+        try:
+            for (i, _), r in zip(group, train_stack([t for _, t in group], progress)):
+                results[i] = r
+        except KeyboardInterrupt:
+            for _, t in group:
+                t.write_status("running", "interrupted; run the same command again to resume")
+            raise
+        except Exception as e:
+            for _, t in group:
+                t.write_status("failed", f"{type(e).__name__}: {e}")
+            raise
+    return [results[i] for i in range(len(cfgs))]
