@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from . import runs
 from .config import RunConfig, read_yaml
 from .errors import ConfigError, VaebenchError

@@ -16,7 +16,7 @@ from typing import Callable
 
 from ..errors import ConfigError
 from ..registry import Registry
-from .jobs import Job, execute, init_worker
+from .jobs import Job, clear_interrupted, execute, init_worker
 
 OnDone = Callable[[Job, list], None]
 
@@ -43,6 +43,7 @@ def local(jobs: list[Job], on_done: OnDone, opts: ExecOptions) -> None:
     """One job at a time in this process, or a pool of ``workers`` processes (spawned: torch and fork
     don't mix). Each worker draws its own progress-bar row."""
     if opts.workers <= 1 or len(jobs) <= 1:
+        clear_interrupted()
         for job in jobs:
             on_done(job, execute(job))
         return

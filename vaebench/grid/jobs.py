@@ -21,9 +21,14 @@ _slot = 0  # this worker's progress-bar row (set by init_worker in pool workers)
 _interrupted = False
 
 
-def _mark_interrupted() -> None:
+def _mark_interrupted(value: bool = True) -> None:
     global _interrupted
-    _interrupted = True
+    _interrupted = value
+
+
+def clear_interrupted() -> None:
+    """A new grid in this process (a notebook after a Ctrl-C) runs again."""
+    _mark_interrupted(False)
 
 
 @dataclass(frozen=True)
