@@ -140,3 +140,16 @@ def test_what_the_fast_engine_does_not_handle_trains_on_torch():
     assert stack_groups(sgd, "cpu") == [[0], [1]]
     assert stack_groups(mixed, "cpu") == [[0, 1], [2], [3]]
     assert stack_groups([cfg(i, {"seed": i}, **{"train.stack": 2}) for i in range(5)], "cpu") == [[0, 1], [2, 3], [4]]
+
+
+def test_stack_option_reads_yaml_off_and_rejects_nonsense():
+    import yaml as _yaml
+
+    from vaebench.config import resolve
+    from vaebench.errors import ConfigError
+
+    assert resolve(_yaml.safe_load("train: {stack: off}")).train.stack == "off"  # YAML's off is false
+    assert resolve({}, ["train.stack=8"]).train.stack == 8
+    for bad in ("0", "many", "2.5"):
+        with pytest.raises(ConfigError, match="train.stack must be auto, off or a positive number"):
+            resolve({}, [f"train.stack={bad}"])

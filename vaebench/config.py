@@ -36,6 +36,15 @@ def _name_shorthand(value: Any) -> Any:
     return {"name": value} if isinstance(value, str) else value
 
 
+def _stack_value(value: Any) -> Any:
+    """auto, off or a positive number of runs; YAML reads a bare ``off`` as false, taken as meant."""
+    if isinstance(value, bool):
+        return "off" if value is False else "auto"
+    if value in ("auto", "off") or (isinstance(value, int) and value > 0):
+        return value
+    raise ValueError(f"train.stack must be auto, off or a positive number of runs, got {value!r}")
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -98,7 +107,7 @@ class TrainConfig(_Section):
     # auto: fast when it supports the config. Same numbers up to float reassociation.
     engine: Literal["auto", "torch", "fast"] = "auto"
     # runs of one shape trained together in a grid: auto (8 on CPU, 256 on CUDA), off, or at most N
-    stack: Union[Literal["auto", "off"], PosInt] = "auto"
+    stack: Annotated[Union[Literal["auto", "off"], PosInt], BeforeValidator(_stack_value)] = "auto"
 
 
 class EvalConfig(_Section):

@@ -14,6 +14,7 @@ from filelock import FileLock
 
 from .. import runs
 from ..data import BINARIZERS, load_splits
+from ..devices import resolve_device
 from ..errors import ConfigError, VaebenchError
 from .estimates import active_units, iw_log_likelihood, mean_and_se, posterior_stats
 
@@ -22,18 +23,6 @@ SPLITS = ("test", "val", "train")
 BINARIZE_SEED = 20_160_101  # one dynamic binarization of the evaluated images
 NOISE_SEED = 5_000  # the z samples
 EVAL_LOCK = "eval.lock"
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"unknown device {device!r}; use auto, cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
-    return dev
 
 
 def split_images(data_cfg: dict[str, Any], split: str, device: torch.device | str = "cpu") -> torch.Tensor:

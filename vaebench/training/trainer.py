@@ -29,6 +29,7 @@ from .. import runs
 from ..components import OBJECTIVES, OPTIMIZERS, SCHEDULES, build_model
 from ..config import RunConfig, resolve
 from ..data import BINARIZERS, load_splits
+from ..devices import resolve_device
 from ..errors import ConfigError, VaebenchError
 
 EVAL_BATCH = 2_000
@@ -43,18 +44,6 @@ class RunResult:
     step: int
     reason: str | None = None
     final: dict[str, Any] | None = field(default=None, repr=False)
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"unknown device {device!r}; use auto, cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
-    return dev
 
 
 def derive_seed(seed: int, purpose: int) -> int:
