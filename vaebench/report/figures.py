@@ -192,8 +192,10 @@ def plot_samples(images: np.ndarray, shape: tuple[int, int], title: str = "", co
 
 # -- comparisons across an ablation axis --------------------------------------------------------
 
-def axis_label(axis: str | Sequence[str]) -> str:
-    return " & ".join([axis] if isinstance(axis, str) else list(axis))
+def axis_label(axis: str | Sequence[str], width: int = 0) -> str:
+    """The axis's keys joined by '&'; wrapped to ``width`` characters (for a panel) when given."""
+    text = " & ".join([axis] if isinstance(axis, str) else list(axis))
+    return textwrap.fill(text, width) if width else text
 
 
 def axis_values(df: pd.DataFrame, axis: str | Sequence[str]) -> pd.Series:
@@ -260,7 +262,7 @@ def plot_final_by_value(final: pd.DataFrame, axis: str | Sequence[str],
                         capsize=5, lw=1.6, zorder=4, label="mean ± 95% CI" if i == 0 else None)
         ax.set_xticks(x, order, rotation=30 if max(map(len, order)) > 6 else 0)
         ax.set_xlim(-0.5, len(order) - 0.5)
-        ax.set_xlabel(axis_label(axis))
+        ax.set_xlabel(axis_label(axis, 34))
         split, _, term = metric.partition("_")
         ax.set_title(f"final {SPLIT_LABELS.get(split, split)} {TERM_LABELS.get(term, term).split(' E_q')[0]}",
                      fontsize="medium")
@@ -303,7 +305,7 @@ def plot_curves_by_value(df: pd.DataFrame, axis: str | Sequence[str], split: str
         ax.set_xlabel(UPDATES)
         ax.set_ylabel(NATS)
         _clip_start(ax, bands.rename(columns={"mean": term}), term)
-    axes[0].legend(title=axis_label(axis), loc="lower right", fontsize="small", title_fontsize="small")
+    axes[0].legend(title=axis_label(axis, 30), loc="lower right", fontsize="small", title_fontsize="small")
     return fig
 
 
