@@ -242,6 +242,22 @@ def test_load_and_ls_read_a_study_with_its_varied_values(tmp_path):
     assert r.returncode == 0 and r.stdout.count(" done ") == 4
 
 
+def test_load_and_ls_name_each_runs_variant_in_study_order(tmp_path):
+    variants = {"base": {}, "k3": {"objective.k": 3}, "a_mc": {"objective.kl": "monte_carlo"}}
+    res = vaebench.run_study(write_study(tmp_path, variants=variants), out=tmp_path / "r", jobs=1, progress=False)
+    assert len(res.results) == 3 and not res.failed
+    table = vaebench.ls(tmp_path / "r")
+    assert list(table["variant"]) == ["base", "k3", "a_mc"]  # the study's order, not the folders' names
+    assert list(table.columns[:2]) == ["run", "variant"]
+    final = vaebench.load(tmp_path / "r", final=True)
+    assert final.set_index("variant").loc["k3", "objective.k"] == 3
+    long = vaebench.load(tmp_path / "r")
+    assert set(long["variant"].cat.categories) == set(variants)
+    assert long.groupby("variant", observed=True)["objective.kl"].first()["a_mc"] == "monte_carlo"
+    (tmp_path / "r" / "st" / runs.GRID).unlink()  # without grid.yaml: no variant column, runs by name
+    assert "variant" not in vaebench.ls(tmp_path / "r") and "variant" not in vaebench.load(tmp_path / "r")
+
+
 def test_run_api_rejects_a_study():
     with pytest.raises(vaebench.errors.ConfigError, match="study of 2 runs"):
         vaebench.run({"grid": {"objective.k": [1, 2]}})

@@ -44,11 +44,23 @@ def _final_row(run_dir: Path) -> dict[str, Any]:
     return row
 
 
+def study_order(run_dirs: list[Path]) -> tuple[list[Path], dict[Path, dict[str, Any]]]:
+    """Runs in their study's order (grid.yaml; runs it does not list after, by name), and each run's
+    varied values that are not config keys, such as the name of its variant."""
+    grids = {parent: runs.read_grid(parent) for parent in {d.parent for d in run_dirs}}
+    position = {parent: {folder: i for i, folder in enumerate(g)} for parent, g in grids.items()}
+    ordered = sorted(run_dirs, key=lambda d: (str(d.parent), position[d.parent].get(d.name, len(position[d.parent])),
+                                              d.name))
+    labels = {d: {k: v for k, v in grids[d.parent].get(d.name, {}).items() if "." not in k and k != "seed"}
+              for d in run_dirs}
+    return ordered, labels
+
+
 def load(path: str | Path = "results", final: bool = False) -> pd.DataFrame:
     """Every run under ``path`` (any depth) as a DataFrame.
 
     Long form (default): one row per logged value with columns run, study (the folder
-    holding the run), step, split (train/val), term (rec/kl/elbo), value, state, and the run's resolved config
+    holding the run), variant (a study's variant name, when it has variants), step, split (train/val), term (rec/kl/elbo), value, state, and the run's resolved config
     as dotted-key columns (``objective.k``, ``model.latent``, ...).
 
     ``final=True``: one row per run with its state, last step, final metrics
@@ -57,13 +69,14 @@ def load(path: str | Path = "results", final: bool = False) -> pd.DataFrame:
     """
     root = Path(path)
     frames, configs = [], []
-    for run_dir in runs.find_runs(root):
+    run_dirs, names = study_order(runs.find_runs(root))
+    for run_dir in run_dirs:
         status = runs.read_status(run_dir)
         config = flatten(runs.read_config(run_dir))
         configs.append(config)
         label = _run_label(run_dir, root)
         if final:
-            frames.append(pd.DataFrame([{"run": label, "study": _study_label(run_dir, root),
+            frames.append(pd.DataFrame([{"run": label, "study": _study_label(run_dir, root), **names[run_dir],
                                          "state": status.get("state", "new"),
                                          "step": status.get("step", 0), **_final_row(run_dir), **config}]))
             continue
@@ -71,6 +84,8 @@ def load(path: str | Path = "results", final: bool = False) -> pd.DataFrame:
         long = m.melt(id_vars=["step", "split"], value_vars=list(runs.TERMS), var_name="term", value_name="value")
         long.insert(0, "run", label)
         long.insert(1, "study", _study_label(run_dir, root))
+        for i, (key, value) in enumerate(names[run_dir].items()):
+            long.insert(2 + i, key, value)
         long["state"] = status.get("state", "new")
         for key, value in config.items():
             long[key] = value
@@ -80,8 +95,9 @@ def load(path: str | Path = "results", final: bool = False) -> pd.DataFrame:
     df = pd.concat(frames, ignore_index=True)
     df.attrs["varied"] = varied_keys(pd.DataFrame(configs))
     if not final:
-        for col in ("run", "study", "split", "term", "state"):
-            df[col] = df[col].astype("category")
+        for col in ("run", "study", "split", "term", "state", "variant"):
+            if col in df:
+                df[col] = df[col].astype("category")
     return df
 
 
@@ -98,11 +114,11 @@ def is_execution_key(col: str) -> bool:
 
 
 def ls(path: str | Path = "results") -> pd.DataFrame:
-    """One row per run: its varied values, state, progress, final validation ELBO and any held-out
-    log-likelihood (``vaebench ls``)."""
+    """One row per run, in study order: its variant and varied values, state, progress, final
+    validation ELBO and any held-out log-likelihood (``vaebench ls``)."""
     df = load(path, final=True)
-    keys = varied_keys(df)
+    keys = (["variant"] if "variant" in df else []) + varied_keys(df)
     df = df.rename(columns={"train.steps": "steps"})
     metrics = [c for c in ("val_elbo", "val_rec", "val_kl") if c in df]
     metrics += sorted(c for c in df.columns if c.endswith(("_iw_ll", "_iw_ll_se")))
-    return df[["run", *keys, "state", "step", "steps", *metrics]].sort_values("run", ignore_index=True)
+    return df[["run", *keys, "state", "step", "steps", *metrics]].reset_index(drop=True)

@@ -29,6 +29,7 @@ from .errors import VaebenchError
 
 CONFIG, STATUS, ENV, FINAL, CHECKPOINT = "config.yaml", "status.json", "env.json", "final.json", "checkpoint.pt"
 EVAL = "eval.json"  # held-out evaluations: {"test": {"iw_ll": ..., ...}}
+GRID = "grid.yaml"  # beside a study's runs: each run's folder, id and varied values (vaebench.grid)
 METRICS, PARTS = "metrics.parquet", "metrics"
 TERMS = ("rec", "kl", "elbo")
 METRICS_SCHEMA = pa.schema([("step", pa.int64()), ("split", pa.string()),
@@ -125,6 +126,17 @@ def read_metrics(run_dir: Path) -> pd.DataFrame:
     run_dir = Path(run_dir)
     files = [run_dir / METRICS] if (run_dir / METRICS).is_file() else part_files(run_dir)
     return read_tables(files).to_pandas()
+
+
+def read_grid(study_dir: Path) -> dict[str, dict[str, Any]]:
+    """{run folder: its varied values, in grid order} from a study's grid.yaml; {} when there is none."""
+    try:
+        doc = yaml.safe_load((Path(study_dir) / GRID).read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    entries = doc.get("runs") if isinstance(doc, dict) else None
+    return {e["folder"]: dict(e.get("varied") or {}) for e in entries or []
+            if isinstance(e, dict) and isinstance(e.get("folder"), str)}
 
 
 def iter_runs(root: str | Path) -> Iterator[tuple[Path, dict[str, Any]]]:

@@ -20,7 +20,7 @@ from .executors import EXECUTORS, ExecOptions, available_cores
 from .jobs import Job, execute, is_locked
 from .study import Study, format_value
 
-GRID_FILE = "grid.yaml"
+GRID_FILE = runs.GRID
 STATES = ("new", "partial", "running", "failed", "done")
 
 
