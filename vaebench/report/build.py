@@ -41,7 +41,7 @@ MANIFEST = ".manifest.json"
 N_IMAGES = 20  # reconstructed images per split: two of each digit
 N_SAMPLES = 100
 SAMPLE_SEED = 0  # the same z in every report, so samples change only with the model
-_FORMAT_VERSION = 1  # bump to redraw every figure after a change to how they are drawn
+_FORMAT_VERSION = 2  # bump to redraw every figure after a change to how they are drawn
 
 
 @dataclass

@@ -40,12 +40,14 @@ def _style():
         yield
 
 
-def _figure(width: float, height: float, ncols: int = 1, title: str = "", images: bool = False
-            ) -> tuple[Figure, list]:
+def _figure(width: float, height: float, ncols: int = 1, title: str = "", images: bool = False,
+            xlabel_lines: int = 1) -> tuple[Figure, list]:
     """A figure with fixed margins in inches (constrained layout would double the drawing time of
-    a 100-run report), its title wrapped to the width; ``images`` drops the axis margins."""
+    a 100-run report), its title wrapped to the width; ``images`` drops the axis margins;
+    ``xlabel_lines`` makes room below the axes for taller tick labels and x labels."""
     lines = textwrap.wrap(title, width=int(width * 11)) if title else []
-    height += 0.22 * len(lines)
+    extra_bottom = 0.2 * (xlabel_lines - 1)
+    height += 0.22 * len(lines) + extra_bottom
     with _style():
         fig = Figure(figsize=(width, height))
         axes = fig.subplots(1, ncols, squeeze=False)[0]
@@ -55,7 +57,7 @@ def _figure(width: float, height: float, ncols: int = 1, title: str = "", images
     if images:
         fig.subplots_adjust(left=0.1 / width, right=1 - 0.1 / width, bottom=0.1 / height, top=1 - top / height)
     else:
-        fig.subplots_adjust(left=0.75 / width, right=1 - 0.15 / width, bottom=0.55 / height,
+        fig.subplots_adjust(left=0.75 / width, right=1 - 0.15 / width, bottom=(0.55 + extra_bottom) / height,
                             top=1 - (top + 0.05) / height, wspace=0.32)
     return fig, list(axes)
 
@@ -247,7 +249,11 @@ def plot_final_by_value(final: pd.DataFrame, axis: str | Sequence[str],
         raise ValueError("no final metrics to plot (are any runs done?)")
     d = final.assign(_value=axis_values(final, axis))
     order = value_order(d["_value"])
-    fig, axes = _figure(3.3 * len(metrics) + 0.4, 3.6, ncols=len(metrics), title=title)
+    rotate = max(map(len, order)) > 6
+    label = axis_label(axis, 34)
+    tick_lines = 1 + (min(max(map(len, order)), 30) // 6 if rotate else 0)  # 30-degree labels: ~1 line per 6 chars
+    fig, axes = _figure(3.3 * len(metrics) + 0.4, 3.6, ncols=len(metrics), title=title,
+                        xlabel_lines=label.count("\n") + tick_lines)
     x = np.arange(len(order))
     for ax, metric in zip(axes, metrics):
         for i, value in enumerate(order):
@@ -260,9 +266,9 @@ def plot_final_by_value(final: pd.DataFrame, axis: str | Sequence[str],
             mean, ci = mean_ci(vals)
             ax.errorbar(i, mean, yerr=None if np.isnan(ci) else ci, fmt="D", color=SPLIT_COLORS["val"], ms=6,
                         capsize=5, lw=1.6, zorder=4, label="mean ± 95% CI" if i == 0 else None)
-        ax.set_xticks(x, order, rotation=30 if max(map(len, order)) > 6 else 0)
+        ax.set_xticks(x, order, rotation=30 if rotate else 0, ha="right" if rotate else "center")
         ax.set_xlim(-0.5, len(order) - 0.5)
-        ax.set_xlabel(axis_label(axis, 34))
+        ax.set_xlabel(label)
         split, _, term = metric.partition("_")
         ax.set_title(f"final {SPLIT_LABELS.get(split, split)} {TERM_LABELS.get(term, term).split(' E_q')[0]}",
                      fontsize="medium")
