@@ -33,11 +33,6 @@ def _split_decoder(model) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Li
     return None
 
 
-def _group(d: int, most: int = 120) -> int:
-    """The largest divisor of d that is at most ``most``: 2^most fits in float32."""
-    return max(g for g in range(1, min(d, most) + 1) if d % g == 0)
-
-
 def _log_weights_fused(body, last: nn.Linear, x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor,
                        eps: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
     """log p(x, z) - log q(z|x) for z = mu + sigma * eps, shape (B, S) for eps (B, S, L).
@@ -50,7 +45,6 @@ def _log_weights_fused(body, last: nn.Linear, x: torch.Tensor, mu: torch.Tensor,
     log p(z) - log q(z|x) = sum(eps^2 - z^2)/2 + sum log sigma: the 2 pi terms cancel.
     """
     b, s, lat = eps.shape
-    d = last.weight.shape[0]
     z = torch.addcmul(mu.unsqueeze(1), sigma.unsqueeze(1), eps)
     prior_ratio = 0.5 * (eps.square() - z.square()).sum(-1) + torch.log(sigma).sum(-1, keepdim=True)
     h = body(z.view(b * s, lat))
@@ -59,8 +53,7 @@ def _log_weights_fused(body, last: nn.Linear, x: torch.Tensor, mu: torch.Tensor,
     linear = torch.bmm(h.view(b, s, -1), v.unsqueeze(-1)).squeeze(-1) + c.unsqueeze(-1)
     a = torch.addmm(last.bias, h, last.weight.t(), out=buf[: b * s]).abs_()
     half_abs = 0.5 * a.sum(-1)
-    a.neg_().exp_().add_(1.0)
-    log1p_term = a.view(b * s, -1, _group(d)).prod(-1).log_().sum(-1)
+    log1p_term = elbo.sum_log1p_exp_neg_(a)
     return linear - (half_abs + log1p_term).view(b, s) + prior_ratio
 
 

@@ -56,11 +56,6 @@ def _exp_sigma(raw):
 POSTERIORS: dict[str, Callable] = {"sigma": _softplus_sigma, "log_sigma": _exp_sigma}
 
 
-def _chunk(d: int, most: int = 64) -> int:
-    """The largest divisor of d that is at most ``most``."""
-    return next(c for c in range(min(d, most), 0, -1) if d % c == 0)
-
-
 BIG = 2**16  # elements from which torch runs an elementwise op on all threads
 
 
@@ -69,15 +64,13 @@ def _bernoulli(logits: torch.Tensor, x: torch.Tensor, scale: float) -> tuple[tor
 
     Small tensors: log p = log sigmoid(l) + (x - 1) l, and sigmoid(l) = exp(log sigmoid(l)), one
     transcendental pass. Big ones (a stack): torch's logsigmoid is ~3x slower than its exp, so
-    sum_d [x l - max(l, 0)] - log prod_d (1 + exp(-|l|)), the product over chunks of at most 64
-    pixels (each factor is in (1, 2], so no chunk overflows), and a sigmoid for the gradient."""
+    sum_d [x l - max(l, 0) - log(1 + exp(-|l|))] with one log per group of pixels
+    (elbo.sum_log1p_exp_neg_), and a sigmoid for the gradient."""
     if logits.numel() < BIG:
         log_sig = F.logsigmoid(logits)
         rec = torch.addcmul(log_sig, logits, x - 1.0).sum(-1)
         return rec, log_sig.exp_().sub_(x).mul_(scale)
-    d = logits.shape[-1]
-    onep = torch.abs(logits).neg_().exp_().add_(1.0)
-    log_norm = onep.view(*logits.shape[:-1], d // _chunk(d), _chunk(d)).prod(-1).log_().sum(-1)
+    log_norm = elbo.sum_log1p_exp_neg_(torch.abs(logits))
     rec = torch.mul(logits, x).sub_(torch.relu(logits)).sum(-1).sub_(log_norm)
     return rec, torch.sigmoid(logits).sub_(x).mul_(scale)
 
