@@ -206,6 +206,21 @@ def test_a_nan_run_fails_alone_and_the_command_exits_1(tmp_path):
     assert retried.returncode == 1 and "1 of 1 runs failed" in retried.stderr
 
 
+def test_a_corrupt_checkpoint_fails_its_own_run_only(tmp_path):
+    path = write_study(tmp_path, seeds=2, train={**TINY["train"], "steps": 60})
+    res = vaebench.run_study(path, out=tmp_path, jobs=1, progress=False)
+    bad, good = res.run_dirs
+    (bad / runs.CHECKPOINT).write_bytes((bad / runs.CHECKPOINT).read_bytes()[:100])  # a cut write
+    for d in (bad, good):  # both cut before they finished: resumable
+        (d / runs.STATUS).write_text(json.dumps({"state": "running", "step": 40}))
+    r = run_cli("run", str(path), "--out", str(tmp_path))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"unreadable checkpoint {bad / runs.CHECKPOINT}" in r.stdout and "--force" in r.stdout
+    assert runs.read_status(bad)["state"] == "failed" and runs.read_status(good)["state"] == "done"
+    assert run_cli("run", str(path), "--out", str(tmp_path), "--force").returncode == 0
+    assert runs.read_status(bad)["state"] == "done"
+
+
 def test_dry_run_states_force_and_new_axis(tmp_path):
     path = write_study(tmp_path, grid={"objective.k": [1, 2]})
     out = tmp_path / "res"

@@ -143,12 +143,17 @@ class Trainer:
             shutil.rmtree(self.dir / runs.PARTS, ignore_errors=True)
             (self.dir / runs.METRICS).unlink(missing_ok=True)
             return
-        st = torch.load(ckpt_path, map_location=self.device, weights_only=True)
-        self.model.load_state_dict(st["model"])
-        self.optimizer.load_state_dict(st["optimizer"])
-        self.perm, self.pos, self.step = st["perm"].cpu(), int(st["pos"]), int(st["step"])
-        self.order_gen.set_state(st["order_gen"].cpu())
-        self.noise_gen.set_state(st["noise_gen"].cpu() if self.device.type == "cpu" else st["noise_gen"])
+        try:
+            st = torch.load(ckpt_path, map_location=self.device, weights_only=True)
+            self.model.load_state_dict(st["model"])
+            self.optimizer.load_state_dict(st["optimizer"])
+            self.perm, self.pos, self.step = st["perm"].cpu(), int(st["pos"]), int(st["step"])
+            self.order_gen.set_state(st["order_gen"].cpu())
+            self.noise_gen.set_state(st["noise_gen"].cpu() if self.device.type == "cpu" else st["noise_gen"])
+        except Exception as e:  # truncated, corrupt, or from another model
+            why = (str(e).splitlines() or [""])[0].split(". ")[0][:160]
+            raise VaebenchError(f"unreadable checkpoint {ckpt_path} ({type(e).__name__}: {why}); "
+                                f"rerun with --force to start this run over") from None
         for p in runs.part_files(self.dir):
             if runs.part_end(p) > self.step:
                 p.unlink()
@@ -317,7 +322,7 @@ def train_run(cfg: RunConfig, run_dir: str | Path, device: str | torch.device = 
         trainer.write_status("running", "interrupted; run the same command again to resume")
         raise
     except Exception as e:
-        trainer.write_status("failed", f"{type(e).__name__}: {e}")
+        trainer.write_status("failed", str(e) if isinstance(e, VaebenchError) else f"{type(e).__name__}: {e}")
         raise
 
 
@@ -344,7 +349,12 @@ def train_group(cfgs: list[RunConfig], run_dirs: list[str | Path], device: str |
                 raise
             results[i] = RunResult(d, "failed", 0, str(e))
             continue
-        t.restore()
+        try:
+            t.restore()
+        except VaebenchError as e:  # a bad checkpoint fails its own run only, and says so on disk
+            t.write_status("failed", str(e))
+            results[i] = RunResult(d, "failed", t.step, str(e))
+            continue
         t.write_status("running")
         members.append((i, t))
     by_step: dict[int, list[tuple[int, Trainer]]] = {}
