@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
 from torch import nn
 
 from ..registry import Registry
@@ -14,6 +15,29 @@ NETWORKS: Registry[type[nn.Module]] = Registry("network")
 for _name, _cls in {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "softplus": nn.Softplus,
                     "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU}.items():
     ACTIVATIONS.register(_name)(_cls)
+
+
+def tanh_from_sigmoid_(y2: torch.Tensor) -> torch.Tensor:
+    """tanh(a) = 2 sigmoid(2a) - 1 in place, given y2 = 2a (a matmul scales for free): torch's
+    vectorized tanh is 2-3x slower than its sigmoid on CPU; the two agree to ~2e-7."""
+    return torch.sigmoid_(y2).mul_(2.0).sub_(1.0)
+
+
+def fast_forward(net: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
+    """``net(h)`` without autograd, a Linear followed by Tanh as one scaled addmm and
+    tanh_from_sigmoid_ (for held-out evaluation, where the decoder runs billions of rows)."""
+    mods = list(net)
+    i = 0
+    while i < len(mods):
+        m = mods[i]
+        if (isinstance(m, nn.Linear) and m.bias is not None and i + 1 < len(mods)
+                and type(mods[i + 1]) is nn.Tanh and h.dim() == 2):
+            h = tanh_from_sigmoid_(torch.addmm(m.bias, h, m.weight.t(), beta=2.0, alpha=2.0))
+            i += 2
+        else:
+            h = m(h)
+            i += 1
+    return h
 
 
 @NETWORKS.register("mlp")

@@ -17,6 +17,7 @@ from torch import nn
 
 from .. import elbo
 from ..components.likelihoods import Bernoulli
+from ..components.networks import fast_forward
 
 # Rows (images x samples) of decoder work per chunk, and samples per chunk: on CPU 4,000 to
 # 16,000 rows ran equally fast (README, Evaluation) and fewer pay Python overhead per chunk;
@@ -47,7 +48,7 @@ def _log_weights_fused(body, last: nn.Linear, x: torch.Tensor, mu: torch.Tensor,
     b, s, lat = eps.shape
     z = torch.addcmul(mu.unsqueeze(1), sigma.unsqueeze(1), eps)
     prior_ratio = 0.5 * (eps.square() - z.square()).sum(-1) + torch.log(sigma).sum(-1, keepdim=True)
-    h = body(z.view(b * s, lat))
+    h = fast_forward(body, z.view(b * s, lat))
     v = x @ last.weight - 0.5 * last.weight.sum(0)  # (B, H)
     c = x @ last.bias - 0.5 * last.bias.sum()  # (B,)
     linear = torch.bmm(h.view(b, s, -1), v.unsqueeze(-1)).squeeze(-1) + c.unsqueeze(-1)

@@ -24,20 +24,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import elbo
+from ..components.networks import tanh_from_sigmoid_
 from ..config import RunConfig, flatten
 
 LOG_2PI = math.log(2.0 * math.pi)
 
-def _tanh_from_sigmoid_(y2: torch.Tensor) -> torch.Tensor:
-    """tanh(a) = 2 sigmoid(2a) - 1, given y2 = 2a (the layer's matmul scaled for free): torch's
-    vectorized tanh is 2-3x slower than its sigmoid on CPU; the two agree to ~2e-7."""
-    return torch.sigmoid_(y2).mul_(2.0).sub_(1.0)
-
-
 # activation -> (scale of the pre-activation the forward takes, forward in place on the scaled
 # pre-activation, (grad, output) -> grad of the input: aten's one-pass kernels)
 ACTIVATIONS: dict[str, tuple[float, Callable, Callable]] = {
-    "tanh": (2.0, _tanh_from_sigmoid_, torch.ops.aten.tanh_backward),
+    "tanh": (2.0, tanh_from_sigmoid_, torch.ops.aten.tanh_backward),
     "relu": (1.0, torch.relu_, lambda g, y: torch.ops.aten.threshold_backward(g, y, 0)),
     "sigmoid": (1.0, torch.sigmoid_, torch.ops.aten.sigmoid_backward),
 }
