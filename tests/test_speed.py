@@ -61,6 +61,7 @@ def alone(tmp_path_factory):
     {"model.encoder.hidden": [32, 24], "model.encoder.activation": "relu", "model.decoder.activation": "sigmoid"},
     {"objective.k": 1, "objective.kl": "monte_carlo", "objective.beta": 0.7},  # K = 1, one beta for the stack
     {"objective.k": 7},  # 7 x 50 x 196 logits: the big-tensor Bernoulli path
+    {"model.encoder.hidden": [], "model.decoder.hidden": []},  # linear encoder and decoder
 ])
 def test_fast_single_run_equals_torch(tmp_path, extra):
     for engine in ("torch", "fast"):

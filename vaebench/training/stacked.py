@@ -197,6 +197,10 @@ class Stack:
         layers = [(pv[i], pv[i].transpose(1, 2), pv[i + 1].unsqueeze(1), gv[i], gv[i + 1])
                   for i in range(0, len(pv), 2)]
         self.enc, self.dec = layers[:n_enc // 2], layers[n_enc // 2:]
+        # the encoder's last layer as two heads, so mu and the raw sigma come out contiguous
+        _, Wt, bias, _, _ = self.enc[-1]
+        L = self.latent
+        self.heads = [(Wt[..., :L], bias[..., :L]), (Wt[..., L:], bias[..., L:])]
 
         def col(values):  # one value per run, as an (M, 1) tensor
             return torch.tensor(values, dtype=torch.float64, device=dev).view(M, 1)
@@ -217,7 +221,8 @@ class Stack:
         self.x = torch.empty((M, B, D), device=dev)
         self.noise = torch.empty((M, K, B, L), device=dev)
         self.dh = torch.empty((M, B, 2 * L), device=dev)
-        self.enc_out = [torch.empty((M, B, W.shape[1]), device=dev) for W, *_ in self.enc]
+        self.enc_out = [torch.empty((M, B, W.shape[1]), device=dev) for W, *_ in self.enc[:-1]]
+        self.mu, self.raw = torch.empty((M, B, L), device=dev), torch.empty((M, B, L), device=dev)
         self.dec_out = [torch.empty((M, K * B, W.shape[1]), device=dev) for W, *_ in self.dec]
 
     def drop(self, keep: list[int]) -> None:
@@ -251,10 +256,11 @@ class Stack:
         return tuple(res)
 
     @staticmethod
-    def _forward(layers, a, outs, act):
+    def _forward(layers, a, outs, act, hidden_only=False):
+        """Through ``layers``, an activation after each but the last (after every one: hidden_only)."""
         scale, fwd, _ = ACTIVATIONS[act]
         for i, ((_, Wt, bias, _, _), out) in enumerate(zip(layers, outs)):
-            if i < len(layers) - 1:
+            if hidden_only or i < len(layers) - 1:
                 torch.baddbmm(bias, a, Wt, beta=scale, alpha=scale, out=out)
                 fwd(out)
             else:
@@ -290,8 +296,10 @@ class Stack:
             torch.randn((K, B, L), generator=tr.noise_gen, out=self.noise[j])
         x, eps = self.x, self.noise
 
-        h = self._forward(self.enc, x, self.enc_out, self.enc_act)
-        mu, raw = h[..., :L].contiguous(), h[..., L:].contiguous()  # strided softplus is ~20x slower
+        hid = self._forward(self.enc[:-1], x, self.enc_out, self.enc_act, hidden_only=True)
+        (Wt_mu, b_mu), (Wt_raw, b_raw) = self.heads
+        mu = torch.baddbmm(b_mu, hid, Wt_mu, out=self.mu)
+        raw = torch.baddbmm(b_raw, hid, Wt_raw, out=self.raw)
         sigma, dsig_draw = self._mixed(self.posts, POSTERIORS, raw)
         z = mu.unsqueeze(1) + sigma.unsqueeze(1) * eps  # (M, K, B, L)
         logits = self._forward(self.dec, z.view(M, K * B, L), self.dec_out, self.dec_act).view(M, K, B, -1)
