@@ -86,7 +86,9 @@ def _split_curve(ax, m: pd.DataFrame, term: str, window: int) -> None:
     val = m[m["split"] == "val"].sort_values("step")
     if len(train):
         _raw(ax, train["step"].to_numpy(), train[term].to_numpy(), SPLIT_COLORS["train"], "train (every update)")
-        ax.plot(train["step"], smooth(train[term], window), color=SPLIT_COLORS["train"], lw=1.6,
+        smoothed = smooth(train[term], window)
+        every = max(1, len(train) // (2 * RAW_BINS))  # a moving average has nothing finer to show
+        ax.plot(train["step"].iloc[::every], smoothed.iloc[::every], color=SPLIT_COLORS["train"], lw=1.6,
                 label=f"train (mean of {window} updates)")
     if len(val):
         ax.plot(val["step"], val[term], color=SPLIT_COLORS["val"], lw=1.6, marker="o", ms=2.5,
