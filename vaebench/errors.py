@@ -23,3 +23,8 @@ class RunFailed(VaebenchError):
     """A run stopped on its own (e.g. its loss became NaN); its folder says why."""
 
     exit_code = 1
+
+
+def reason(e: BaseException) -> str:
+    """A failure as one status line: a user's mistake as its own words, anything else with its type."""
+    return str(e) if isinstance(e, VaebenchError) else f"{type(e).__name__}: {e}"

@@ -14,7 +14,7 @@ from filelock import FileLock, Timeout
 
 from .. import runs
 from ..config import RunConfig
-from ..errors import VaebenchError
+from ..errors import reason
 
 LOCK = "run.lock"
 _slot = 0  # this worker's progress-bar row (set by init_worker in pool workers)
@@ -123,7 +123,7 @@ def execute(job: Job) -> list:
             _mark_interrupted()
             raise
         except Exception as e:  # a bug, a crash or a user error must not stop the grid
-            why = str(e) if isinstance(e, VaebenchError) else f"{type(e).__name__}: {e}"
+            why = reason(e)
             for i in mine:
                 d = Path(job.run_dirs[i])
                 results[i] = RunResult(d, "failed", int(runs.read_status(d).get("step", 0)), why)

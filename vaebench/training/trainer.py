@@ -30,7 +30,7 @@ from ..components import OBJECTIVES, OPTIMIZERS, SCHEDULES, build_model
 from ..config import RunConfig, resolve
 from ..data import BINARIZERS, load_splits
 from ..devices import resolve_device
-from ..errors import ConfigError, VaebenchError
+from ..errors import ConfigError, VaebenchError, reason
 
 EVAL_BATCH = 2_000
 # Validation uses the same z noise at every evaluation, so curves move only with the model.
@@ -322,7 +322,7 @@ def train_run(cfg: RunConfig, run_dir: str | Path, device: str | torch.device = 
         trainer.write_status("running", "interrupted; run the same command again to resume")
         raise
     except Exception as e:
-        trainer.write_status("failed", str(e) if isinstance(e, VaebenchError) else f"{type(e).__name__}: {e}")
+        trainer.write_status("failed", reason(e))
         raise
 
 
@@ -370,6 +370,6 @@ def train_group(cfgs: list[RunConfig], run_dirs: list[str | Path], device: str |
             raise
         except Exception as e:
             for _, t in group:
-                t.write_status("failed", f"{type(e).__name__}: {e}")
+                t.write_status("failed", reason(e))
             raise
     return [results[i] for i in range(len(cfgs))]
