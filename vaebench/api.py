@@ -7,27 +7,34 @@ from typing import Any
 
 import pandas as pd
 
-from . import runs
-from .config import RunConfig, read_yaml
+from . import plugins, runs
+from .config import RunConfig, component_kinds, key_infos, read_yaml
 from .errors import ConfigError, VaebenchError
 from .grid import Study, StudyResult, expand
 from .grid import run_study as _run_study
 from .results import _run_label, load, ls, varied_keys  # noqa: F401  (re-exported: the API users call)
 
 
-def _as_raw(config: str | Path | dict[str, Any] | RunConfig) -> tuple[dict[str, Any], str]:
+def _as_raw(config: str | Path | dict[str, Any] | RunConfig) -> tuple[dict[str, Any], str, Path | None]:
     if isinstance(config, (str, Path)):
-        return read_yaml(config), str(config)
+        return read_yaml(config), str(config), Path(config).parent
     if isinstance(config, RunConfig):
-        return config.to_dict(), ""
-    return dict(config or {}), ""
+        return config.to_dict(), "", None
+    return dict(config or {}), "", None
+
+
+def import_plugins(imports: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Import plugins (module names, or .py files relative to the current directory) and the installed
+    packages' ``vaebench.components`` entry points, in this process and the report's workers."""
+    return plugins.load(plugins.resolve(imports, None, "--import"))
 
 
 def study(config: str | Path | dict[str, Any] | RunConfig,
-          overrides: list[str] | dict[str, Any] | None = None) -> Study:
-    """The flat list of runs a config or study file describes (with ``--set``-style overrides)."""
-    raw, source = _as_raw(config)
-    return expand(raw, overrides, source)
+          overrides: list[str] | dict[str, Any] | None = None, imports: list[str] | tuple[str, ...] = ()) -> Study:
+    """The flat list of runs a config or study file describes (with ``--set``-style overrides); its
+    plugins (``imports:``, plus ``imports`` here) are imported first and recorded in every run."""
+    raw, source, base = _as_raw(config)
+    return expand(raw, overrides, source, base, imports)
 
 
 def run_dir_for(cfg: RunConfig, out: str | Path) -> Path:
@@ -39,9 +46,12 @@ def run_study(config: str | Path | dict[str, Any] | RunConfig | Study, out: str 
               overrides: list[str] | dict[str, Any] | None = None, device: str = "auto",
               jobs: int | None = None, executor: str = "local", ray_address: str | None = None,
               gpus_per_run: float | None = None, force: bool = False, retry_failed: bool = False,
-              dry_run: bool = False, progress: bool | None = None, on_result=None) -> StudyResult:
+              dry_run: bool = False, progress: bool | None = None, on_result=None,
+              imports: list[str] | tuple[str, ...] = ()) -> StudyResult:
     """Run every missing run of a study (any config file is a study of one run); see vaebench.grid."""
-    s = config if isinstance(config, Study) else study(config, overrides)
+    if isinstance(config, Study) and (overrides or imports):
+        raise ConfigError("give overrides and imports to vaebench.study, which builds the Study")
+    s = config if isinstance(config, Study) else study(config, overrides, imports)
     return _run_study(s, out, device=device, jobs=jobs, executor=executor, ray_address=ray_address,
                       gpus_per_run=gpus_per_run, force=force, retry_failed=retry_failed, dry_run=dry_run,
                       progress=progress, on_result=on_result)
@@ -49,11 +59,11 @@ def run_study(config: str | Path | dict[str, Any] | RunConfig | Study, out: str 
 
 def run(config: str | Path | dict[str, Any] | RunConfig, out: str | Path = "results",
         overrides: list[str] | dict[str, Any] | None = None, device: str = "auto",
-        progress: bool | None = None, force: bool = False):
+        progress: bool | None = None, force: bool = False, imports: list[str] | tuple[str, ...] = ()):
     """Train the one run a config describes (resuming or skipping it if it exists); return its RunResult."""
     from .training import RunResult
 
-    s = study(config, overrides)
+    s = study(config, overrides, imports)
     if s.axes:
         raise ConfigError(f"{config if isinstance(config, (str, Path)) else 'this config'} describes a study of "
                           f"{len(s.runs)} runs; use vaebench.run_study (or `vaebench run` on the command line)")
@@ -75,22 +85,27 @@ def summary(path: str | Path = "results"):
 
 
 def report(path: str | Path = "results", out: str | Path | None = None, force: bool = False,
-           jobs: int | None = None):
+           jobs: int | None = None, imports: list[str] | tuple[str, ...] = ()):
     """Draw every figure of every run and study under ``path`` into ``out`` (default PATH/report)
-    with an index.html; redraws only what changed since the last report."""
+    with an index.html; redraws only what changed since the last report. Each run's own plugins
+    (its config's imports) are imported where its figures are drawn; ``imports`` adds more."""
     from .report import build_report
 
+    import_plugins(imports)
     return build_report(path, out=out, force=force, jobs=jobs)
 
 
 def evaluate(path: str | Path = "results", k: int = 5000, split: str = "test", device: str = "auto",
-             batch: int | None = None, force: bool = False, on_result=None) -> pd.DataFrame:
+             batch: int | None = None, force: bool = False, on_result=None,
+             imports: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
     """Evaluate every done run under ``path`` (a run or a study) on ``split`` with ``k`` importance
     samples per image, into each run's eval.json; runs with that (split, k) already are skipped
     unless ``force``. Returns one row per run: run, state (evaluated / skipped / not done), the
-    split's numbers. ``on_result(row)`` is called after each run."""
+    split's numbers. ``on_result(row)`` is called after each run. Each run's own plugins are
+    imported before its model is built; ``imports`` adds more."""
     from .evaluation import SPLITS, evaluate_run, has_eval, resolve_device
 
+    import_plugins(imports)
     if k < 1:
         raise ConfigError(f"k must be at least 1, got {k}")
     if split not in SPLITS:
@@ -119,3 +134,59 @@ def evaluate(path: str | Path = "results", k: int = 5000, split: str = "test", d
         if on_result:
             on_result(row)
     return pd.DataFrame(rows)
+
+
+def components(imports: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
+    """Every registered component, plugins included: kind, name, the config keys that choose it
+    (the executor: ``vaebench run --executor``), and the module that defines it when not vaebench's."""
+    from .grid import EXECUTORS
+
+    import_plugins(imports)
+    kinds = {kind: (reg, ", ".join(keys)) for kind, (reg, keys) in component_kinds().items()}
+    kinds[EXECUTORS.kind] = (EXECUTORS, "vaebench run --executor")
+    rows = []
+    for kind, (reg, keys) in kinds.items():
+        for name in reg.names():
+            module = getattr(reg.get(name), "__module__", "") or ""
+            own = module.split(".")[0] in ("vaebench", "torch")
+            rows.append({"kind": kind, "name": name, "keys": keys, "module": "" if own else module})
+    return pd.DataFrame(rows, columns=["kind", "name", "keys", "module"])
+
+
+def describe_config(config: str | Path | dict[str, Any] | RunConfig,
+                    overrides: list[str] | dict[str, Any] | None = None,
+                    imports: list[str] | tuple[str, ...] = ()) -> str:
+    """The resolved config as YAML, each key with its description (``vaebench config``); of a study,
+    the first run, with the values the runs take beside each varied key."""
+    s = study(config, overrides, imports)
+    dicts = [r.config.to_dict() for r in s.runs]
+    source = str(config) if isinstance(config, (str, Path)) else "the config"
+    what = (f"a study of {len(s.runs)} runs, the first one shown" if len(s.runs) > 1
+            else f"run id {s.runs[0].hash}")
+    lines: list[tuple[str, str]] = []
+    for info in key_infos():
+        *parents, name = info.key.split(".")
+        indent = "  " * len(parents)
+        note = info.description + ("" if info.changes_numbers else " [not in the run id]")
+        if info.section:
+            lines.append((f"{indent}{name}:", note))
+            continue
+        shown = list(dict.fromkeys(_yaml_value(_dotted(d, info.key)) for d in dicts))
+        if len(shown) > 1:
+            note += f" [varied: {', '.join(shown)}]"
+        lines.append((f"{indent}{name}: {shown[0]}", note))
+    width = max((len(a) for a, _ in lines if len(a) < 40), default=0) + 2  # a long value's note just follows
+    body = "\n".join(f"{a:<{width}}# {b}" if len(a) < width else f"{a}  # {b}" for a, b in lines)
+    return f"# {source} resolved: {what}\n{body}\n"
+
+
+def _dotted(d: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        d = d[part]
+    return d
+
+
+def _yaml_value(v: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(v, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()

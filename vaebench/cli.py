@@ -17,11 +17,19 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except VaebenchError as e:
-            click.echo(f"vaebench: error: {e}", err=True)
+            for line in str(e).splitlines() or [""]:  # a config's errors: at most three lines
+                click.echo(f"vaebench: error: {line}", err=True)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
             click.echo("vaebench: interrupted; run the same command again to resume", err=True)
             ctx.exit(130)
+
+
+def _imports(f):
+    return click.option("--import", "imports", multiple=True, metavar="MODULE_OR_FILE",
+                        help="A plugin to import first (your own components): a module name or a .py file, "
+                             "relative to the current directory. Repeatable; a config lists its own under "
+                             "imports:, relative to the config file.")(f)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -49,15 +57,16 @@ def cli() -> None:
 @click.option("--force", is_flag=True, help="Redo every run, even those that are done.")
 @click.option("--retry-failed", is_flag=True, help="Rerun runs that failed (they are skipped otherwise).")
 @click.option("--dry-run", is_flag=True, help="Print the runs and their state (done/partial/failed/new); run nothing.")
+@_imports
 def run(config: str, overrides: tuple[str, ...], out: str, device: str, jobs: int | None, executor: str,
         ray_address: str | None, gpus_per_run: float | None, force: bool, retry_failed: bool,
-        dry_run: bool) -> None:
+        dry_run: bool, imports: tuple[str, ...]) -> None:
     """Train the runs CONFIG describes (one run, or a study); rerunning does only what is missing."""
     from tqdm.auto import tqdm
 
     from .api import run_study, study
 
-    s = study(config, list(overrides))
+    s = study(config, list(overrides), imports)
     res = run_study(s, out=out, device=device, jobs=jobs, executor=executor, ray_address=ray_address,
                     gpus_per_run=gpus_per_run, force=force, retry_failed=retry_failed, dry_run=dry_run,
                     on_result=lambda root, r: (tqdm.write(_line(r)), sys.stdout.flush()))
@@ -90,10 +99,12 @@ def _line(result) -> str:
 
 @cli.command(name="ls")
 @click.argument("results", default="results", type=click.Path(file_okay=False))
-def ls_command(results: str) -> None:
+@_imports
+def ls_command(results: str, imports: tuple[str, ...]) -> None:
     """List the runs under RESULTS: varied values, state, steps, final validation ELBO."""
-    from .api import ls
+    from .api import import_plugins, ls
 
+    import_plugins(imports)
     click.echo(_table(ls(results)))
 
 
@@ -104,11 +115,12 @@ def ls_command(results: str) -> None:
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
               help="Processes drawing figures (default: one per core).")
 @click.option("--force", is_flag=True, help="Redraw every figure, even those whose run did not change.")
-def report_command(results: str, out: str | None, jobs: int | None, force: bool) -> None:
+@_imports
+def report_command(results: str, out: str | None, jobs: int | None, force: bool, imports: tuple[str, ...]) -> None:
     """Draw every run's figures, every study's comparisons and a summary table, with an index.html."""
     from .api import report
 
-    rep = report(results, out=out, force=force, jobs=jobs)
+    rep = report(results, out=out, force=force, jobs=jobs, imports=imports)
     click.echo(_table(rep.summary.drop(columns=[c for c in rep.summary if c.endswith("_ci95")])))
     missing = f"; {len(rep.missing)} runs have figures missing (see the index)" if rep.missing else ""
     click.echo(f"drew {len(rep.drawn)}, reused {len(rep.reused)} unchanged{missing}")
@@ -123,7 +135,9 @@ def report_command(results: str, out: str | None, jobs: int | None, force: bool)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Images per batch (default: by k).")
 @click.option("--force", is_flag=True, help="Evaluate again runs that already have this split and k.")
-def eval_command(path: str, k: int, split: str, device: str, batch: int | None, force: bool) -> None:
+@_imports
+def eval_command(path: str, k: int, split: str, device: str, batch: int | None, force: bool,
+                 imports: tuple[str, ...]) -> None:
     """Importance-weighted log p(x), ELBO, active units and KL per dimension of every done run under
     RUN_OR_STUDY, into each run's eval.json (vaebench ls shows them)."""
     from .api import evaluate
@@ -136,7 +150,32 @@ def eval_command(path: str, k: int, split: str, device: str, batch: int | None, 
                        f"± {row['iw_ll_se']:.2f} (k={row['k']}), ELBO {row['elbo']:.2f} ± {row['elbo_se']:.2f}, "
                        f"{row['active_units']} active units, {row['seconds']:.1f}s")
 
-    evaluate(path, k=k, split=split, device=device, batch=batch, force=force, on_result=line)
+    evaluate(path, k=k, split=split, device=device, batch=batch, force=force, on_result=line, imports=imports)
+
+
+@cli.command(name="config")
+@click.argument("config", required=False, type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Set a config value, as with vaebench run. Repeatable.")
+@click.option("--components", is_flag=True,
+              help="List the registered names of every kind of component (plugins included) instead.")
+@_imports
+def config_command(config: str | None, overrides: tuple[str, ...], components: bool, imports: tuple[str, ...]) -> None:
+    """Print CONFIG resolved (every default filled in), each key with its description."""
+    from .api import components as list_components
+    from .api import describe_config, study
+
+    if components:
+        if config:
+            study(config, list(overrides), imports)  # its plugins' components too
+        df = list_components(imports)
+        for kind, rows in df.groupby("kind", sort=False):
+            names = [n + (f" ({m})" if m else "") for n, m in zip(rows["name"], rows["module"])]
+            click.echo(f"{kind} [{rows['keys'].iloc[0]}]: {', '.join(names)}")
+        return
+    if not config:
+        raise click.UsageError("give a CONFIG to resolve, or --components")
+    click.echo(describe_config(config, list(overrides), imports), nl=False)
 
 
 def _table(df) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -18,6 +20,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from .components import (ACTIVATIONS, KL_ESTIMATORS, LIKELIHOODS, NETWORKS, OBJECTIVES, OPTIMIZERS, POSTERIORS,
                          SCHEDULES)
 from .data import BINARIZERS, DATASETS
+from . import plugins
 from .errors import ConfigError
 from .registry import Registry
 
@@ -25,10 +28,25 @@ from .registry import Registry
 def registered(registry: Registry) -> AfterValidator:
     def check(name: str) -> str:
         if name not in registry:
-            raise ValueError(registry.unknown_message(name))
+            raise ValueError(registry.unknown_message(name) + " Your own? Name its file in imports: or --import.")
         return name
 
+    check.registry = registry  # type: ignore[attr-defined]  (read by key_info: the key names a component)
     return AfterValidator(check)
+
+
+def key(default: Any, description: str, label: str, *, numbers: bool = True, per_run: bool = False) -> Any:
+    """A config key with its facts, stated once here and derived everywhere else (the run id, stacks,
+    `vaebench config`, report axes): ``numbers``: does it change a run's numbers (and so its id)?
+    ``per_run``: may the runs of one stack differ in it? ``label``: a short name for an axis."""
+    return Field(default, description=description,
+                 json_schema_extra={"label": label, "changes_numbers": numbers, "per_run": per_run})
+
+
+def section(default: Any, description: str, label: str) -> Any:
+    """A section's facts follow from its keys: it changes the numbers if any key does, and may differ
+    within a stack only if every key may."""
+    return Field(default, description=description, json_schema_extra={"label": label})
 
 
 def _name_shorthand(value: Any) -> Any:
@@ -54,92 +72,125 @@ Seed = Annotated[int, Field(ge=0)]
 
 
 class DataConfig(_Section):
-    dataset: Annotated[str, registered(DATASETS)] = "mnist14"
-    root: Optional[str] = None  # folder of IDX files; None: the embedded copy or $VAEBENCH_DATA
-    binarize: Annotated[str, registered(BINARIZERS)] = "threshold"
-    per_class: Optional[PosInt] = 1000  # training images per digit; None: the whole train split
-    seed: Seed = 0  # picks the per_class subset
-    val_size: Optional[PosInt] = 100  # the first val_size test images; None: all 10,000
+    dataset: Annotated[str, registered(DATASETS)] = key(
+        "mnist14", "mnist14 (embedded, 14x14) or mnist28 (IDX files from data.root or $VAEBENCH_DATA)", "data set")
+    root: Optional[str] = key(None, "folder of the four IDX files; null: the embedded copy or $VAEBENCH_DATA",
+                              "data folder")
+    binarize: Annotated[str, registered(BINARIZERS)] = key(
+        "threshold", "threshold (a pixel is 1 when > 128 of 255) or dynamic (a fresh Bernoulli draw each time)",
+        "binarization")
+    per_class: Optional[PosInt] = key(1000, "training images per digit; null: the whole train split",
+                                      "images per digit")
+    seed: Seed = key(0, "which training images per digit (the per_class subset)", "data seed")
+    val_size: Optional[PosInt] = key(100, "validation images: the first val_size test images; null: all 10,000",
+                                     "validation images")
 
 
 class NetworkConfig(_Section):
-    name: Annotated[str, registered(NETWORKS)] = "mlp"
-    hidden: list[PosInt] = [128]
-    activation: Annotated[str, registered(ACTIVATIONS)] = "tanh"
+    name: Annotated[str, registered(NETWORKS)] = key("mlp", "the network (any registered network)", "network")
+    hidden: list[PosInt] = key([128], "widths of the hidden layers, input side first", "hidden width")
+    activation: Annotated[str, registered(ACTIVATIONS)] = key(
+        "tanh", "the nonlinearity after each hidden layer (any registered activation)", "activation")
 
 
 Network = Annotated[NetworkConfig, BeforeValidator(_name_shorthand)]
 
 
 class ModelConfig(_Section):
-    latent: PosInt = 8
-    encoder: Network = NetworkConfig()
-    decoder: Network = NetworkConfig()
-    posterior: Annotated[str, registered(POSTERIORS)] = "sigma"
-    likelihood: Annotated[str, registered(LIKELIHOODS)] = "bernoulli"
+    latent: PosInt = key(8, "dimensions of z", "latent dimensions")
+    encoder: Network = section(NetworkConfig(), "x -> the mean and sigma of q(z|x)", "encoder")
+    decoder: Network = section(NetworkConfig(), "z -> the logits of p(x|z)", "decoder")
+    posterior: Annotated[str, registered(POSTERIORS)] = key(
+        "sigma", "how the encoder's second head becomes sigma: sigma (softplus + 1e-4 floor) or log_sigma (exp)",
+        "posterior σ parameterization", per_run=True)
+    likelihood: Annotated[str, registered(LIKELIHOODS)] = key(
+        "bernoulli", "p(x|z) given the decoder's output", "likelihood")
 
 
 class ObjectiveConfig(_Section):
-    name: Annotated[str, registered(OBJECTIVES)] = "elbo"
-    k: PosInt = 1  # z samples per example
-    kl: Annotated[str, registered(KL_ESTIMATORS)] = "analytic"
-    beta: Annotated[float, Field(ge=0)] = 1.0
-    warmup: Annotated[int, Field(ge=0)] = 0  # updates over which the KL weight ramps from 0 to beta
+    name: Annotated[str, registered(OBJECTIVES)] = key(
+        "elbo", "elbo (the ELBO, its terms averaged over k samples) or iwae (the importance-weighted bound)",
+        "objective")
+    k: PosInt = key(1, "z samples per image", "K (samples)")
+    kl: Annotated[str, registered(KL_ESTIMATORS)] = key(
+        "analytic", "analytic (closed form) or monte_carlo (from the same z samples)", "KL estimator", per_run=True)
+    beta: Annotated[float, Field(ge=0)] = key(1.0, "KL weight in the loss (1 is the ELBO)", "β (KL weight)",
+                                              per_run=True)
+    warmup: Annotated[int, Field(ge=0)] = key(0, "updates over which the KL weight ramps from 0 to beta",
+                                              "KL warm-up (updates)")
 
 
 class OptimConfig(_Section):
-    name: Annotated[str, registered(OPTIMIZERS)] = "adam"
-    lr: Annotated[float, Field(gt=0)] = 1e-3
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
-    eps: Annotated[float, Field(gt=0)] = 1e-8
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    schedule: Annotated[str, registered(SCHEDULES)] = "none"  # learning-rate schedule over train.steps
+    name: Annotated[str, registered(OPTIMIZERS)] = key("adam", "the optimizer", "optimizer")
+    lr: Annotated[float, Field(gt=0)] = key(1e-3, "learning rate", "learning rate", per_run=True)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = key(
+        (0.9, 0.999), "decay rates of the moment estimates", "Adam β", per_run=True)
+    eps: Annotated[float, Field(gt=0)] = key(1e-8, "added to the denominator", "Adam ε", per_run=True)
+    weight_decay: Annotated[float, Field(ge=0)] = key(0.0, "L2 penalty", "weight decay", per_run=True)
+    schedule: Annotated[str, registered(SCHEDULES)] = key(
+        "none", "learning-rate schedule over train.steps: none or iwae (Burda et al.'s 3^i-epoch stages)",
+        "lr schedule")
 
 
 class TrainConfig(_Section):
-    steps: PosInt = 10_000  # weight updates
-    batch_size: PosInt = 100
-    eval_every: PosInt = 100  # updates between validation evaluations
-    flush_every: PosInt = 500  # updates between metric writes (at most this much is lost on a kill)
-    checkpoint_every: PosInt = 2_000
-    threads: Optional[PosInt] = None  # torch intra-op threads; None: torch's default
-    # fast: stacked hand-written step (vaebench.training.stacked); torch: the autograd Trainer;
-    # auto: fast when it supports the config. Same numbers up to float reassociation.
-    engine: Literal["auto", "torch", "fast"] = "auto"
-    # runs of one shape trained together in a grid: auto (8 on CPU, 256 on CUDA), off, or at most N
-    stack: Annotated[Union[Literal["auto", "off"], PosInt], BeforeValidator(_stack_value)] = "auto"
+    steps: PosInt = key(10_000, "weight updates", "training updates")
+    batch_size: PosInt = key(100, "images per update", "batch size")
+    eval_every: PosInt = key(100, "updates between validation evaluations", "eval interval (updates)")
+    flush_every: PosInt = key(500, "updates between metric writes (at most this much is lost on a kill)",
+                              "flush interval (updates)", numbers=False)
+    checkpoint_every: PosInt = key(2_000, "updates between checkpoints", "checkpoint interval (updates)",
+                                   numbers=False)
+    threads: Optional[PosInt] = key(None, "torch intra-op threads; null: torch's default", "threads",
+                                    numbers=False)
+    engine: Literal["auto", "torch", "fast"] = key(
+        "auto", "fast: the stacked hand-written step; torch: the autograd Trainer; auto: fast when it supports "
+        "the config (the same numbers up to float reassociation)", "engine", numbers=False)
+    stack: Annotated[Union[Literal["auto", "off"], PosInt], BeforeValidator(_stack_value)] = key(
+        "auto", "runs of one shape trained together in a study: auto (8 on CPU, 256 on CUDA), off, or at most N",
+        "stack size", numbers=False)
 
 
 class EvalConfig(_Section):
     """An optional evaluation after a run finishes (vaebench.evaluation); off with no splits."""
 
-    k: PosInt = 5000  # importance samples per image
-    splits: list[Literal["test", "val", "train"]] = []
-    batch: Optional[PosInt] = None  # images per batch; None: chosen from k
+    k: PosInt = key(5000, "importance samples per image", "eval K (importance samples)", numbers=False)
+    splits: list[Literal["test", "val", "train"]] = key(
+        [], "splits evaluated after training: any of test, val, train", "eval splits", numbers=False)
+    batch: Optional[PosInt] = key(None, "images per batch; null: chosen from k", "eval batch", numbers=False)
 
 
 class RunConfig(_Section):
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")] = "run"  # the results subfolder
-    seed: Seed = 0  # initialization, data order and z noise
-    data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
-    objective: Annotated[ObjectiveConfig, BeforeValidator(_name_shorthand)] = ObjectiveConfig()
-    optim: Annotated[OptimConfig, BeforeValidator(_name_shorthand)] = OptimConfig()
-    train: TrainConfig = TrainConfig()
-    eval: EvalConfig = EvalConfig()
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")] = key(
+        "run", "the results subfolder (the study's name)", "study name", numbers=False, per_run=True)
+    imports: list[str] = key(
+        [], "plugins imported before validation: module names, or .py files relative to the config file",
+        "plugins", numbers=False)
+    seed: Seed = key(0, "initialization, data order and z noise", "seed", per_run=True)
+    data: DataConfig = section(DataConfig(), "the images", "data")
+    model: ModelConfig = section(ModelConfig(), "the VAE", "model")
+    objective: Annotated[ObjectiveConfig, BeforeValidator(_name_shorthand)] = section(
+        ObjectiveConfig(), "the training loss", "objective")
+    optim: Annotated[OptimConfig, BeforeValidator(_name_shorthand)] = section(
+        OptimConfig(), "the optimizer", "optimizer")
+    train: TrainConfig = section(TrainConfig(), "the training loop", "training")
+    eval: EvalConfig = section(EvalConfig(), "an evaluation after training; off with no splits", "evaluation")
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
     def result_dict(self) -> dict[str, Any]:
-        """The config minus the keys that never change a run's numbers (EXECUTION_KEYS)."""
+        """The config minus the keys that never change a run's numbers (execution_keys()); a section
+        left empty goes too."""
         d = self.to_dict()
-        for key in EXECUTION_KEYS:
-            *parents, last = key.split(".")
-            node = d
+        for k in execution_keys():
+            *parents, last = k.split(".")
+            nodes = [d]
             for part in parents:
-                node = node.get(part, {})
-            node.pop(last, None)
+                nodes.append(nodes[-1].get(part, {}))
+            nodes[-1].pop(last, None)
+            for node, part in zip(reversed(nodes[:-1]), reversed(parents)):
+                if node.get(part) == {}:
+                    node.pop(part)
         return d
 
     def run_hash(self) -> str:
@@ -148,11 +199,105 @@ class RunConfig(_Section):
         blob = json.dumps(self.result_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
+    def stack_key(self) -> str:
+        """Runs with equal stack keys may share a stack: every key but the per_run_keys() is equal."""
+        per_run = set(per_run_keys())
+        flat = flatten(self.to_dict())
+        return json.dumps({k: v for k, v in sorted(flat.items()) if k not in per_run}, default=str)
 
-# Keys that differ only in how a run is executed or logged, never in its numbers: they are left
-# out of the run's id, so changing them resumes the same run instead of starting another.
-EXECUTION_KEYS = ("name", "train.flush_every", "train.checkpoint_every", "train.threads", "train.engine",
-                  "train.stack", "eval")
+
+# -- what each key is: derived from the schema's fields ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """One config key (dotted; a section too) and its facts, as its schema field states them."""
+
+    key: str
+    description: str
+    label: str  # a short human name, e.g. for a figure's axis
+    changes_numbers: bool  # part of the run's id; False: execution only (logging, threads, evaluation)
+    per_run: bool  # the runs of one stack may differ in it
+    default: Any
+    section: bool = False
+    registry: Optional[Registry] = None  # the components it names, if it names one
+
+
+@lru_cache(maxsize=None)
+def _infos() -> dict[str, KeyInfo]:
+    out: dict[str, KeyInfo] = {}
+
+    def walk(model: type[BaseModel], prefix: str) -> list[KeyInfo]:
+        leaves: list[KeyInfo] = []
+        for name, field in model.model_fields.items():
+            full, extra = prefix + name, field.json_schema_extra or {}
+            if not isinstance(extra, dict) or "label" not in extra or not field.description:
+                raise TypeError(f"config key {full!r} has no description or label: declare it with key()")
+            ann = field.annotation
+            default = field.get_default(call_default_factory=True)
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                out[full] = None  # type: ignore[assignment]  (keeps schema order: the section before its keys)
+                children = walk(ann, full + ".")
+                out[full] = KeyInfo(full, field.description, str(extra["label"]),
+                                    any(c.changes_numbers for c in children), all(c.per_run for c in children),
+                                    default.model_dump(mode="json"), section=True)
+                leaves += children
+            else:
+                registry = next((m.func.registry for m in field.metadata if hasattr(getattr(m, "func", None),
+                                                                                    "registry")), None)
+                info = KeyInfo(full, field.description, str(extra["label"]), bool(extra["changes_numbers"]),
+                               bool(extra["per_run"]), default, registry=registry)
+                out[full] = info
+                leaves.append(info)
+        return leaves
+
+    walk(RunConfig, "")
+    return out
+
+
+def key_info(key: str) -> KeyInfo:
+    """The facts of a dotted config key (``objective.k``) or section (``model.encoder``)."""
+    try:
+        return _infos()[key]
+    except KeyError:
+        raise ConfigError(f"{key!r} is not a config key{suggest(key, known_keys())}") from None
+
+
+def key_infos() -> list[KeyInfo]:
+    """Every key, sections included, in the schema's order."""
+    return list(_infos().values())
+
+
+def execution_keys() -> tuple[str, ...]:
+    """Keys that never change a run's numbers (left out of its id: changing one resumes the same run)."""
+    return tuple(i.key for i in key_infos() if not i.section and not i.changes_numbers)
+
+
+def per_run_keys() -> tuple[str, ...]:
+    """Keys in which the runs of one stack may differ; every other key is shared by the stack."""
+    return tuple(i.key for i in key_infos() if not i.section and i.per_run)
+
+
+def is_execution_key(key: str) -> bool:
+    """Whether a config key (or a column named by one, even of an older or newer config) never
+    changes a run's numbers: its own fact, else its nearest known section's."""
+    parts = key.split(".")
+    for n in range(len(parts), 0, -1):
+        info = _infos().get(".".join(parts[:n]))
+        if info is not None:
+            return not info.changes_numbers
+    return False
+
+
+def component_kinds() -> dict[str, tuple[Registry, list[str]]]:
+    """Each kind of component a config names: its registry and the keys that choose one."""
+    kinds: dict[str, tuple[Registry, list[str]]] = {}
+    for info in key_infos():
+        if info.registry is not None:
+            kinds.setdefault(info.registry.kind, (info.registry, []))[1].append(info.key)
+    return kinds
+
+
 # Top-level keys of a study file (vaebench.grid); everything else is the base run config.
 STUDY_KEYS = ("grid", "zip", "variants", "seeds")
 
@@ -222,16 +367,9 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | list[str] |
     return out
 
 
-def known_keys(model: type[BaseModel] | None = None, prefix: str = "") -> list[str]:
+def known_keys() -> list[str]:
     """Every dotted key a run config accepts, sections included."""
-    keys = []
-    for name, field in (model or RunConfig).model_fields.items():
-        full = prefix + name
-        keys.append(full)
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            keys += known_keys(ann, full + ".")
-    return keys
+    return list(_infos())
 
 
 def suggest(key: str, candidates: list[str]) -> str:
@@ -250,20 +388,60 @@ def _describe(err: dict[str, Any], source: str) -> str:
     return f"invalid value for {loc!r}{where}: {msg}{shown}"
 
 
+MAX_ERROR_LINES = 3
+
+
+def join_errors(items: list[tuple[str, str]]) -> str:
+    """Every error of a config at once, in at most three lines: (key, message) pairs; past three,
+    the first two and ``... and N more: key, key``."""
+    if len(items) <= MAX_ERROR_LINES:
+        return "\n".join(msg for _, msg in items)
+    rest = [k for k, _ in items[MAX_ERROR_LINES - 1:]]
+    return "\n".join([*(msg for _, msg in items[:MAX_ERROR_LINES - 1]),
+                      f"... and {len(rest)} more: {', '.join(rest)}"])
+
+
+def _imports(data: dict[str, Any], base: str | Path | None, extra: list[str] | tuple[str, ...],
+             source: str) -> None:
+    """Resolve and import the config's plugins (and ``extra`` ones, from the command line) before the
+    config is validated, so its component names can be theirs; record them resolved in ``data``."""
+    items = data.get("imports")
+    if isinstance(items, str):
+        items = [items]
+    if items is not None and not isinstance(items, list):
+        raise ConfigError(f"invalid value for 'imports'{f' in {source}' if source else ''}: give a list of "
+                          f"module names or .py files, got {items!r}")
+    where = f"imports in {source}" if source else "imports"
+    resolved = plugins.resolve(items or [], base, where)
+    resolved += [i for i in plugins.resolve(extra, None, "--import") if i not in resolved]
+    plugins.load(resolved)
+    if resolved or "imports" in data:
+        data["imports"] = resolved
+
+
 def resolve(raw: dict[str, Any] | RunConfig | None = None, overrides: dict[str, Any] | list[str] | None = None,
-            source: str = "") -> RunConfig:
-    """Validate a config dict (plus overrides) into a RunConfig, or raise one ConfigError line."""
+            source: str = "", base: str | Path | None = None,
+            imports: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Validate a config dict (plus overrides) into a RunConfig, or raise one ConfigError of every
+    mistake (at most three lines). Its plugins (``imports``, relative to ``base``, the config file's
+    folder, plus ``imports`` given here, relative to the current directory) are imported first."""
     if isinstance(raw, RunConfig):
         raw = raw.to_dict()
     data = apply_overrides(raw or {}, overrides)
+    _imports(data, base, imports, source)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_describe(e.errors()[0], source)) from None
+        seen: dict[str, str] = {}
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            seen.setdefault(loc, _describe(err, source))
+        raise ConfigError(join_errors(list(seen.items()))) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> RunConfig:
-    return resolve(read_yaml(path), overrides, source=str(path))
+def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None = None,
+                imports: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    return resolve(read_yaml(path), overrides, source=str(path), base=Path(path).parent, imports=imports)
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

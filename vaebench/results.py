@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from . import runs
-from .config import EXECUTION_KEYS, flatten
+from .config import flatten, is_execution_key
 from .errors import VaebenchError
 
 
@@ -106,11 +106,6 @@ def varied_keys(df: pd.DataFrame) -> list[str]:
     (execution-only keys such as train.threads aside)."""
     config_cols = [c for c in df.columns if "." in c or c == "seed"]
     return [c for c in config_cols if not is_execution_key(c) and df[c].astype(str).nunique(dropna=False) > 1]
-
-
-def is_execution_key(col: str) -> bool:
-    """``eval.k`` is an execution key because its section ``eval`` is one."""
-    return any(col == k or col.startswith(k + ".") for k in EXECUTION_KEYS)
 
 
 def ls(path: str | Path = "results") -> pd.DataFrame:

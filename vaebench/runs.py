@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from . import plugins
 from .errors import VaebenchError
 
 CONFIG, STATUS, ENV, FINAL, CHECKPOINT = "config.yaml", "status.json", "env.json", "final.json", "checkpoint.pt"
@@ -155,6 +156,7 @@ def load_model(run_dir: str | Path, device: str = "cpu"):
     if not ckpt.is_file():
         raise VaebenchError(f"{run_dir} has no checkpoint yet; train it first (vaebench run)")
     cfg = read_config(run_dir)
+    plugins.load(cfg.get("imports") or [])  # the components the run was trained with, in any process
     state = torch.load(ckpt, map_location=device, weights_only=True)
     model_state = state["model"]
     model = build_model(cfg["model"], _data_dim(model_state)).to(device)

@@ -12,7 +12,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from .. import runs
+from .. import plugins, runs
 from ..config import RunConfig
 from ..errors import reason
 
@@ -109,6 +109,7 @@ def execute(job: Job) -> list:
     mine = [i for i, _ in locks]
     try:
         try:
+            plugins.load([i for c in job.configs for i in c.imports])  # in a pool worker or a Ray task too
             if len(mine) == 1:
                 out = [train_run(job.configs[mine[0]], job.run_dirs[mine[0]], job.device, progress, job.force)]
             else:  # the runs of one stack (vaebench.training.stacked)

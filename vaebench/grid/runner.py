@@ -99,9 +99,10 @@ def _check_inputs(study: Study, todo: list[int], device: str) -> None:
 
 def stack_groups(cfgs: list, device: str) -> list[list[int]]:
     """Indices of ``cfgs`` in groups trained as one stack: the fast engine's runs with equal stack
-    keys, at most train.stack of them; every other run alone."""
+    keys (RunConfig.stack_key: all but the per-run keys equal), at most train.stack of them; every
+    other run alone."""
     from ..training import resolve_device
-    from ..training.stacked import stack_key, stack_size, use_fast
+    from ..training.stacked import stack_size, use_fast
 
     dev = resolve_device(device)
     groups: list[list[int]] = []
@@ -114,7 +115,7 @@ def stack_groups(cfgs: list, device: str) -> list[list[int]]:
         if not fast:
             groups.append([i])
             continue
-        key = stack_key(cfg)
+        key = cfg.stack_key()
         group = open_.get(key)
         if group is None or len(group) >= stack_size(cfg, dev):
             group = open_[key] = []

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import (STUDY_KEYS, RunConfig, apply_overrides, known_keys, read_yaml, resolve, split_override, suggest,
-                      yaml_value)
+from ..config import (STUDY_KEYS, RunConfig, apply_overrides, join_errors, known_keys, read_yaml, resolve, split_override,
+                      suggest, yaml_value)
 from ..errors import ConfigError
 
 
@@ -205,8 +205,11 @@ def _seeds(spec: Any, source: str) -> list[int] | None:
     return seeds
 
 
-def expand(raw: dict[str, Any], overrides: list[str] | dict[str, Any] | None = None, source: str = "") -> Study:
-    """A study dict (plus ``--set`` items) as a flat list of resolved runs; one ConfigError line if invalid."""
+def expand(raw: dict[str, Any], overrides: list[str] | dict[str, Any] | None = None, source: str = "",
+           base: str | Path | None = None, imports: list[str] | tuple[str, ...] = ()) -> Study:
+    """A study dict (plus ``--set`` items) as a flat list of resolved runs; a ConfigError if invalid.
+    ``base``: the study file's folder (its plugins' paths are relative to it); ``imports``: more
+    plugins (``--import``), relative to the current directory."""
     source = source or "the config"
     raw = dict(raw or {})
     spec = {k: raw.pop(k, None) for k in STUDY_KEYS}
@@ -214,8 +217,10 @@ def expand(raw: dict[str, Any], overrides: list[str] | dict[str, Any] | None = N
     for key in STUDY_KEYS:  # --set seeds=5, --set variants=null: the study's own keys
         if key in fixed:
             spec[key] = fixed.pop(key)
-    for key in [*fixed, *cli_axes]:
-        _check_key(key, "--set")
+    unknown = [k for k in [*fixed, *cli_axes] if k not in known_keys()]
+    if unknown:  # every mistyped --set key at once
+        raise ConfigError(join_errors([(k, f"--set names {k!r}, which is not a config key"
+                                           f"{suggest(str(k), known_keys())}") for k in unknown]))
     grid = {k: v for k, v in _grid(spec["grid"], source).items() if k not in fixed}
     grid.update({k: _axis_values(v, f"--set {k}") for k, v in cli_axes.items()})
     zips = [{k: v for k, v in g.items() if k not in fixed and k not in cli_axes} for g in _zip_groups(spec["zip"], source)]
@@ -256,7 +261,7 @@ def expand(raw: dict[str, Any], overrides: list[str] | dict[str, Any] | None = N
         sets = dict(_named(k, v) for k, v in sets.items())
         where = source + (" (run " + ", ".join(f"{k}={format_value(v)}" for k, v in varied.items()) + ")"
                           if varied else "")
-        cfg = resolve(apply_overrides(raw, sets), source=where)
+        cfg = resolve(apply_overrides(raw, sets), source=where, base=base, imports=imports)
         if cfg.run_hash() not in seen:
             seen.add(cfg.run_hash())
             runs.append(RunSpec(cfg, varied))
@@ -266,8 +271,9 @@ def expand(raw: dict[str, Any], overrides: list[str] | dict[str, Any] | None = N
     return Study(name, axes, runs)
 
 
-def load_study(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> Study:
-    return expand(read_yaml(path), overrides, source=str(path))
+def load_study(path: str | Path, overrides: list[str] | dict[str, Any] | None = None,
+               imports: list[str] | tuple[str, ...] = ()) -> Study:
+    return expand(read_yaml(path), overrides, source=str(path), base=Path(path).parent, imports=imports)
 
 
 def is_study(raw: dict[str, Any], overrides: list[str] | dict[str, Any] | None = None) -> bool:

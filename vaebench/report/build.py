@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .. import __version__, runs
+from .. import __version__, plugins, runs
 from ..errors import VaebenchError
 from ..results import load
 from . import figures as F
@@ -245,7 +245,8 @@ def _draw_runs(tasks: list[tuple[Path, Path, str]], jobs: int | None) -> list[di
     workers = min(jobs or os.cpu_count() or 1, len(tasks))
     if workers <= 1 or len(tasks) < 8:
         return [_draw_safely(*t) for t in tasks]
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=plugins.load,
+                             initargs=(plugins.loaded(),)) as pool:  # --import plugins, in each worker
         return list(pool.map(_draw_safely, *zip(*tasks), chunksize=max(1, len(tasks) // (4 * workers))))
 
 
