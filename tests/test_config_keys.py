@@ -1,0 +1,108 @@
+"""Each config key's facts are stated once, on its schema field; the run id, stack grouping and the
+execution-only columns follow from them; a config's mistakes are reported all at once."""
+
+from __future__ import annotations
+
+import pytest
+
+import vaebench
+from vaebench.config import (RunConfig, execution_keys, is_execution_key, join_errors, key_info, key_infos,
+                             known_keys, per_run_keys, resolve)
+from vaebench.errors import ConfigError
+
+from conftest import REPO, run_cli
+
+# The ids of every run of the shipped experiments, as they were before the facts moved onto the fields:
+# existing results folders must be found again.
+PINNED_IDS = {
+    "ablations.yaml": ["9a71eaf9ab", "851e4d6d22", "5ddb9a449a", "800f6237ae", "fa171b404a", "4a313f810a",
+                       "8f5a533470", "3e4af3148f", "b63994d590", "eeeef828e3", "69e110d0dd", "a41ae93f55",
+                       "d98ef022b4", "a5e245a96f", "86a576e40c", "b98779c361", "1df851db85", "5aeff6d307",
+                       "7410302f2f", "cc385dbe3d", "2c03ab60f0", "f52ccd9321", "2bd801a4eb", "e8acac9d08"],
+    "baseline.yaml": ["9a71eaf9ab"],
+    "iwae_table1.yaml": ["51a01bfbda", "d5ada1a53e", "d601d2d78d", "6c3d7ec108", "bc3f540776", "5e2c523845"],
+    "iwae_table1_short.yaml": ["b990599b0d", "701eca10ff", "42e1123b32"],
+}
+
+
+def test_run_ids_of_the_shipped_experiments_do_not_change():
+    for name, ids in PINNED_IDS.items():
+        assert [r.hash for r in vaebench.study(REPO / "experiments" / name).runs] == ids, name
+    assert resolve({}).run_hash() == "d3667ed047"
+
+
+def test_every_key_has_a_description_a_label_and_its_facts():
+    infos = key_infos()
+    assert [i.key for i in infos] == known_keys()
+    for i in infos:
+        assert i.description and i.label and len(i.label) <= 30, i
+    assert key_info("model.encoder.hidden").label == key_info("model.decoder.hidden").label == "hidden width"
+    assert key_info("objective.k").label == "K (samples)" and key_info("objective.kl").label == "KL estimator"
+    assert key_info("objective.kl").registry is not None and key_info("objective.k").registry is None
+    # a section's facts follow from its keys
+    assert not key_info("eval").changes_numbers and key_info("train").changes_numbers
+    assert not key_info("optim").per_run  # optim.name and optim.schedule must be shared by a stack
+    with pytest.raises(ConfigError, match="did you mean 'objective.k'"):
+        key_info("objective.kk")
+
+
+def test_the_key_lists_follow_from_the_fields():
+    assert set(execution_keys()) == {"name", "imports", "train.flush_every", "train.checkpoint_every",
+                                     "train.threads", "train.engine", "train.stack", "eval.k", "eval.splits",
+                                     "eval.batch"}
+    assert set(per_run_keys()) == {"name", "seed", "optim.lr", "optim.betas", "optim.eps", "optim.weight_decay",
+                                   "objective.beta", "objective.kl", "model.posterior"}
+    assert is_execution_key("eval.k") and is_execution_key("eval.some_future_key") and is_execution_key("imports")
+    assert not is_execution_key("objective.k") and not is_execution_key("seed") and not is_execution_key("run")
+
+
+def test_the_run_id_leaves_out_exactly_the_execution_keys():
+    cfg = resolve({"objective": {"k": 5}})
+    same = resolve(cfg.to_dict(), ["name=other", "train.flush_every=7", "train.checkpoint_every=9", "train.threads=2",
+                                   "train.engine=torch", "train.stack=off", "eval.k=10", "eval.splits=[test]",
+                                   "eval.batch=5", "imports=[json]"])
+    assert same.run_hash() == cfg.run_hash()
+    assert "eval" not in cfg.result_dict() and "imports" not in cfg.result_dict()
+    for override in ("seed=1", "train.eval_every=50", "data.root=/x", "objective.warmup=3", "model.encoder.hidden=[64]"):
+        assert resolve(cfg.to_dict(), [override]).run_hash() != cfg.run_hash(), override
+
+
+def test_stack_keys_are_equal_exactly_when_only_per_run_keys_differ():
+    base = resolve({"train": {"steps": 100}})
+    for override in ("seed=3", "optim.lr=3e-4", "optim.betas=[0.5,0.9]", "objective.kl=monte_carlo",
+                     "objective.beta=0.5", "model.posterior=log_sigma"):
+        assert resolve(base.to_dict(), [override]).stack_key() == base.stack_key(), override
+    for override in ("objective.k=2", "train.flush_every=50", "eval.k=7", "model.latent=4", "optim.schedule=iwae"):
+        assert resolve(base.to_dict(), [override]).stack_key() != base.stack_key(), override
+
+
+def test_every_mistake_of_a_config_at_once():
+    with pytest.raises(ConfigError) as e:
+        resolve({"model": {"latnt": 3}, "optim": {"lr": -1}})
+    lines = str(e.value).splitlines()
+    assert len(lines) == 2 and "model.latnt" in lines[0] + lines[1] and "optim.lr" in lines[0] + lines[1]
+    with pytest.raises(ConfigError) as e:
+        resolve({"model": {"latent": 0}, "optim": {"lr": -1, "eps": 0}, "train": {"steps": "x"}, "seed": -1})
+    lines = str(e.value).splitlines()
+    assert len(lines) == 3 and lines[2].startswith("... and 3 more: "), lines
+    shown = " ".join(lines)
+    assert all(k in shown for k in ("seed", "model.latent", "optim.lr", "optim.eps", "train.steps")), shown
+    assert join_errors([("a", "bad a")]) == "bad a"
+
+
+def test_every_mistake_on_the_command_line(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model:\n  latent: 0\nobjective:\n  kl: analytical\n")
+    r = run_cli("run", str(cfg), "--out", str(tmp_path / "out"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("vaebench: error: ") for line in lines), lines
+    assert "model.latent" in lines[0] and "did you mean 'analytic'" in lines[1].lower(), lines
+    assert not (tmp_path / "out").exists()
+
+
+def test_key_facts_are_on_the_schema_fields():
+    """The facts live on the fields (json_schema_extra), so they are in the JSON schema too."""
+    props = RunConfig.model_json_schema()["$defs"]["ObjectiveConfig"]["properties"]
+    assert props["kl"]["per_run"] is True and props["k"]["changes_numbers"] is True
+    assert props["k"]["description"] == key_info("objective.k").description

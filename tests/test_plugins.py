@@ -1,0 +1,208 @@
+"""A user's own components, used as the README shows: from YAML via the CLI, in worker processes and
+Ray tasks, then reported and evaluated; missing or failing plugins are one line, exit 2."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vaebench import plugins, runs
+from vaebench.errors import ConfigError
+
+from conftest import REPO, run_cli
+
+EXAMPLE = REPO / "tests" / "plugin_example"
+TINY = ["--set", "data.per_class=30", "--set", "data.val_size=40", "--set", "train.steps=40",
+        "--set", "train.batch_size=30", "--set", "train.eval_every=20", "--set", "train.flush_every=20",
+        "--set", "train.checkpoint_every=20"]
+
+
+def readme_section() -> str:
+    text = (REPO / "README.md").read_text()
+    return text[text.index("## Adding a component"):text.index("\n## ", text.index("## Adding a component") + 5)]
+
+
+def blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", readme_section(), flags=re.S)
+
+
+def one_line_error(proc, *needles: str) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    err = proc.stderr.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and err.startswith("vaebench: error:"), err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+def test_the_readme_shows_the_example_files():
+    assert blocks("python") == [(EXAMPLE / "my_components.py").read_text()]
+    assert blocks("yaml") == [(EXAMPLE / "my_study.yaml").read_text()]
+
+
+@pytest.mark.slow
+def test_the_readme_example_study_runs_with_two_workers_then_reports_and_evaluates(tmp_path):
+    """The README's commands as written (fewer updates, a smaller evaluation), in a fresh folder."""
+    work = tmp_path / "work"
+    work.mkdir()
+    for f in ("my_components.py", "my_study.yaml"):
+        shutil.copy(EXAMPLE / f, work / f)
+    commands = [shlex.split(line.split("#")[0]) for line in blocks("bash")[0].splitlines() if line.strip()]
+    assert [c[:2] for c in commands] == [["vaebench", "run"], ["vaebench", "report"], ["vaebench", "eval"],
+                                         ["vaebench", "config"]]
+    run, report, evaluate, components = (c[1:] for c in commands)
+    assert "-j" in run and run[run.index("-j") + 1] == "2"
+
+    r = run_cli(*run, *TINY, cwd=work)
+    assert r.returncode == 0, r.stderr[-3000:]
+    study = work / "results" / "my_study"
+    run_dirs = runs.find_runs(study)
+    assert len(run_dirs) == 4 and all(runs.read_status(d)["state"] == "done" for d in run_dirs)
+    for d in run_dirs:  # the run folder names what it needs, from any directory
+        cfg = runs.read_config(d)
+        assert cfg["imports"] == [str((work / "my_components.py").resolve())]
+        assert cfg["model"]["encoder"]["activation"] == "silu"
+    assert {runs.read_config(d)["objective"]["kl"] for d in run_dirs} == {"monte_carlo", "stl"}
+
+    r = run_cli(*report, cwd=work)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "figures missing" not in r.stdout and "drew 5," in r.stdout, r.stdout
+    index = (study / "report" / "index.html").read_text()
+    assert "could not be drawn" not in index and "What is missing" not in index
+    for d in run_dirs:
+        for name in ("terms", "recon_train", "recon_val", "samples", "train_val"):
+            assert (study / "report" / "runs" / d.name / f"{name}.png").is_file()
+    assert (study / "report" / "studies" / "my_study" / "final-objective.kl.png").is_file()
+
+    # eval from another directory, on a small split with few samples (the README's is the test set, k=1000)
+    r = run_cli(*[str(study) if a == "results/my_study" else a for a in evaluate], "--split", "val", "--k", "8",
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("evaluated") == 4, r.stdout
+    assert all("val" in runs.read_json(d / runs.EVAL) for d in run_dirs)
+
+    r = run_cli(*components, cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert "silu (my_components)" in r.stdout and "stl (my_components)" in r.stdout, r.stdout
+
+
+@pytest.mark.slow
+def test_a_plugin_in_a_ray_task(tmp_path):
+    pytest.importorskip("ray", reason="the Ray executor needs the optional extra vaebench[ray]")
+    r = run_cli("run", str(EXAMPLE / "my_study.yaml"), "--out", str(tmp_path), "--executor", "ray",
+                "--set", "seeds=1", "--set", "objective.kl=stl", *TINY, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (run_dir,) = runs.find_runs(tmp_path / "my_study")
+    assert runs.read_status(run_dir)["state"] == "done"
+
+
+def test_a_module_name_is_found_beside_the_config_then_in_the_current_directory(tmp_path, monkeypatch):
+    (tmp_path / "cfgs").mkdir()
+    (tmp_path / "cfgs" / "beside.py").write_text("")
+    (tmp_path / "here.py").write_text("")
+    (tmp_path / "cfgs" / "pkg").mkdir()
+    (tmp_path / "cfgs" / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "cfgs" / "pkg" / "parts.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    got = plugins.resolve(["beside", "here", "pkg.parts", "beside.py", "json"], base=tmp_path / "cfgs")
+    assert got == [str(tmp_path / "cfgs" / "beside.py"), str(tmp_path / "here.py"),
+                   str(tmp_path / "cfgs" / "pkg" / "parts.py"), "json"]  # beside.py is beside itself: kept once
+    with pytest.raises(ConfigError, match="plugin 'nowhere' .*not found"):
+        plugins.resolve(["nowhere"], base=tmp_path / "cfgs")
+    with pytest.raises(ConfigError, match="no file"):
+        plugins.resolve(["nowhere.py"], base=tmp_path / "cfgs")
+
+
+def test_a_package_plugin_imports_with_its_package(tmp_path):
+    pkg = tmp_path / "mypkg13"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "helper.py").write_text("VALUE = 3\n")
+    (pkg / "parts.py").write_text("from .helper import VALUE\n")
+    (item,) = plugins.resolve(["mypkg13/parts.py"], base=tmp_path)
+    plugins.load([item])
+    import sys
+
+    assert sys.modules["mypkg13.parts"].VALUE == 3 and item in plugins.loaded()
+
+
+def write(tmp_path: Path, text: str, name: str = "cfg.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_a_missing_plugin_is_one_line_naming_it(tmp_path):
+    cfg = write(tmp_path, "imports: [no_such_plugin]\n")
+    one_line_error(run_cli("run", str(cfg), "--out", str(tmp_path / "out")), "no_such_plugin", "not found")
+    assert not (tmp_path / "out").exists()
+    one_line_error(run_cli("config", str(write(tmp_path, "name: x\n")), "--import", "gone.py"), "gone.py")
+    one_line_error(run_cli("ls", str(tmp_path), "--import", "no_such_plugin"), "no_such_plugin")
+
+
+def test_a_failing_plugin_is_one_line_naming_it_and_its_line(tmp_path):
+    write(tmp_path, "import torch\n\nx = 1 / 0\n", "broken.py")
+    cfg = write(tmp_path, "imports: [broken.py]\n")
+    one_line_error(run_cli("config", str(cfg)), "broken.py", "ZeroDivisionError", "broken.py:3")
+    write(tmp_path, "from vaebench.components import ACTIVATIONS\nACTIVATIONS.register('tanh')(object)\n", "dup.py")
+    one_line_error(run_cli("config", str(write(tmp_path, "imports: [dup]\n"))), "dup.py", "already registered")
+
+
+def test_an_unknown_component_hints_at_imports(tmp_path):
+    cfg = write(tmp_path, "model:\n  encoder: {activation: silu}\n")
+    one_line_error(run_cli("config", str(cfg)), "unknown activation 'silu'", "imports:")
+
+
+@pytest.mark.slow
+def test_report_and_eval_of_a_run_whose_plugin_is_gone_say_so(tmp_path):
+    """A run folder names its plugin; when the file is gone, eval says which (exit 2), and the report
+    lists the run's figures as missing with that reason instead of stopping."""
+    shutil.copy(EXAMPLE / "my_components.py", tmp_path / "my_components.py")
+    cfg = write(tmp_path, "name: gone\nimports: [my_components.py]\nmodel: {encoder: {activation: silu}}\n")
+    r = run_cli("run", str(cfg), "--out", str(tmp_path / "res"), *TINY, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (tmp_path / "my_components.py").unlink()
+    one_line_error(run_cli("eval", str(tmp_path / "res"), "--split", "val", "--k", "4"), "my_components.py",
+                   "not found")
+    r = run_cli("report", str(tmp_path / "res"))
+    assert r.returncode == 0, r.stderr
+    assert "figures missing" in r.stdout
+    assert "my_components.py" in (tmp_path / "res" / "report" / "index.html").read_text()
+
+
+def test_an_installed_packages_entry_point_registers_components(tmp_path):
+    site = tmp_path / "site"
+    (site / "ep_plugin13").mkdir(parents=True)
+    (site / "ep_plugin13" / "__init__.py").write_text(
+        "from torch import nn\nfrom vaebench.components import ACTIVATIONS\n"
+        "ACTIVATIONS.register('hardswish13')(nn.Hardswish)\n")
+    info = site / "ep_plugin13-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-plugin13\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[vaebench.components]\nep13 = ep_plugin13\n")
+    env = {"PYTHONPATH": str(site)}
+    cfg = write(tmp_path, "model:\n  decoder: {activation: hardswish13}\n")
+    r = run_cli("config", str(cfg), env=env)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"activation: hardswish13 ", r.stdout), r.stdout
+    r = run_cli("config", "--components", env=env)
+    assert "hardswish13" in r.stdout, r.stdout
+    (site / "ep_plugin13" / "__init__.py").write_text("raise RuntimeError('half installed')\n")
+    one_line_error(run_cli("config", str(cfg), env=env), "ep_plugin13", "ep-plugin13", "half installed")
+
+
+def test_vaebench_config_prints_each_key_with_its_description(tmp_path):
+    r = run_cli("config", str(REPO / "experiments" / "ablations.yaml"), "--set", "train.steps=300")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("#") and "24 runs" in lines[0]
+    body = yaml.safe_load(r.stdout)  # the first run, as YAML (the descriptions are comments)
+    assert body["train"]["steps"] == 300 and body["model"]["encoder"]["hidden"] == [128]
+    k = next(line for line in lines if line.strip().startswith("k: "))
+    assert "z samples per image" in k and "varied: 2, 1, 5, 10" in k, k
+    assert "[not in the run id]" in next(line for line in lines if line.strip().startswith("flush_every:"))
