@@ -63,7 +63,8 @@ def test_the_run_id_leaves_out_exactly_the_execution_keys():
                                    "eval.batch=5", "imports=[json]"])
     assert same.run_hash() == cfg.run_hash()
     assert "eval" not in cfg.result_dict() and "imports" not in cfg.result_dict()
-    for override in ("seed=1", "train.eval_every=50", "data.root=/x", "objective.warmup=3", "model.encoder.hidden=[64]"):
+    for override in ("seed=1", "train.eval_every=50", "data.root=/x", "objective.warmup=3",
+                     "model.encoder.hidden=[64]"):
         assert resolve(cfg.to_dict(), [override]).run_hash() != cfg.run_hash(), override
 
 

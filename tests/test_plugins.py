@@ -102,6 +102,7 @@ def test_a_plugin_in_a_ray_task(tmp_path):
 
 
 def test_a_module_name_is_found_beside_the_config_then_in_the_current_directory(tmp_path, monkeypatch):
+    tmp_path = tmp_path.resolve()
     (tmp_path / "cfgs").mkdir()
     (tmp_path / "cfgs" / "beside.py").write_text("")
     (tmp_path / "here.py").write_text("")
@@ -163,9 +164,11 @@ def test_report_and_eval_of_a_run_whose_plugin_is_gone_say_so(tmp_path):
     """A run folder names its plugin; when the file is gone, eval says which (exit 2), and the report
     lists the run's figures as missing with that reason instead of stopping."""
     shutil.copy(EXAMPLE / "my_components.py", tmp_path / "my_components.py")
-    cfg = write(tmp_path, "name: gone\nimports: [my_components.py]\nmodel: {encoder: {activation: silu}}\n")
-    r = run_cli("run", str(cfg), "--out", str(tmp_path / "res"), *TINY, cwd=tmp_path)
+    cfg = write(tmp_path, "name: gone\nmodel: {encoder: {activation: silu}}\n")
+    r = run_cli("run", str(cfg), "--out", str(tmp_path / "res"), "--import", "my_components.py", *TINY, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
+    (run_dir,) = runs.find_runs(tmp_path / "res")
+    assert runs.read_config(run_dir)["imports"] == [str((tmp_path / "my_components.py").resolve())]  # recorded
     (tmp_path / "my_components.py").unlink()
     one_line_error(run_cli("eval", str(tmp_path / "res"), "--split", "val", "--k", "4"), "my_components.py",
                    "not found")

@@ -3,6 +3,8 @@
 __version__ = "0.1.0"
 
 from . import errors  # noqa: E402
-from .api import evaluate, load, ls, report, run, run_study, study, summary  # noqa: E402
+from .api import (components, describe_config, evaluate, import_plugins, load, ls, report, run, run_study,  # noqa: E402
+                  study, summary)
 
-__all__ = ["__version__", "errors", "evaluate", "load", "ls", "report", "run", "run_study", "study", "summary"]
+__all__ = ["__version__", "components", "describe_config", "errors", "evaluate", "import_plugins", "load", "ls",
+           "report", "run", "run_study", "study", "summary"]

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import (STUDY_KEYS, RunConfig, apply_overrides, join_errors, known_keys, read_yaml, resolve, split_override,
-                      suggest, yaml_value)
+from ..config import (STUDY_KEYS, RunConfig, apply_overrides, join_errors, known_keys, read_yaml, resolve,
+                      split_override, suggest, yaml_value)
 from ..errors import ConfigError
 
 
