@@ -17,10 +17,10 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from . import plugins
 from .components import (ACTIVATIONS, KL_ESTIMATORS, LIKELIHOODS, NETWORKS, OBJECTIVES, OPTIMIZERS, POSTERIORS,
                          SCHEDULES)
 from .data import BINARIZERS, DATASETS
-from . import plugins
 from .errors import ConfigError
 from .registry import Registry
 
