@@ -18,5 +18,5 @@ class SiLU(nn.Module):
 @KL_ESTIMATORS.register("stl")
 def sticking_the_landing(mu: torch.Tensor, sigma: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """The Monte Carlo KL with q's parameters held fixed in log q(z|x), so its gradient flows only
-    through z (Roeder et al. 2017, "Sticking the landing"): the same value, less noise."""
+    through z (Roeder et al. 2017, "Sticking the landing"): the same value, without the score term."""
     return (elbo.gaussian_log_prob(z, mu.detach(), sigma.detach()) - elbo.standard_normal_log_prob(z)).mean(0)
