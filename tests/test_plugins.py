@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -127,8 +128,6 @@ def test_a_package_plugin_imports_with_its_package(tmp_path):
     (pkg / "parts.py").write_text("from .helper import VALUE\n")
     (item,) = plugins.resolve(["mypkg13/parts.py"], base=tmp_path)
     plugins.load([item])
-    import sys
-
     assert sys.modules["mypkg13.parts"].VALUE == 3 and item in plugins.loaded()
 
 
