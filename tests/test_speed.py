@@ -12,8 +12,7 @@ import torch
 from vaebench import runs
 from vaebench.config import resolve
 from vaebench.grid.runner import stack_groups
-from vaebench.training import train_group, train_run
-from vaebench.training.stacked import stack_key, unsupported
+from vaebench.training import choose_engine, stack_key, train_group, train_run
 from vaebench.training.trainer import Trainer
 
 RTOL, ATOL = 1e-4, 1e-4
@@ -134,13 +133,17 @@ def test_a_diverging_run_leaves_the_stack_and_the_others_finish(tmp_path, alone)
         assert_same_final(d, ref)
 
 
-def test_what_the_fast_engine_does_not_handle_trains_on_torch():
-    assert unsupported(cfg(0, engine="auto")) is None
-    assert "optim.name" in unsupported(cfg(0, {"optim.name": "sgd"}, engine="auto"))
-    assert "gelu" in unsupported(cfg(0, {"model.encoder.activation": "gelu"}, engine="auto"))
-    sgd = [cfg(i, {"optim.name": "sgd"}, engine="auto") for i in range(2)]
+def test_what_the_fused_engine_does_not_handle_trains_on_another():
+    assert choose_engine(cfg(0, engine="auto")) == ("fused", None)
+    assert choose_engine(cfg(0, engine="torch")) == ("torch", None)
+    engine, why = choose_engine(cfg(0, {"optim.name": "sgd"}, engine="auto"))
+    assert engine == "generic" and "sgd declares no fused kernel" in why
+    engine, why = choose_engine(cfg(0, {"model.encoder.activation": "gelu"}, engine="auto"))
+    assert engine == "generic" and "GELU declares no fused kernel" in why
+    assert choose_engine(cfg(0, {"objective.name": "iwae"}))[0] == "generic"
+    sgd = [cfg(i, {"optim.name": "sgd", "seed": i}, engine="auto") for i in range(2)]
     mixed = [cfg(0), cfg(1, {"seed": 5}), cfg(2, {"objective.k": 1}), cfg(3, {"seed": 6}, **{"train.stack": "off"})]
-    assert stack_groups(sgd, "cpu") == [[0], [1]]
+    assert stack_groups(sgd, "cpu") == [[0, 1]]  # the generic engine stacks them
     assert stack_groups(mixed, "cpu") == [[0, 1], [2], [3]]
     assert stack_groups([cfg(i, {"seed": i}, **{"train.stack": 2}) for i in range(5)], "cpu") == [[0, 1], [2, 3], [4]]
 

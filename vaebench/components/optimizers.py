@@ -38,6 +38,17 @@ def adam(params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay:
                             foreach=True)
 
 
+def _adam_fused(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, step: torch.Tensor, lr: float,
+                betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+    """The fused engine's kernel of ``adam``: torch.optim.Adam(fused=True)'s update of each tensor of
+    the lists (bias correction, eps, L2 weight decay) in one pass over parameters, moments and gradients."""
+    torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], [step] * len(params), amsgrad=False, lr=lr,
+                       beta1=betas[0], beta2=betas[1], weight_decay=weight_decay, eps=eps, maximize=False)
+
+
+adam.fused = _adam_fused
+
+
 @OPTIMIZERS.register("sgd")
 def sgd(params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
     """Plain SGD with momentum betas[0]; eps is unused."""

@@ -111,7 +111,7 @@ def execute(job: Job) -> list:
         try:
             if len(mine) == 1:
                 out = [train_run(job.configs[mine[0]], job.run_dirs[mine[0]], job.device, progress, job.force)]
-            else:  # the runs of one stack (vaebench.training.stacked)
+            else:  # the runs of one stack (vaebench.training.loop)
                 out = train_group([job.configs[i] for i in mine], [job.run_dirs[i] for i in mine], job.device,
                                   progress, job.force) if mine else []
             results.update(zip(mine, out))
