@@ -163,10 +163,13 @@ def _engine_grads(engine_cls, cfgs, tmp_path, monkeypatch):
         got = [engine._views(engine.grad[j:j + 1]) for j in range(len(trainers))]
         got = [[g[0] for g in row] for row in got]
     else:
-        for t in trainers:
-            monkeypatch.setattr(t.optimizer, "step", lambda: None)
+        for _, opt in engine.optimizers:
+            monkeypatch.setattr(opt, "step", lambda: None)
         engine.step(idx, 1, out)
-        got = [[p.grad.clone() for p in t.model.parameters()] for t in trainers]
+        if engine.whole:
+            got = [[p.grad[j] for p in engine.params.values()] for j in range(len(trainers))]
+        else:
+            got = [[p.grad.clone() for p in t.model.parameters()] for t in trainers]
     for j, t in enumerate(trainers):
         want, terms = _autograd_grads(t, idx[j], states[j])
         for g, w in zip(got[j], want):

@@ -1,6 +1,5 @@
 """vaebench against an independent plain PyTorch loop of the seed's model and protocol."""
 
-import math
 
 import numpy as np
 import torch

@@ -2,8 +2,8 @@
 included, trained M runs at a time with torch.func (functional_call + vmap + grad).
 
 The runs' parameters live in (M, ...) tensors; each run's nn.Module parameters are views into its
-slice, and each run keeps its own torch optimizer (stepped on those views with its gradient slice)
-and its own generators, drawn in the Trainer's order: the data order, the binarizer's draws, then
+slice, updated by the run's own optimizer component (runs with equal optim settings share one
+instance over all their parameters: a foreach update of a list is per tensor), and each run keeps its own generators, drawn in the Trainer's order: the data order, the binarizer's draws, then
 the objective's eps (``objective.eps_shape``), drawn before the vmapped step and handed to the
 objective in place of a generator (vaebench.components.objectives.draw_eps). So a run's numbers
 match the torch engine's up to float reassociation (tests/test_engines.py states the tolerance).
@@ -59,6 +59,11 @@ def generic_unsupported(model, objective, optimizer) -> str | None:
     return None
 
 
+def _per_element(v, like=None) -> bool:
+    """An optimizer state tensor with one value per parameter element (a moment), not a scalar (the step)."""
+    return isinstance(v, torch.Tensor) and v.dim() > 0 and (like is None or v.shape[1:] == like.shape[1:])
+
+
 class GenericStack(Engine):
     name = "generic"
     shared = ("model", "objective")  # one vmapped function: the runs differ in data, noise and optimizer only
@@ -82,8 +87,56 @@ class GenericStack(Engine):
         M, B = len(members), members[0].cfg.train.batch_size
         self.x = torch.empty((M, B, members[0].train_x.shape[1]), device=self.device)
         self.eps = torch.empty((M, *self.eps_shape), device=self.device)
+        # One optimizer per distinct optim setting, holding its runs' state: over the (M, ...) tensors
+        # when every run has the same setting (the usual seeds), else over its runs' parameter views.
+        by_optim: dict[str, list[int]] = {}
+        for j, t in enumerate(members):
+            by_optim.setdefault(t.cfg.optim.model_dump_json(), []).append(j)
+        self.whole = len(by_optim) == 1
+        self.optimizers = []
+        for rows in by_optim.values():
+            o = members[rows[0]].cfg.optim.model_dump(mode="json")
+            o.pop("name"), o.pop("schedule")
+            if self.whole:
+                opt = members[0].optimizer_factory(list(self.params.values()), **o)
+                per_param = [[t.optimizer.state.get(p) for t in members] for p in members[0].model.parameters()]
+                for stacked, states in zip(self.params.values(), per_param):
+                    if all(states):
+                        opt.state[stacked] = {k: torch.stack([s[k] for s in states]) if _per_element(v) else v
+                                              for k, v in states[0].items()}
+            else:
+                opt = members[rows[0]].optimizer_factory([p for j in rows for p in members[j].model.parameters()],
+                                                         **o)
+                for j in rows:
+                    opt.state.update(members[j].optimizer.state)
+            self.optimizers.append((members[rows[0]], opt))
+        for t in members:
+            t.optimizer.state.clear()
+
+    def _state_of(self, j: int) -> dict:
+        """Member j's optimizer state keyed by its parameters (slices of the stack's, or the same tensors)."""
+        t, out = self.members[j], {}
+        for p, stacked in zip(t.model.parameters(), self.params.values()):
+            if self.whole:
+                st = self.optimizers[0][1].state.get(stacked)
+                if st:
+                    out[p] = {k: v[j].clone() if _per_element(v, stacked) else v.clone() for k, v in st.items()}
+            else:
+                for _, opt in self.optimizers:
+                    if p in opt.state:
+                        out[p] = opt.state[p]
+        return out
+
+    def save(self, j: int) -> None:
+        """Member j's checkpoint, with its optimizer state from the stack's optimizer."""
+        t = self.members[j]
+        t.optimizer.state.update(self._state_of(j))
+        t.save_checkpoint()
+        t.optimizer.state.clear()
 
     def drop(self, keep: list[int]) -> None:
+        for j in keep:  # the optimizer state goes back to the runs that stay, then into the new stack
+            self.members[j].optimizer.state.update(self._state_of(j))
         if keep:
             idx = torch.tensor(keep, device=self.device)
             self._build([self.members[j] for j in keep], {n: p[idx] for n, p in self.params.items()})
@@ -97,10 +150,13 @@ class GenericStack(Engine):
         self.loss.update = t - 1
         grads, (_, terms) = self.fn(self.args, self.x, self.eps)
         out.copy_(terms)
-        for j, tr in enumerate(self.members):
-            for n, p in tr.model.named_parameters():
-                p.grad = grads["model." + n][j]
-            lr = tr.cfg.optim.lr * tr.schedule(t - 1, tr.cfg.train.steps)
-            for group in tr.optimizer.param_groups:
-                group["lr"] = lr
-            tr.optimizer.step()
+        if self.whole:
+            for n, p in self.params.items():
+                p.grad = grads["model." + n]
+        else:
+            for j, tr in enumerate(self.members):
+                for n, p in tr.model.named_parameters():
+                    p.grad = grads["model." + n][j]
+        for tr, opt in self.optimizers:
+            opt.param_groups[0]["lr"] = tr.cfg.optim.lr * tr.schedule(t - 1, tr.cfg.train.steps)
+            opt.step()
