@@ -274,3 +274,46 @@ def test_a_generic_stack_of_a_user_activation_matches_each_run_alone(tmp_path):
         a, b = runs.read_metrics(tmp_path / f"s{i}"), runs.read_metrics(tmp_path / f"a{i}")
         assert list(a.step) == list(b.step)
         np.testing.assert_allclose(a[list(runs.TERMS)], b[list(runs.TERMS)], rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("cut", ["between two pending writes", "between two commits"])
+def test_a_generic_stack_cut_while_checkpointing_resumes_at_one_step_and_exactly(tmp_path, monkeypatch, cut):
+    """The generic engine's numbers depend (at float reassociation) on the stack, so its members must
+    resume together: its checkpoints are written in two phases (vaebench.training.loop)."""
+    base = {"model.decoder.activation": "test_swish", "train.steps": 40, "train.eval_every": 10,
+            "train.flush_every": 10, "train.checkpoint_every": 20}
+    cfgs = _cfgs(base, [{"seed": 0}, {"seed": 1}, {"seed": 2}])
+    ref = [tmp_path / "ref" / f"r{i}" for i in range(3)]
+    train_group(cfgs, ref, "cpu", progress=False)
+    dirs = [tmp_path / "cut" / f"r{i}" for i in range(3)]
+    calls = []
+    if cut == "between two pending writes":
+        save = Trainer.save_checkpoint
+
+        def die(self, stack=None):
+            save(self, stack)
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+        monkeypatch.setattr(Trainer, "save_checkpoint", die)
+    else:
+        commit = runs.commit_checkpoint
+
+        def die(run_dir):
+            commit(run_dir)
+            calls.append(1)
+            if len(calls) == 1:
+                raise KeyboardInterrupt
+        monkeypatch.setattr(runs, "commit_checkpoint", die)
+    with pytest.raises(KeyboardInterrupt):
+        train_group(cfgs, dirs, "cpu", progress=False)
+    monkeypatch.undo()
+    pending = [(d / runs.CHECKPOINT_NEXT).is_file() for d in dirs]
+    assert pending == ([True, True, False] if cut == "between two pending writes" else [False, True, True])
+    res = train_group(cfgs, dirs, "cpu", progress=False)
+    assert [r.state for r in res] == ["done"] * 3
+    for d, r in zip(dirs, ref):
+        assert not (d / runs.CHECKPOINT_NEXT).exists()
+        a, b = runs.read_metrics(d), runs.read_metrics(r)
+        assert list(a.step) == list(b.step)
+        np.testing.assert_array_equal(a[list(runs.TERMS)], b[list(runs.TERMS)])

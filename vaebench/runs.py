@@ -33,6 +33,8 @@ import yaml
 from .errors import VaebenchError
 
 CONFIG, STATUS, ENV, FINAL, CHECKPOINT = "config.yaml", "status.json", "env.json", "final.json", "checkpoint.pt"
+# A stack's next checkpoint, written by every member before any becomes checkpoint.pt (see Trainer.restore)
+CHECKPOINT_NEXT = "checkpoint.next.pt"
 EVAL = "eval.json"  # held-out evaluations: {"test": {"iw_ll": ..., ...}}
 GRID = "grid.yaml"  # beside a study's runs: each run's folder, id and varied values (vaebench.grid)
 METRICS, PARTS = "metrics.parquet", "metrics"
@@ -157,9 +159,14 @@ def write_status(run_dir: Path, state: str, step: int, steps: int, reason: str |
 
 def clear(run_dir: Path) -> None:
     """Forget a run's results (--force): checkpoint, metrics, final and status; config and env stay."""
-    for name in (CHECKPOINT, METRICS, FINAL, STATUS):
+    for name in (CHECKPOINT, CHECKPOINT_NEXT, METRICS, FINAL, STATUS):
         (Path(run_dir) / name).unlink(missing_ok=True)
     shutil.rmtree(Path(run_dir) / PARTS, ignore_errors=True)
+
+
+def commit_checkpoint(run_dir: Path) -> None:
+    """The pending checkpoint of a stack's two-phase write becomes the run's checkpoint."""
+    os.replace(Path(run_dir) / CHECKPOINT_NEXT, Path(run_dir) / CHECKPOINT)
 
 
 def compact_metrics(run_dir: Path) -> None:

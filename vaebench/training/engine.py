@@ -49,6 +49,9 @@ class Engine:
 
     name = ""
     shared: tuple[str, ...] = ()  # sections whose per-run keys must still be equal in this engine's stacks
+    # Does a run compute bit for bit what it computes alone, whatever stack it is in? If not, the
+    # loop writes a stack's checkpoints in two phases, so that its members resume at one step.
+    exact_alone = True
 
     def __init__(self, members: list, device: torch.device):
         self.members, self.device = list(members), device
@@ -68,9 +71,10 @@ class Engine:
         member's mean (rec, kl, elbo) into ``out`` (M, 3). No host sync."""
         raise NotImplementedError
 
-    def save(self, j: int) -> None:
-        """Write member j's checkpoint (the engine first brings its state into the member)."""
-        self.members[j].save_checkpoint()
+    def save(self, j: int, stack: list[str] | None = None) -> None:
+        """Write member j's checkpoint (the engine first brings its state into the member); with
+        ``stack`` (the members' folders), as the pending checkpoint of a two-phase write."""
+        self.members[j].save_checkpoint(stack)
 
     def drop(self, keep: list[int]) -> None:
         """Go on with the members at ``keep`` only (a diverged run leaves the stack)."""

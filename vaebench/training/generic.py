@@ -66,6 +66,7 @@ def _per_element(v, like=None) -> bool:
 
 class GenericStack(Engine):
     name = "generic"
+    exact_alone = False  # vmapped elementwise ops over the whole stack: reassociation-level differences
     shared = ("model", "objective")  # one vmapped function: the runs differ in data, noise and optimizer only
 
     def __init__(self, members: list, device: torch.device):
@@ -99,8 +100,8 @@ class GenericStack(Engine):
             o.pop("name"), o.pop("schedule")
             if self.whole:
                 opt = members[0].optimizer_factory(list(self.params.values()), **o)
-                per_param = [[t.optimizer.state.get(p) for t in members] for p in members[0].model.parameters()]
-                for stacked, states in zip(self.params.values(), per_param):
+                per_run = [[t.optimizer.state.get(p) for p in t.model.parameters()] for t in members]
+                for stacked, states in zip(self.params.values(), zip(*per_run)):
                     if all(states):
                         opt.state[stacked] = {k: torch.stack([s[k] for s in states]) if _per_element(v) else v
                                               for k, v in states[0].items()}
@@ -127,11 +128,11 @@ class GenericStack(Engine):
                         out[p] = opt.state[p]
         return out
 
-    def save(self, j: int) -> None:
+    def save(self, j: int, stack: list[str] | None = None) -> None:
         """Member j's checkpoint, with its optimizer state from the stack's optimizer."""
         t = self.members[j]
         t.optimizer.state.update(self._state_of(j))
-        t.save_checkpoint()
+        t.save_checkpoint(stack)
         t.optimizer.state.clear()
 
     def drop(self, keep: list[int]) -> None:

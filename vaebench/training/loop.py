@@ -144,10 +144,10 @@ def train_members(engine: Engine, progress: Any = None) -> list[RunResult]:
                     engine.drop(keep)
                     buf = torch.zeros((tc.flush_every, len(keep), 3), device=dev, dtype=torch.float32)
                     sync()
-                for j, t in enumerate(engine.members):
-                    if checkpoint:
-                        engine.save(j)
-                    if step < tc.steps:
+                if checkpoint:
+                    save_checkpoints(engine)
+                if step < tc.steps:
+                    for t in engine.members:
                         t.write_status("running")  # status.json: the last flushed step
     except KeyboardInterrupt:
         for t in engine.members:
@@ -162,6 +162,22 @@ def train_members(engine: Engine, progress: Any = None) -> list[RunResult]:
     for j, t in enumerate(engine.members):
         results[ids[j]] = RunResult(t.dir, "done", step, final=t.finish())
     return [results[i] for i in range(len(members))]
+
+
+def save_checkpoints(engine: Engine) -> None:
+    """Every member's checkpoint. A stack whose runs' numbers depend on the stack (not
+    engine.exact_alone) writes them in two phases, every member's pending checkpoint and then
+    each becomes checkpoint.pt, so that a cut anywhere leaves its members resuming at one step
+    (Trainer.restore settles a cut between the phases)."""
+    if engine.exact_alone or len(engine.members) == 1:
+        for j in range(len(engine.members)):
+            engine.save(j)
+        return
+    stack = [str(t.dir) for t in engine.members]
+    for j in range(len(engine.members)):
+        engine.save(j, stack)
+    for t in engine.members:
+        runs.commit_checkpoint(t.dir)
 
 
 # -- entry points -------------------------------------------------------------------------------

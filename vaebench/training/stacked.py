@@ -140,13 +140,13 @@ class FusedStack(Engine):
         else:
             self.members = []
 
-    def save(self, j: int) -> None:
+    def save(self, j: int, stack: list[str] | None = None) -> None:
         """Member j's torch.optim state from the stack (copies), its checkpoint, then no state again."""
         t = self.members[j]
         for p, ea, eas in zip(t.model.parameters(), self._views(self.m[j:j + 1]), self._views(self.v[j:j + 1])):
             t.optimizer.state[p] = {"step": torch.tensor(float(t.step)), "exp_avg": ea[0].clone(),
                                     "exp_avg_sq": eas[0].clone()}
-        t.save_checkpoint()
+        t.save_checkpoint(stack)
         t.optimizer.state.clear()
 
     # -- step --------------------------------------------------------------

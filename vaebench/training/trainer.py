@@ -103,13 +103,43 @@ class Trainer:
             "noise_gen": self.noise_gen.get_state(), "config_hash": self.cfg.run_hash(),
         }
 
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self, stack: list[str] | None = None) -> None:
+        """checkpoint.pt; with ``stack`` (the folders of the stack's members), the pending
+        checkpoint.next.pt of a two-phase write (vaebench.training.loop), which names them."""
         buf = io.BytesIO()
-        torch.save(self.state_dict(), buf)
-        runs.atomic_write(self.dir / runs.CHECKPOINT, buf.getvalue())
+        torch.save(self.state_dict() | ({"stack": stack} if stack else {}), buf)
+        runs.atomic_write(self.dir / (runs.CHECKPOINT_NEXT if stack else runs.CHECKPOINT), buf.getvalue())
+
+    def _settle_pending(self) -> None:
+        """A stack cut between its two checkpoint phases: its pending checkpoint becomes the run's
+        when every member wrote one (then they all resume at its step), else it is dropped."""
+        pending = self.dir / runs.CHECKPOINT_NEXT
+        if not pending.is_file():
+            return
+        try:
+            st = torch.load(pending, map_location="cpu", weights_only=True)
+            step, stack = int(st["step"]), [Path(d) for d in st.get("stack", [])]
+        except Exception:  # cut while written (atomic writes make this unlikely): not committed
+            pending.unlink(missing_ok=True)
+            return
+
+        def reached(d: Path) -> bool:
+            for name, ok in ((runs.CHECKPOINT_NEXT, step.__eq__), (runs.CHECKPOINT, step.__le__)):
+                try:
+                    if ok(int(torch.load(d / name, map_location="cpu", weights_only=True)["step"])):
+                        return True
+                except Exception:
+                    pass
+            return False
+
+        if all(reached(d) for d in stack if d.resolve() != self.dir.resolve()):
+            runs.commit_checkpoint(self.dir)
+        else:
+            pending.unlink(missing_ok=True)
 
     def restore(self) -> None:
         """Continue from the checkpoint, dropping metrics logged after it."""
+        self._settle_pending()
         ckpt_path = self.dir / runs.CHECKPOINT
         if not ckpt_path.is_file():
             shutil.rmtree(self.dir / runs.PARTS, ignore_errors=True)
