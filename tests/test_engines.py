@@ -235,8 +235,8 @@ def test_auto_records_the_engine_and_why_not_a_faster_one(tmp_path):
     assert choose_engine(scaled)[0] == "generic" and "fused_sigma" in choose_engine(scaled)[1]
     for c, d in ((fused, "f"), (swish, "s")):
         train_run(c, tmp_path / d, "cpu", progress=False)
-    env = runs.read_json(tmp_path / "s" / runs.ENV)
-    assert env["engine"] == "generic" and "Swish" in env["engine_why"]
+    env = runs.read_json(tmp_path / "s" / runs.ENV)  # alone, the generic engine's runs use autograd
+    assert env["engine"] == "torch" and "Swish" in env["engine_why"] and "generic alone" in env["engine_why"]
     assert runs.read_json(tmp_path / "f" / runs.ENV)["engine"] == "fused"
 
 
@@ -269,6 +269,7 @@ def test_a_generic_stack_of_a_user_activation_matches_each_run_alone(tmp_path):
     assert {choose_engine(c)[0] for c in cfgs} == {"generic"}
     res = train_group(cfgs, [tmp_path / f"s{i}" for i in range(3)], "cpu", progress=False)
     assert [r.state for r in res] == ["done"] * 3
+    assert {runs.read_json(tmp_path / f"s{i}" / runs.ENV)["engine"] for i in range(3)} == {"generic"}
     for i, c in enumerate(cfgs):
         train_run(resolve(c, {"train.engine": "torch"}), tmp_path / f"a{i}", "cpu", progress=False)
         a, b = runs.read_metrics(tmp_path / f"s{i}"), runs.read_metrics(tmp_path / f"a{i}")

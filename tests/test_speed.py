@@ -103,8 +103,8 @@ def test_a_killed_stack_resumes_each_run(tmp_path, alone, monkeypatch):
     dirs = [tmp_path / f"r{i}" for i in range(4)]
     save = Trainer.save_checkpoint
 
-    def save_then_die(self):  # killed at step 100 just after the first run's checkpoint
-        save(self)
+    def save_then_die(self, stack=None):  # killed at step 100 just after the first run's checkpoint
+        save(self, stack)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
@@ -156,8 +156,8 @@ def test_a_stack_killed_between_two_members_checkpoints_resumes_exactly(tmp_path
     save = Trainer.save_checkpoint
     calls = []
 
-    def save_then_die(self):  # killed at step 100 after the first two runs' checkpoints
-        save(self)
+    def save_then_die(self, stack=None):  # killed at step 100 after the first two runs' checkpoints
+        save(self, stack)
         calls.append(self.dir)
         if len(calls) == 2:
             raise KeyboardInterrupt

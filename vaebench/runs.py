@@ -199,8 +199,8 @@ def environment(device: Any, **extra: Any) -> dict[str, Any]:
     }
 
 
-def prepare(run_dir: Path, cfg: Any, env: dict[str, Any]) -> None:
-    """Create the folder (or check it holds this run), write config.yaml and env.json.
+def prepare(run_dir: Path, cfg: Any, env: dict[str, Any] | None = None) -> None:
+    """Create the folder (or check it holds this run), write config.yaml (and env.json).
 
     ``cfg``: a vaebench.config.RunConfig; a stored config is compared by its run id."""
     run_dir = Path(run_dir)
@@ -216,7 +216,8 @@ def prepare(run_dir: Path, cfg: Any, env: dict[str, Any]) -> None:
 
             raise ConfigError(f"{run_dir} holds a run of a different config; choose another --out or delete it")
     atomic_write(cfg_path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))  # execution-only keys may have changed
-    write_json(run_dir / ENV, env)
+    if env is not None:
+        write_json(run_dir / ENV, env)
 
 
 def load_model(run_dir: str | Path, device: str = "cpu"):

@@ -212,7 +212,7 @@ def train_group(cfgs: list[RunConfig], run_dirs: list[str | Path], device: str |
         engine, why = choose_engine(cfg)  # engine=fast on a config it cannot train: a ConfigError
         try:
             t = Trainer(cfg, d, dev)  # loads data first: a data error writes nothing
-            runs.prepare(d, cfg, runs.environment(dev, engine=engine, engine_why=why))
+            runs.prepare(d, cfg)
         except VaebenchError as e:  # alone: the caller's one-line error; in a stack: this run fails
             if len(cfgs) == 1:
                 raise
@@ -228,10 +228,14 @@ def train_group(cfgs: list[RunConfig], run_dirs: list[str | Path], device: str |
         key = (t.step, stack_key(cfg)) if engine != "torch" else (t.step, i)
         groups.setdefault(key, []).append((i, t))
     for group in groups.values():
-        engine_cls = ENGINES[choose_engine(group[0][1].cfg)[0]]
+        name, why = choose_engine(group[0][1].cfg)
+        if name == "generic" and len(group) == 1:  # vmap pays only across runs: alone, plain autograd
+            name, why = "torch", f"{why}; generic alone is autograd"
         trainers = [t for _, t in group]
+        for t in trainers:
+            runs.write_json(t.dir / runs.ENV, runs.environment(dev, engine=name, engine_why=why))
         try:
-            engine = engine_cls(trainers, dev)
+            engine = ENGINES[name](trainers, dev)
         except Exception as e:
             for t in trainers:
                 t.write_status("failed", reason(e))
