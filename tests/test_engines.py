@@ -318,3 +318,30 @@ def test_a_generic_stack_cut_while_checkpointing_resumes_at_one_step_and_exactly
         a, b = runs.read_metrics(d), runs.read_metrics(r)
         assert list(a.step) == list(b.step)
         np.testing.assert_array_equal(a[list(runs.TERMS)], b[list(runs.TERMS)])
+
+
+def test_status_carries_the_last_flushed_step_while_training(tmp_path, monkeypatch):
+    (c,) = _cfgs({"train.steps": 60, "train.eval_every": 20, "train.flush_every": 20,
+                  "train.checkpoint_every": 60}, [{}])
+    seen = []
+    flush = Trainer.flush
+
+    def spy(self, terms):
+        seen.append(runs.read_status(self.dir)["step"])  # before this flush: the previous one's step
+        if self.step == 60:
+            raise KeyboardInterrupt
+        return flush(self, terms)
+
+    monkeypatch.setattr(Trainer, "flush", spy)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(c, tmp_path / "r", "cpu", progress=False)
+    assert seen == [0, 20, 40]
+    st = runs.read_status(tmp_path / "r")
+    assert st["state"] == "running" and st["step"] == 40 and "interrupted" in st["reason"]
+
+
+def test_eval_keys_do_not_move_a_run_off_the_fused_engine():
+    """experiments/iwae_table1_short.yaml sets eval.k and eval.splits: they change no update."""
+    for over in ({"eval.k": 1000, "eval.splits": ["test"]}, {"eval.batch": 50}):
+        (c,) = _cfgs(over, [{}])
+        assert choose_engine(c) == ("fused", None)

@@ -151,11 +151,11 @@ def train_members(engine: Engine, progress: Any = None) -> list[RunResult]:
                         t.write_status("running")  # status.json: the last flushed step
     except KeyboardInterrupt:
         for t in engine.members:
-            t.write_status("running", INTERRUPTED)
+            t.write_status("running", INTERRUPTED, step=flushed)  # the last step on disk
         raise
     except Exception as e:
         for t in engine.members:
-            t.write_status("failed", reason(e))
+            t.write_status("failed", reason(e), step=flushed)
         raise
     finally:
         bar.close()

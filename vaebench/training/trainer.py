@@ -196,8 +196,8 @@ class Trainer:
         self.val_rows.clear()
         return int(bad) if bad is not None else None
 
-    def write_status(self, state: str, reason: str | None = None) -> None:
-        runs.write_status(self.dir, state, self.step, self.cfg.train.steps, reason)
+    def write_status(self, state: str, reason: str | None = None, step: int | None = None) -> None:
+        runs.write_status(self.dir, state, self.step if step is None else step, self.cfg.train.steps, reason)
 
     def finish(self) -> dict[str, Any]:
         self.model.eval()
