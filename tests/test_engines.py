@@ -345,3 +345,17 @@ def test_eval_keys_do_not_move_a_run_off_the_fused_engine():
     for over in ({"eval.k": 1000, "eval.splits": ["test"]}, {"eval.batch": 50}):
         (c,) = _cfgs(over, [{}])
         assert choose_engine(c) == ("fused", None)
+
+
+def test_a_diverging_run_leaves_a_generic_stack_and_the_others_finish(tmp_path):
+    base = {"model.decoder.activation": "test_swish", "train.steps": 30, "train.eval_every": 10,
+            "train.flush_every": 10, "train.checkpoint_every": 20}
+    for optim in ({}, {"optim.lr": 2e-3}):  # two or three optim settings in the stack
+        cfgs = _cfgs(base, [{"seed": 0}, {"seed": 1, "optim.lr": 1e30}, {"seed": 2, **optim}])
+        dirs = [tmp_path / str(len(optim)) / f"r{i}" for i in range(3)]
+        res = train_group(cfgs, dirs, "cpu", progress=False)
+        assert [r.state for r in res] == ["done", "failed", "done"]
+        assert "NaN/inf" in runs.read_status(dirs[1])["reason"]
+        for d in (dirs[0], dirs[2]):
+            assert runs.read_metrics(d)[list(runs.TERMS)].notna().all().all()
+            assert torch.load(d / runs.CHECKPOINT, weights_only=True)["optimizer"]["state"]
