@@ -55,6 +55,8 @@ def fused_unsupported(model, objective, optimizer) -> str | None:
         if component is None or kernel(component, name, *math) is None:
             what = getattr(component, "__name__", type(component).__name__)
             return f"{what} declares no {name} kernel"
+    if len(getattr(kernel(optimizer, "fused"), "moments", ())) != 2:
+        return "the optimizer's fused kernel does not declare its two moments"
     return None
 
 
@@ -81,11 +83,12 @@ class FusedStack(Engine):
         self.sizes = [p.numel() for p in params[0]]
         flat = torch.stack([torch.cat([p.detach().reshape(-1) for p in ps]) for ps in params])
         m, v = torch.zeros_like(flat), torch.zeros_like(flat)
-        for j, t in enumerate(members):
+        for j, t in enumerate(members):  # the moments, under the names the optimizer's kernel declares
+            first, second = kernel(t.optimizer_factory, "fused").moments
             st = [t.optimizer.state.get(p, {}) for p in params[j]]
-            if st and "exp_avg" in st[0]:
-                m[j] = torch.cat([s["exp_avg"].reshape(-1) for s in st])
-                v[j] = torch.cat([s["exp_avg_sq"].reshape(-1) for s in st])
+            if st and first in st[0]:
+                m[j] = torch.cat([s[first].reshape(-1) for s in st])
+                v[j] = torch.cat([s[second].reshape(-1) for s in st])
         self._build(members, flat, m, v)
 
     # -- layout ------------------------------------------------------------
@@ -119,7 +122,7 @@ class FusedStack(Engine):
         self.sigma_k = [kernel(t.model.posterior, "fused_sigma", "sigma") for t in members]
         self.lik_k = [kernel(t.model.likelihood, "fused_log_prob", "log_prob") for t in members]
         self.kl_k = [kernel(t.objective.kl, "fused") for t in members]
-        self.adam_k = [kernel(t.optimizer_factory, "fused") for t in members]
+        self.optim_k = [kernel(t.optimizer_factory, "fused") for t in members]
         B, K, D = self.b, self.k, members[0].train_x.shape[1]
         self.x = torch.empty((M, B, D), device=dev)
         self.noise = torch.empty((M, K, B, L), device=dev)
@@ -131,7 +134,7 @@ class FusedStack(Engine):
         self.enc_out = [torch.empty((M, B, W.shape[1]), device=dev) for W, *_ in self.enc[:-1]]
         self.mu, self.raw = torch.empty((M, B, L), device=dev), torch.empty((M, B, L), device=dev)
         self.dec_out = [torch.empty((M, K * B, W.shape[1]), device=dev) for W, *_ in self.dec]
-        self.adam_step = torch.zeros((), device=dev)
+        self.opt_step = torch.zeros((), device=dev)
 
     def drop(self, keep: list[int]) -> None:
         idx = torch.tensor(keep, device=self.device)
@@ -143,9 +146,9 @@ class FusedStack(Engine):
     def save(self, j: int, stack: list[str] | None = None) -> None:
         """Member j's torch.optim state from the stack (copies), its checkpoint, then no state again."""
         t = self.members[j]
+        first, second = self.optim_k[j].moments
         for p, ea, eas in zip(t.model.parameters(), self._views(self.m[j:j + 1]), self._views(self.v[j:j + 1])):
-            t.optimizer.state[p] = {"step": torch.tensor(float(t.step)), "exp_avg": ea[0].clone(),
-                                    "exp_avg_sq": eas[0].clone()}
+            t.optimizer.state[p] = {"step": torch.tensor(float(t.step)), first: ea[0].clone(), second: eas[0].clone()}
         t.save_checkpoint(stack)
         t.optimizer.state.clear()
 
@@ -224,9 +227,9 @@ class FusedStack(Engine):
     def update(self, t: int) -> None:
         """Each run's optimizer kernel on its row of the (M, P) stack, with its learning rate at this
         step (schedule included)."""
-        self.adam_step.fill_(t)
+        self.opt_step.fill_(t)
         for j, tr in enumerate(self.members):
             o = tr.cfg.optim
-            self.adam_k[j]([self.flat[j]], [self.grad[j]], [self.m[j]], [self.v[j]], self.adam_step,
+            self.optim_k[j]([self.flat[j]], [self.grad[j]], [self.m[j]], [self.v[j]], self.opt_step,
                            lr=o.lr * tr.schedule(t - 1, tr.cfg.train.steps), betas=o.betas, eps=o.eps,
                            weight_decay=o.weight_decay)
