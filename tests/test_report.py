@@ -121,8 +121,8 @@ def test_failed_and_partial_runs_are_reported_not_fatal(tmp_path, monkeypatch):
                                                "cut": {"optim.lr": 2.0e-3}}, seeds=2)
     save = trainer.Trainer.save_checkpoint
 
-    def save_then_crash(self):  # a real cut: the run dies right after its first checkpoint
-        save(self)
+    def save_then_crash(self, stack=None):  # a real cut: the run dies right after its first checkpoint
+        save(self, stack)
         if self.cfg.optim.lr == 2e-3:
             raise KeyboardInterrupt
     monkeypatch.setattr(trainer.Trainer, "save_checkpoint", save_then_crash)
