@@ -59,7 +59,8 @@ def _choose(blob: str) -> tuple[str, str | None]:
 
 def choose_engine(cfg: RunConfig) -> tuple[str, str | None]:
     """(engine, why a faster one was not taken) for ``cfg``: a function of the config alone, so a run
-    trains on one engine however it is grouped, resumed or re-run."""
+    trains on one engine however it is resumed or re-run (train_group trains a generic run that is
+    alone in its group with autograd, and records that)."""
     return _choose(json.dumps(cfg.to_dict(), sort_keys=True))
 
 
