@@ -7,7 +7,9 @@ Variants (the seed's model: 196-128-16 / 8-128-196 tanh, batch 100, Adam, 10,000
   torch            vaebench run on the autograd Trainer (train.engine=torch)
   fast             vaebench run on the fast engine (train.engine=fast), one run
   fast-nolog       the fast engine's step alone: no metric buffer, evaluation, parquet or checkpoints
-  stack-M          M runs (seeds 0..M-1) as one stack on the fast engine; aggregate = M x updates/s
+  stack-M          M runs (seeds 0..M-1) as one stack on the fused engine; aggregate = M x updates/s
+  generic-M        the same M runs on the generic stacked engine (torch.func: functional_call + vmap + grad),
+                   the path of components that declare no fused kernels (a user's own activation, ...)
 The vaebench variants time the training loop of a real run (metric buffer, validation every 100
 updates, parquet parts, checkpoints) and leave out building the trainers and run folders and the
 final evaluation (reported apart, as overhead_s); fast vs fast-nolog is the cost of logging. Peak memory is the
@@ -32,11 +34,14 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vaebench import runs as runs_mod  # noqa: E402
 from vaebench.config import resolve  # noqa: E402
+from vaebench.training import loop as loop_mod  # noqa: E402
 from vaebench.training import train_group, train_run  # noqa: E402
 from vaebench.training import trainer as trainer_mod  # noqa: E402
+from vaebench.training.generic import GenericStack  # noqa: E402
+from vaebench.training.stacked import FusedStack  # noqa: E402
 from vaebench.training.trainer import Trainer, load_data  # noqa: E402
-from vaebench.training.stacked import Stack  # noqa: E402
 
 BATCH = 100
 
@@ -83,7 +88,7 @@ class Overhead:
     @classmethod
     def install(cls) -> None:
         for owner, name in ((trainer_mod.Trainer, "__init__"), (trainer_mod.Trainer, "finish"),
-                            (trainer_mod, "prepare_run_dir"), (trainer_mod, "_begin")):
+                            (runs_mod, "prepare"), (loop_mod, "_begin")):
             setattr(owner, name, cls.timed(getattr(owner, name)))
 
     @classmethod
@@ -134,7 +139,7 @@ def config(steps: int, threads: int, engine: str, seed: int = 0, stack="auto"):
 def fast_nolog(cfg, tmp: Path, device: torch.device) -> None:
     """The fast engine's step alone, with the same data order and noise as a run."""
     t = Trainer(cfg, tmp / "nolog", device)
-    stack = Stack([t], device)
+    stack = FusedStack([t], device)
     n, pos, perm = len(t.perm), 0, t.perm.view(1, -1)
     out = torch.empty((1, 3), device=device)
     for step in range(cfg.train.steps):
@@ -145,12 +150,21 @@ def fast_nolog(cfg, tmp: Path, device: torch.device) -> None:
     sync(device)
 
 
+def generic_group(cfgs, dirs, device: torch.device) -> None:
+    """M runs through the loop on the generic engine (the built-in components would take the fused one)."""
+    trainers = [Trainer(c, d, device) for c, d in zip(cfgs, dirs)]
+    for t in trainers:
+        runs_mod.prepare(t.dir, t.cfg, {})
+    loop_mod.train_members(GenericStack(trainers, device), progress=False)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--steps", type=int, default=1000, help="updates per run (fewer for big stacks)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads, the same for every variant")
     ap.add_argument("--stacks", default=None, help="comma-separated M (default 1,8,32 on CPU; 1,8,32,256,1024 on CUDA)")
+    ap.add_argument("--generic", default="1,8", help="comma-separated M for the generic engine")
     ap.add_argument("--repeat", type=int, default=3, help="rounds; each variant reports its best")
     ap.add_argument("--out", default=None, help="CSV path (default benchmarks/results/throughput-<device>.csv)")
     args = ap.parse_args(argv)
@@ -177,6 +191,10 @@ def main(argv=None) -> None:
         dirs = [tmp / f"stack{m}" / f"s{i}" for i in range(m)]
         variants.append((f"stack-{m}", m, sm, lambda cfgs=cfgs, dirs=dirs: train_group(cfgs, dirs, device, False,
                                                                                          force=True)))
+    for m in [int(g) for g in args.generic.split(",") if g]:
+        cfgs = [config(s, args.threads, "fast", seed, stack=m) for seed in range(m)]
+        dirs = [tmp / f"generic{m}" / f"s{i}" for i in range(m)]
+        variants.append((f"generic-{m}", m, s, lambda cfgs=cfgs, dirs=dirs: generic_group(cfgs, dirs, device)))
     Overhead.install()
     plain_loop(train_x, 20, device)  # warm-up: first-call costs stay out of every variant
     best: dict[str, dict] = {}

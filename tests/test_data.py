@@ -165,6 +165,7 @@ def test_embedded_threshold_equals_float_mean(idx: dict[str, np.ndarray]) -> Non
         np.testing.assert_array_equal(bits, expected.reshape(-1, 196).astype(np.float32))
 
 
+@pytest.mark.slow
 def test_rebuild_is_byte_identical(tmp_path: Path) -> None:
     root = _need_shared()
     out = tmp_path / "m14.bin.gz"

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
 
 
@@ -53,6 +52,7 @@ def test_negative_value(tmp_path):
     _one_line_error(run_cli("run", str(p), "--out", str(tmp_path)), "optim.lr")
 
 
+@pytest.mark.slow
 def test_unknown_component_lists_known_names(tmp_path):
     p = _write(tmp_path, "objective:\n  kl: analytical\n")
     _one_line_error(run_cli("run", str(p), "--out", str(tmp_path)), "analytical", "analytic", "monte_carlo")
@@ -80,6 +80,7 @@ def test_corrupt_data_file(tmp_path):
     _one_line_error(run_cli("run", str(p), "--out", str(tmp_path / "out")), str(root))
 
 
+@pytest.mark.slow
 def test_an_error_leaves_existing_results_untouched(tmp_path, tiny_overrides):
     out = tmp_path / "out"
     good = _write(tmp_path, "name: keep\n")

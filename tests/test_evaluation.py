@@ -159,6 +159,7 @@ def test_eval_keys_do_not_change_the_run_id():
     assert resolve({"objective": {"name": "iwae", "k": 5}}).run_hash() != base.run_hash()
 
 
+@pytest.mark.slow
 def test_eval_cli_writes_eval_json_and_ls_shows_it(tmp_path, tiny_overrides):
     o = {k: yaml.safe_load(v) for k, v in (x.split("=", 1) for x in tiny_overrides)}
     o |= {"objective.name": "iwae", "objective.k": 3, "objective.warmup": 30, "optim.schedule": "iwae",

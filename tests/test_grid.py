@@ -139,6 +139,7 @@ def folders(root: Path) -> dict[str, Path]:
     return {d.name.rsplit("-", 1)[-1]: d for d in root.iterdir() if (d / runs.CONFIG).is_file()}
 
 
+@pytest.mark.slow
 def test_sigkill_mid_grid_then_rerun_matches_an_uninterrupted_grid(tmp_path):
     path = write_study(tmp_path, seeds=2, train={**TINY["train"], "steps": 600, "flush_every": 25,
                                                   "checkpoint_every": 50})
@@ -171,6 +172,7 @@ def test_sigkill_mid_grid_then_rerun_matches_an_uninterrupted_grid(tmp_path):
         assert not (got[rid] / runs.PARTS).exists()
 
 
+@pytest.mark.slow
 def test_two_concurrent_runners_train_each_run_once(tmp_path):
     path = write_study(tmp_path, seeds=4, train={**TINY["train"], "steps": 150})
     out = tmp_path / "res"
@@ -186,6 +188,7 @@ def test_two_concurrent_runners_train_each_run_once(tmp_path):
         metrics_of(d)  # readable
 
 
+@pytest.mark.slow
 def test_a_nan_run_fails_alone_and_the_command_exits_1(tmp_path):
     path = write_study(tmp_path, variants={"good": {}, "bad": {"optim.lr": 1e6, "optim.name": "sgd"}})
     out = tmp_path / "res"
@@ -206,6 +209,7 @@ def test_a_nan_run_fails_alone_and_the_command_exits_1(tmp_path):
     assert retried.returncode == 1 and "1 of 1 runs failed" in retried.stderr
 
 
+@pytest.mark.slow
 def test_a_corrupt_checkpoint_fails_its_own_run_only(tmp_path):
     path = write_study(tmp_path, seeds=2, train={**TINY["train"], "steps": 60})
     res = vaebench.run_study(path, out=tmp_path, jobs=1, progress=False)
@@ -221,6 +225,7 @@ def test_a_corrupt_checkpoint_fails_its_own_run_only(tmp_path):
     assert runs.read_status(bad)["state"] == "done"
 
 
+@pytest.mark.slow
 def test_dry_run_states_force_and_new_axis(tmp_path):
     path = write_study(tmp_path, grid={"objective.k": [1, 2]})
     out = tmp_path / "res"
@@ -243,6 +248,7 @@ def test_dry_run_states_force_and_new_axis(tmp_path):
     assert forced.returncode == 0 and len(trained(forced.stdout)) == 1
 
 
+@pytest.mark.slow
 def test_load_and_ls_read_a_study_with_its_varied_values(tmp_path):
     res = vaebench.run_study(write_study(tmp_path, grid={"objective.k": [1, 2]}, seeds=2), out=tmp_path / "r",
                              jobs=2, progress=False)
@@ -278,6 +284,7 @@ def test_run_api_rejects_a_study():
         vaebench.run({"grid": {"objective.k": [1, 2]}})
 
 
+@pytest.mark.slow
 def test_ray_executor_on_a_local_instance(tmp_path):
     pytest.importorskip("ray", reason="the Ray executor needs the optional extra vaebench[ray]")
     path = write_study(tmp_path, seeds=2)

@@ -1,8 +1,7 @@
 """vaebench against an independent plain PyTorch loop of the seed's model and protocol."""
 
-import math
-
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -49,6 +48,7 @@ def plain_vae_loop(seed: int) -> tuple[float, float, float]:
     return rec.mean().item(), kl.mean().item(), (rec - kl).mean().item()
 
 
+@pytest.mark.slow
 def test_matches_an_independent_plain_loop(tmp_path):
     cfg = {"name": "ref", "objective": {"k": K}, "train": {"steps": STEPS, "batch_size": BATCH, "eval_every": 500,
                                                              "threads": 1}, "optim": {"lr": LR}}

@@ -54,6 +54,7 @@ def snapshot(root: Path) -> dict[str, str]:
             for p in root.rglob("*") if p.is_file() and "report" not in p.relative_to(root).parts[:1]}
 
 
+@pytest.mark.slow
 def test_every_figure_of_a_study_and_its_runs(results, tmp_path):
     out = tmp_path / "rep"
     rep = build_report(results, out=out)
@@ -83,6 +84,7 @@ def test_a_single_run_folder_reports_beside_itself(results):
     assert runs.find_runs(results / "single") == [run_dir]  # the report folder is not a run
 
 
+@pytest.mark.slow
 def test_summary_equals_a_pandas_computation_from_load(results, tmp_path):
     table = vaebench.summary(results / "st")
     final = vaebench.load(results / "st", final=True)
@@ -108,6 +110,7 @@ def test_t_quantiles_and_mean_ci():
     assert math.isnan(mean_ci([5.0])[1]) and math.isnan(mean_ci([])[0])
 
 
+@pytest.mark.slow
 def test_failed_and_partial_runs_are_reported_not_fatal(tmp_path, monkeypatch):
     from vaebench.training import trainer
 
@@ -118,8 +121,8 @@ def test_failed_and_partial_runs_are_reported_not_fatal(tmp_path, monkeypatch):
                                                "cut": {"optim.lr": 2.0e-3}}, seeds=2)
     save = trainer.Trainer.save_checkpoint
 
-    def save_then_crash(self):  # a real cut: the run dies right after its first checkpoint
-        save(self)
+    def save_then_crash(self, stack=None):  # a real cut: the run dies right after its first checkpoint
+        save(self, stack)
         if self.cfg.optim.lr == 2e-3:
             raise KeyboardInterrupt
     monkeypatch.setattr(trainer.Trainer, "save_checkpoint", save_then_crash)
@@ -146,6 +149,7 @@ def test_failed_and_partial_runs_are_reported_not_fatal(tmp_path, monkeypatch):
                                     if label in failed)
 
 
+@pytest.mark.slow
 def test_rerun_redraws_only_what_changed_and_never_touches_runs(results, tmp_path):
     out = tmp_path / "rep"
     before = snapshot(results)
@@ -166,6 +170,7 @@ def test_rerun_redraws_only_what_changed_and_never_touches_runs(results, tmp_pat
     assert third.drawn == [label, "study st"]
 
 
+@pytest.mark.slow
 def test_the_report_never_imports_the_trainer(results, tmp_path):
     code = ("import sys; from vaebench.report import build_report; "
             f"build_report({str(results)!r}, out={str(tmp_path / 'r')!r}); "
@@ -188,6 +193,7 @@ def test_plot_functions_take_dataframes_from_load(results):
     assert len(fig.axes) == 3
 
 
+@pytest.mark.slow
 def test_cli_report_and_its_errors(results, tmp_path):
     r = run_cli("report", str(results / "st"), "--out", str(tmp_path / "r"))
     assert r.returncode == 0, r.stderr

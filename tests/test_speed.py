@@ -1,8 +1,11 @@
-"""The fast engine against the torch Trainer: same numbers, same run folders, resume, NaN isolation.
+"""The fused engine against the torch Trainer: same numbers, same run folders, resume, NaN isolation.
 
-The fast engine computes the same float32 math in another order (batched matmuls, a hand-written
+The fused engine computes the same float32 math in another order (batched matmuls, a hand-written
 backward, Adam over one tensor), so its metrics equal the torch Trainer's up to reassociation:
 per-step metrics within RTOL relative plus ATOL nats (measured: ~3e-7 relative over 200 steps).
+Against itself it is exact: a run's numbers do not depend on the stack it trains in, so a stack
+of any size, a stack of one, a run alone and a stack resumed with its members at different steps
+give bit for bit the same metrics.
 """
 
 import numpy as np
@@ -12,8 +15,7 @@ import torch
 from vaebench import runs
 from vaebench.config import resolve
 from vaebench.grid.runner import stack_groups
-from vaebench.training import train_group, train_run
-from vaebench.training.stacked import stack_key, unsupported
+from vaebench.training import choose_engine, stack_key, train_group, train_run
 from vaebench.training.trainer import Trainer
 
 RTOL, ATOL = 1e-4, 1e-4
@@ -101,8 +103,8 @@ def test_a_killed_stack_resumes_each_run(tmp_path, alone, monkeypatch):
     dirs = [tmp_path / f"r{i}" for i in range(4)]
     save = Trainer.save_checkpoint
 
-    def save_then_die(self):  # killed at step 100 just after the first run's checkpoint
-        save(self)
+    def save_then_die(self, stack=None):  # killed at step 100 just after the first run's checkpoint
+        save(self, stack)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
@@ -120,7 +122,58 @@ def test_a_killed_stack_resumes_each_run(tmp_path, alone, monkeypatch):
         assert_same_final(dirs[i], alone / f"r{i}")
 
 
-def test_a_diverging_run_leaves_the_stack_and_the_others_finish(tmp_path, alone):
+@pytest.fixture(scope="module")
+def stacked(tmp_path_factory):
+    """The GROUP trained uninterrupted as one stack on the fused engine."""
+    root = tmp_path_factory.mktemp("stacked")
+    cfgs = [cfg(i, extra) for i, extra in enumerate(GROUP)]
+    assert [r.state for r in train_group(cfgs, [root / f"r{i}" for i in range(4)], "cpu", progress=False)] == ["done"] * 4
+    return root
+
+
+def assert_identical(a, b):
+    ma, mb = runs.read_metrics(a), runs.read_metrics(b)
+    assert list(ma.step) == list(mb.step) and list(ma.split) == list(mb.split)
+    for term in runs.TERMS:
+        np.testing.assert_array_equal(ma[term], mb[term], err_msg=term)
+    assert runs.read_final(a) == runs.read_final(b)
+
+
+def test_a_run_computes_the_same_alone_and_in_any_stack(tmp_path, stacked):
+    for i, extra in enumerate(GROUP):  # alone: a stack of one
+        assert train_run(cfg(i, extra), tmp_path / f"r{i}", "cpu", progress=False).state == "done"
+        assert runs.read_json(tmp_path / f"r{i}" / runs.ENV)["engine"] == "fused"
+        assert_identical(tmp_path / f"r{i}", stacked / f"r{i}")
+    pair = [cfg(i, GROUP[i]) for i in (3, 1)]  # another stack, other order
+    train_group(pair, [tmp_path / "p3", tmp_path / "p1"], "cpu", progress=False)
+    assert_identical(tmp_path / "p3", stacked / "r3")
+    assert_identical(tmp_path / "p1", stacked / "r1")
+
+
+def test_a_stack_killed_between_two_members_checkpoints_resumes_exactly(tmp_path, stacked, monkeypatch):
+    cfgs = [cfg(i, extra) for i, extra in enumerate(GROUP)]
+    dirs = [tmp_path / f"r{i}" for i in range(4)]
+    save = Trainer.save_checkpoint
+    calls = []
+
+    def save_then_die(self, stack=None):  # killed at step 100 after the first two runs' checkpoints
+        save(self, stack)
+        calls.append(self.dir)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_group(cfgs, dirs, "cpu", progress=False)
+    monkeypatch.setattr(Trainer, "save_checkpoint", save)
+    assert [(d / runs.CHECKPOINT).is_file() for d in dirs] == [True, True, False, False]
+    res = train_group(cfgs, dirs, "cpu", progress=False)  # two stacks: at step 100 and at step 0
+    assert [r.state for r in res] == ["done"] * 4
+    for i in range(4):
+        assert_identical(dirs[i], stacked / f"r{i}")
+
+
+def test_a_diverging_run_leaves_the_stack_and_the_others_finish(tmp_path, alone, stacked):
     cfgs = [cfg(0, GROUP[0]), cfg(9, {"optim.lr": 1e30}), cfg(2, GROUP[2])]  # 1e30 overflows at step 2
     dirs = [tmp_path / n for n in ("r0", "bad", "r2")]
     res = train_group(cfgs, dirs, "cpu", progress=False)
@@ -132,15 +185,21 @@ def test_a_diverging_run_leaves_the_stack_and_the_others_finish(tmp_path, alone)
     for d, ref in ((dirs[0], alone / "r0"), (dirs[2], alone / "r2")):
         assert_same_metrics(d, ref)
         assert_same_final(d, ref)
+    assert_identical(dirs[0], stacked / "r0")  # the stack that lost a member computes what it did before
+    assert_identical(dirs[2], stacked / "r2")
 
 
-def test_what_the_fast_engine_does_not_handle_trains_on_torch():
-    assert unsupported(cfg(0, engine="auto")) is None
-    assert "optim.name" in unsupported(cfg(0, {"optim.name": "sgd"}, engine="auto"))
-    assert "gelu" in unsupported(cfg(0, {"model.encoder.activation": "gelu"}, engine="auto"))
-    sgd = [cfg(i, {"optim.name": "sgd"}, engine="auto") for i in range(2)]
+def test_what_the_fused_engine_does_not_handle_trains_on_another():
+    assert choose_engine(cfg(0, engine="auto")) == ("fused", None)
+    assert choose_engine(cfg(0, engine="torch")) == ("torch", None)
+    engine, why = choose_engine(cfg(0, {"optim.name": "sgd"}, engine="auto"))
+    assert engine == "generic" and "sgd declares no fused kernel" in why
+    engine, why = choose_engine(cfg(0, {"model.encoder.activation": "gelu"}, engine="auto"))
+    assert engine == "generic" and "GELU declares no fused kernel" in why
+    assert choose_engine(cfg(0, {"objective.name": "iwae"}))[0] == "generic"
+    sgd = [cfg(i, {"optim.name": "sgd", "seed": i}, engine="auto") for i in range(2)]
     mixed = [cfg(0), cfg(1, {"seed": 5}), cfg(2, {"objective.k": 1}), cfg(3, {"seed": 6}, **{"train.stack": "off"})]
-    assert stack_groups(sgd, "cpu") == [[0], [1]]
+    assert stack_groups(sgd, "cpu") == [[0, 1]]  # the generic engine stacks them
     assert stack_groups(mixed, "cpu") == [[0, 1], [2], [3]]
     assert stack_groups([cfg(i, {"seed": i}, **{"train.stack": 2}) for i in range(5)], "cpu") == [[0, 1], [2, 3], [4]]
 

@@ -4,7 +4,6 @@ import json
 
 import pandas as pd
 import pyarrow.parquet as pq
-import pytest
 import yaml
 
 import vaebench
@@ -77,5 +76,7 @@ def test_load_long_form_and_final(tmp_path, tiny_overrides):
     assert sorted(df["objective.k"].unique()) == [1, 3]
     fin = vaebench.load(tmp_path, final=True)
     assert len(fin) == 2 and {"val_elbo", "val_rec", "val_kl", "train_elbo"} <= set(fin.columns)
+    assert list(fin.engine) == ["fused", "fused"] and fin.engine_why.isna().all()
+    assert list(vaebench.ls(tmp_path).engine) == ["fused", "fused"]
     last = df[(df.split == "val") & (df.term == "elbo")].sort_values("step").groupby("run", observed=True).tail(1)
     assert len(last) == 2

@@ -37,11 +37,6 @@ def study(config: str | Path | dict[str, Any] | RunConfig,
     return expand(raw, overrides, source, base, imports)
 
 
-def run_dir_for(cfg: RunConfig, out: str | Path) -> Path:
-    """results/<name>/<id>: where a lone run of this config lives."""
-    return Path(out) / cfg.name / cfg.run_hash()
-
-
 def run_study(config: str | Path | dict[str, Any] | RunConfig | Study, out: str | Path = "results",
               overrides: list[str] | dict[str, Any] | None = None, device: str = "auto",
               jobs: int | None = None, executor: str = "local", ray_address: str | None = None,

@@ -44,6 +44,12 @@ def _final_row(run_dir: Path) -> dict[str, Any]:
     return row
 
 
+def _engine(run_dir: Path) -> dict[str, Any]:
+    """The engine that trained the run (env.json) and, under train.engine=auto, why not a faster one."""
+    env = runs.read_json(Path(run_dir) / runs.ENV) or {}
+    return {"engine": env.get("engine"), "engine_why": env.get("engine_why")}
+
+
 def study_order(run_dirs: list[Path]) -> tuple[list[Path], dict[Path, dict[str, Any]]]:
     """Runs in their study's order (grid.yaml; runs it does not list after, by name), and each run's
     varied values that are not config keys, such as the name of its variant."""
@@ -78,7 +84,8 @@ def load(path: str | Path = "results", final: bool = False) -> pd.DataFrame:
         if final:
             frames.append(pd.DataFrame([{"run": label, "study": _study_label(run_dir, root), **names[run_dir],
                                          "state": status.get("state", "new"),
-                                         "step": status.get("step", 0), **_final_row(run_dir), **config}]))
+                                         "step": status.get("step", 0), **_engine(run_dir),
+                                         **_final_row(run_dir), **config}]))
             continue
         m = runs.read_metrics(run_dir)
         long = m.melt(id_vars=["step", "split"], value_vars=list(runs.TERMS), var_name="term", value_name="value")
@@ -116,4 +123,4 @@ def ls(path: str | Path = "results") -> pd.DataFrame:
     df = df.rename(columns={"train.steps": "steps"})
     metrics = [c for c in ("val_elbo", "val_rec", "val_kl") if c in df]
     metrics += sorted(c for c in df.columns if c.endswith(("_iw_ll", "_iw_ll_se")))
-    return df[["run", *keys, "state", "step", "steps", *metrics]].reset_index(drop=True)
+    return df[["run", *keys, "state", "step", "steps", "engine", *metrics]].reset_index(drop=True)

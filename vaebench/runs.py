@@ -14,11 +14,16 @@ never through the trainer. A run folder holds:
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
+import platform
+import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -29,6 +34,8 @@ from . import plugins
 from .errors import VaebenchError
 
 CONFIG, STATUS, ENV, FINAL, CHECKPOINT = "config.yaml", "status.json", "env.json", "final.json", "checkpoint.pt"
+# A stack's next checkpoint, written by every member before any becomes checkpoint.pt (see Trainer.restore)
+CHECKPOINT_NEXT = "checkpoint.next.pt"
 EVAL = "eval.json"  # held-out evaluations: {"test": {"iw_ll": ..., ...}}
 GRID = "grid.yaml"  # beside a study's runs: each run's folder, id and varied values (vaebench.grid)
 METRICS, PARTS = "metrics.parquet", "metrics"
@@ -140,9 +147,78 @@ def read_grid(study_dir: Path) -> dict[str, dict[str, Any]]:
             if isinstance(e, dict) and isinstance(e.get("folder"), str)}
 
 
-def iter_runs(root: str | Path) -> Iterator[tuple[Path, dict[str, Any]]]:
-    for run_dir in find_runs(root):
-        yield run_dir, read_config(run_dir)
+# -- the lifecycle of a run folder: prepare, status, compaction, environment ------------------
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_status(run_dir: Path, state: str, step: int, steps: int, reason: str | None = None) -> None:
+    """status.json: the state, the last step whose metrics are on disk, and why (failed, interrupted)."""
+    write_json(Path(run_dir) / STATUS, {"state": state, "step": step, "steps": steps, "reason": reason,
+                                        "updated": _now()})
+
+
+def clear(run_dir: Path) -> None:
+    """Forget a run's results (--force): checkpoint, metrics, final and status; config and env stay."""
+    for name in (CHECKPOINT, CHECKPOINT_NEXT, METRICS, FINAL, STATUS):
+        (Path(run_dir) / name).unlink(missing_ok=True)
+    shutil.rmtree(Path(run_dir) / PARTS, ignore_errors=True)
+
+
+def commit_checkpoint(run_dir: Path) -> None:
+    """The pending checkpoint of a stack's two-phase write becomes the run's checkpoint."""
+    os.replace(Path(run_dir) / CHECKPOINT_NEXT, Path(run_dir) / CHECKPOINT)
+
+
+def compact_metrics(run_dir: Path) -> None:
+    """Join the parts into one metrics.parquet (atomically), then drop the parts."""
+    parts = part_files(run_dir)
+    if parts:
+        write_table(Path(run_dir) / METRICS, read_tables(parts))
+        shutil.rmtree(Path(run_dir) / PARTS, ignore_errors=True)
+
+
+def environment(device: Any, **extra: Any) -> dict[str, Any]:
+    """What env.json records: versions, device, threads, commit, argv, and ``extra`` (the engine)."""
+    import numpy as np
+    import torch
+
+    from . import __version__
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).resolve().parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    device = torch.device(device)
+    return {
+        "vaebench": __version__, "torch": torch.__version__, "numpy": np.__version__,
+        "python": platform.python_version(), "platform": platform.platform(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(), "git_commit": commit, "argv": sys.argv, **extra,
+    }
+
+
+def prepare(run_dir: Path, cfg: Any, env: dict[str, Any] | None = None) -> None:
+    """Create the folder (or check it holds this run), write config.yaml (and env.json).
+
+    ``cfg``: a vaebench.config.RunConfig; a stored config is compared by its run id."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg_path = run_dir / CONFIG
+    if cfg_path.is_file():
+        try:
+            same = type(cfg).model_validate(read_config(run_dir)).run_hash() == cfg.run_hash()
+        except Exception:  # unreadable or no longer valid: not this run
+            same = False
+        if not same:
+            from .errors import ConfigError
+
+            raise ConfigError(f"{run_dir} holds a run of a different config; choose another --out or delete it")
+    atomic_write(cfg_path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))  # execution-only keys may have changed
+    if env is not None:
+        write_json(run_dir / ENV, env)
 
 
 def load_model(run_dir: str | Path, device: str = "cpu"):

@@ -20,3 +20,20 @@ def analytic(mu: torch.Tensor, sigma: torch.Tensor, z: torch.Tensor) -> torch.Te
 def monte_carlo(mu: torch.Tensor, sigma: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """log q(z|x) - log p(z) averaged over the same K samples as the reconstruction term."""
     return elbo.kl_monte_carlo(z, mu, sigma)
+
+
+# The fused engine's kernels: (mu (B, L), sigma (B, L), z (K, B, L), k) -> the KL per example (B,)
+# and its gradient in mu, sigma and z, each holding the other two fixed (z: None when it is 0).
+def _analytic_fused(mu, sigma, z, k):
+    return elbo.kl_analytic(mu, sigma), mu, sigma - 1.0 / sigma, None
+
+
+def _monte_carlo_fused(mu, sigma, z, k):
+    kl = elbo.kl_monte_carlo(z, mu, sigma)
+    u = (z - mu) / sigma
+    u_s = u / sigma
+    return kl, u_s.sum(0) / k, ((u * u - 1.0) / sigma).sum(0) / k, (z - u_s) / k
+
+
+analytic.fused = _analytic_fused
+monte_carlo.fused = _monte_carlo_fused

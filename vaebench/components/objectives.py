@@ -25,7 +25,11 @@ class Terms:
     loss: torch.Tensor
 
 
-def draw_eps(k: int, mu: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def draw_eps(k: int, mu: torch.Tensor, generator: torch.Generator | torch.Tensor | None) -> torch.Tensor:
+    """K standard normal draws per latent. A tensor instead of a generator is the draws themselves:
+    the stacked engines draw each run's eps from its own generator before a vmapped step."""
+    if isinstance(generator, torch.Tensor):
+        return generator
     return torch.randn((k, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
 
 
@@ -41,9 +45,21 @@ def kl_weight(beta: float, warmup: int, step: int | None) -> float:
 class ELBO:
     """The seed's objective: E_q[log p(x|z)] over K samples minus beta * KL (beta = 1 is the ELBO)."""
 
+    # The fused engine (vaebench.training.stacked) computes this __call__ by hand from the model's,
+    # the likelihood's and the KL estimator's kernels; a subclass that redefines __call__ has no fused step.
+    fused_elbo = True
+
     def __init__(self, k: int = 1, kl: str = "analytic", beta: float = 1.0, warmup: int = 0, **_: object):
         self.k, self.beta, self.warmup = k, beta, warmup
         self.kl = KL_ESTIMATORS.get(kl)
+
+    def eps_shape(self, batch: int, latent: int) -> tuple[int, ...]:
+        """The one noise draw of a step after the binarizer's: what stacked engines draw per run."""
+        return (self.k, batch, latent)
+
+    def kl_weight(self, step: int | None) -> float:
+        """The weight of the KL term in the loss at update ``step`` (0 for the first)."""
+        return kl_weight(self.beta, self.warmup, step)
 
     def __call__(self, model, x: torch.Tensor, generator: torch.Generator | None = None,
                  step: int | None = None) -> Terms:
@@ -51,7 +67,7 @@ class ELBO:
         z = elbo.reparameterize(mu, sigma, draw_eps(self.k, mu, generator))
         rec = elbo.k_sample_mean(model.log_likelihood(z, x))
         kl = self.kl(mu, sigma, z)
-        loss = -(rec - kl_weight(self.beta, self.warmup, step) * kl).mean()
+        loss = -(rec - self.kl_weight(step) * kl).mean()
         return Terms(rec=rec, kl=kl, elbo=rec - kl, loss=loss)
 
 
@@ -70,7 +86,7 @@ class IWAE(ELBO):
         z = elbo.reparameterize(mu, sigma, draw_eps(self.k, mu, generator))
         log_px = model.log_likelihood(z, x)  # (K, B)
         log_ratio = elbo.standard_normal_log_prob(z) - elbo.gaussian_log_prob(z, mu, sigma)
-        log_w = log_px + kl_weight(self.beta, self.warmup, step) * log_ratio
+        log_w = log_px + self.kl_weight(step) * log_ratio
         bound = torch.logsumexp(log_w, dim=0) - math.log(self.k)
         rec = elbo.k_sample_mean(log_px)
         kl = self.kl(mu, sigma, z)

@@ -22,6 +22,10 @@ class SigmaOutput:
     def sigma(self, raw: torch.Tensor) -> torch.Tensor:
         return F.softplus(raw) + self.floor
 
+    def fused_sigma(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sigma, d sigma / d raw): the fused engine's kernel of ``sigma``."""
+        return F.softplus(raw).add_(self.floor), torch.sigmoid(raw)
+
     def raw(self, sigma: torch.Tensor) -> torch.Tensor:
         """Inverse of ``sigma``: the output that yields this sigma."""
         s = sigma - self.floor
@@ -34,6 +38,11 @@ class LogSigmaOutput:
 
     def sigma(self, raw: torch.Tensor) -> torch.Tensor:
         return torch.exp(raw)
+
+    def fused_sigma(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sigma, d sigma / d raw): the fused engine's kernel of ``sigma``."""
+        sigma = torch.exp(raw)
+        return sigma, sigma
 
     def raw(self, sigma: torch.Tensor) -> torch.Tensor:
         return torch.log(sigma)

@@ -13,6 +13,10 @@ from .posteriors import POSTERIORS
 
 
 class VAE(nn.Module):
+    # The fused engine (vaebench.training.stacked) runs encode, decode and log_likelihood as written
+    # here, from the networks', posterior's and likelihood's kernels.
+    fused_vae = True
+
     def __init__(self, data_dim: int, latent: int, encoder: dict[str, Any], decoder: dict[str, Any],
                  posterior: str = "sigma", likelihood: str = "bernoulli"):
         super().__init__()

@@ -112,7 +112,7 @@ def execute(job: Job) -> list:
             plugins.load([i for c in job.configs for i in c.imports])  # in a pool worker or a Ray task too
             if len(mine) == 1:
                 out = [train_run(job.configs[mine[0]], job.run_dirs[mine[0]], job.device, progress, job.force)]
-            else:  # the runs of one stack (vaebench.training.stacked)
+            else:  # the runs of one stack (vaebench.training.loop)
                 out = train_group([job.configs[i] for i in mine], [job.run_dirs[i] for i in mine], job.device,
                                   progress, job.force) if mine else []
             results.update(zip(mine, out))

@@ -98,24 +98,22 @@ def _check_inputs(study: Study, todo: list[int], device: str) -> None:
 
 
 def stack_groups(cfgs: list, device: str) -> list[list[int]]:
-    """Indices of ``cfgs`` in groups trained as one stack: the fast engine's runs with equal stack
-    keys (RunConfig.stack_key: all but the per-run keys equal), at most train.stack of them; every
-    other run alone."""
-    from ..training import resolve_device
-    from ..training.stacked import stack_size, use_fast
+    """Indices of ``cfgs`` in groups trained as one stack: runs of a stacked engine with equal stack
+    keys, at most train.stack of them; every other run alone."""
+    from ..training import resolve_device, stack_key, stack_size
 
     dev = resolve_device(device)
     groups: list[list[int]] = []
     open_: dict[str, list[int]] = {}
     for i, cfg in enumerate(cfgs):
         try:
-            fast = use_fast(cfg) and stack_size(cfg, dev) > 1
+            fast = stack_size(cfg, dev) > 1
         except ConfigError:  # engine=fast on a config it can't train: the run fails alone, with that line
             fast = False
         if not fast:
             groups.append([i])
             continue
-        key = cfg.stack_key()
+        key = stack_key(cfg)
         group = open_.get(key)
         if group is None or len(group) >= stack_size(cfg, dev):
             group = open_[key] = []

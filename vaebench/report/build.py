@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor

@@ -1,36 +1,29 @@
-"""The training loop for one run.
+"""One run's state: its model, optimizer, random streams, data order, metric writer and checkpoint,
+and the torch engine, which updates it with autograd.
 
-The loop never waits on the device per step: terms are accumulated in a device
-buffer and flushed to a parquet part every ``flush_every`` updates. Checkpoints
-hold everything needed to continue to exactly the numbers of an uninterrupted run.
+Checkpoints hold everything needed to continue to exactly the numbers of an uninterrupted run.
+The run's cadence is vaebench.training.loop's; the run folder's lifecycle is vaebench.runs'.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import functools
-import math
-import os
-import platform
+import io
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
-import yaml
 
-from .. import __version__
 from .. import runs
 from ..components import OBJECTIVES, OPTIMIZERS, SCHEDULES, build_model
-from ..config import RunConfig, resolve
+from ..config import RunConfig
 from ..data import BINARIZERS, load_splits
-from ..devices import resolve_device
-from ..errors import ConfigError, VaebenchError, reason
+from ..errors import ConfigError, VaebenchError
+from .engine import Engine
 
 EVAL_BATCH = 2_000
 # Validation uses the same z noise at every evaluation, so curves move only with the model.
@@ -49,25 +42,6 @@ class RunResult:
 def derive_seed(seed: int, purpose: int) -> int:
     """Independent streams for init, data order and noise from one user seed."""
     return int(np.random.SeedSequence([seed, purpose]).generate_state(1, np.uint64)[0] >> 1)
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).resolve().parent).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {
-        "vaebench": __version__, "torch": torch.__version__, "numpy": np.__version__,
-        "python": platform.python_version(), "platform": platform.platform(),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "threads": torch.get_num_threads(), "git_commit": commit, "argv": sys.argv,
-    }
 
 
 @torch.no_grad()
@@ -101,14 +75,14 @@ class Trainer:
         n = len(self.train_x)
         if tc.batch_size > n:
             raise ConfigError(f"train.batch_size {tc.batch_size} is larger than the {n} training images")
-        self.batches_per_epoch = n // tc.batch_size
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(cfg.seed, 0))
             self.model = build_model(cfg.model.model_dump(mode="json"), self.train_x.shape[1]).to(device)
         o = cfg.optim.model_dump(mode="json")
         self.schedule = SCHEDULES.get(o.pop("schedule"))
-        self.optimizer = OPTIMIZERS.get(o.pop("name"))(self.model.parameters(), **o)
+        self.optimizer_factory = OPTIMIZERS.get(o.pop("name"))
+        self.optimizer = self.optimizer_factory(self.model.parameters(), **o)
         ob = cfg.objective.model_dump(mode="json")
         self.objective = OBJECTIVES.get(ob.pop("name"))(**ob)
         self.order_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, 1))
@@ -116,28 +90,56 @@ class Trainer:
         self.step = 0
         self.perm = torch.randperm(n, generator=self.order_gen)
         self.pos = 0
-        self.train_buf = torch.zeros((tc.flush_every, 3), device=device, dtype=torch.float64)
         self.val_rows: list[tuple[int, torch.Tensor]] = []
         self.flushed = 0  # last step written to a part
 
     # -- state -------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
-            # clones: the fast engine's parameters are views into one tensor of all its runs
-            "step": self.step, "model": {k: v.clone() for k, v in self.model.state_dict().items()}, "optimizer": self.optimizer.state_dict(),
+            # clones: a stacked engine's parameters are views into one tensor of all its runs
+            "step": self.step, "model": {k: v.clone() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
             "perm": self.perm, "pos": self.pos, "order_gen": self.order_gen.get_state(),
             "noise_gen": self.noise_gen.get_state(), "config_hash": self.cfg.run_hash(),
         }
 
-    def save_checkpoint(self) -> None:
-        import io
-
+    def save_checkpoint(self, stack: list[str] | None = None) -> None:
+        """checkpoint.pt; with ``stack`` (the folders of the stack's members), the pending
+        checkpoint.next.pt of a two-phase write (vaebench.training.loop), which names them."""
         buf = io.BytesIO()
-        torch.save(self.state_dict(), buf)
-        runs.atomic_write(self.dir / runs.CHECKPOINT, buf.getvalue())
+        torch.save(self.state_dict() | ({"stack": stack} if stack else {}), buf)
+        runs.atomic_write(self.dir / (runs.CHECKPOINT_NEXT if stack else runs.CHECKPOINT), buf.getvalue())
+
+    def _settle_pending(self) -> None:
+        """A stack cut between its two checkpoint phases: its pending checkpoint becomes the run's
+        when every member wrote one (then they all resume at its step), else it is dropped."""
+        pending = self.dir / runs.CHECKPOINT_NEXT
+        if not pending.is_file():
+            return
+        try:
+            st = torch.load(pending, map_location="cpu", weights_only=True)
+            step, stack = int(st["step"]), [Path(d) for d in st.get("stack", [])]
+        except Exception:  # cut while written (atomic writes make this unlikely): not committed
+            pending.unlink(missing_ok=True)
+            return
+
+        def reached(d: Path) -> bool:
+            for name, ok in ((runs.CHECKPOINT_NEXT, step.__eq__), (runs.CHECKPOINT, step.__le__)):
+                try:
+                    if ok(int(torch.load(d / name, map_location="cpu", weights_only=True)["step"])):
+                        return True
+                except Exception:
+                    pass
+            return False
+
+        if all(reached(d) for d in stack if d.resolve() != self.dir.resolve()):
+            runs.commit_checkpoint(self.dir)
+        else:
+            pending.unlink(missing_ok=True)
 
     def restore(self) -> None:
         """Continue from the checkpoint, dropping metrics logged after it."""
+        self._settle_pending()
         ckpt_path = self.dir / runs.CHECKPOINT
         if not ckpt_path.is_file():
             shutil.rmtree(self.dir / runs.PARTS, ignore_errors=True)
@@ -159,38 +161,19 @@ class Trainer:
                 p.unlink()
         self.flushed = self.step
 
-    # -- loop --------------------------------------------------------------
-    def next_batch(self) -> torch.Tensor:
-        b = self.cfg.train.batch_size
-        if self.pos + b > len(self.perm):
-            self.perm = torch.randperm(len(self.perm), generator=self.order_gen)
-            self.pos = 0
-        idx = self.perm[self.pos:self.pos + b].to(self.device, non_blocking=True)
-        self.pos += b
-        return self.binarizer.sample(self.train_x[idx], self.noise_gen)
-
-    def train_step(self) -> torch.Tensor:
-        x = self.next_batch()
-        lr = self.cfg.optim.lr * self.schedule(self.step, self.cfg.train.steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        terms = self.objective(self.model, x, self.noise_gen, step=self.step)
-        self.optimizer.zero_grad(set_to_none=True)
-        terms.loss.backward()
-        self.optimizer.step()
-        return torch.stack([terms.rec.mean(), terms.kl.mean(), terms.elbo.mean()]).detach()
-
+    # -- metrics -----------------------------------------------------------
     def eval_val(self) -> None:
         self.model.eval()
         self.val_rows.append((self.step, evaluate(self.model, self.objective, self.val_x, self.binarizer)))
         self.model.train()
 
-    def flush(self) -> int | None:
-        """Write the buffered steps as one part; return the first non-finite step, if any."""
+    def flush(self, train_terms: torch.Tensor) -> int | None:
+        """Write the steps since the last flush (``train_terms``: one (rec, kl, elbo) row each) and the
+        validation rows as one part; return the first non-finite step, if any."""
         first, last = self.flushed, self.step
         if last == first and not self.val_rows:
             return None
-        train = self.train_buf[: last - first].cpu().numpy()
+        train = train_terms[: last - first].cpu().numpy().astype(np.float64)
         steps = np.arange(first + 1, last + 1)
         val_steps = np.array([s for s, _ in self.val_rows], dtype=np.int64)
         val = torch.stack([v for _, v in self.val_rows]).cpu().numpy() if self.val_rows else np.zeros((0, 3))
@@ -213,47 +196,8 @@ class Trainer:
         self.val_rows.clear()
         return int(bad) if bad is not None else None
 
-    def write_status(self, state: str, reason: str | None = None) -> None:
-        runs.write_json(self.dir / runs.STATUS, {"state": state, "step": self.step, "steps": self.cfg.train.steps,
-                                                 "reason": reason, "updated": _now()})
-
-    def run(self, progress: bool | dict | None = None) -> RunResult:
-        from tqdm.auto import tqdm
-
-        tc = self.cfg.train
-        self.restore()
-        self.write_status("running")
-        refresh = max(1, min(100, tc.eval_every))
-        # progress: True/False/None (None: only on a terminal), or tqdm options such as a bar position
-        opts = progress if isinstance(progress, dict) else {"disable": None if progress is None else not progress}
-        bar = tqdm(total=tc.steps, initial=self.step, unit="upd", dynamic_ncols=True, leave=False,
-                   desc=self.dir.name, **opts)
-        try:
-            if self.step == 0:
-                self.eval_val()
-            while self.step < tc.steps:
-                i = self.step - self.flushed
-                self.train_buf[i] = self.train_step()
-                self.step += 1
-                if self.step % tc.eval_every == 0:
-                    self.eval_val()
-                if self.step % refresh == 0:
-                    bar.update(self.step - bar.n)
-                    bar.set_postfix(elbo=f"{self.train_buf[i, 2].item():.2f}", refresh=False)
-                if (self.step % tc.flush_every == 0 or self.step % tc.checkpoint_every == 0
-                        or self.step == tc.steps):
-                    bad = self.flush()
-                    if bad is not None:
-                        reason = f"loss became NaN/inf at step {bad}"
-                        self.step = bad - 1
-                        self.write_status("failed", reason)
-                        return RunResult(self.dir, "failed", self.step, reason)
-                    if self.step % tc.checkpoint_every == 0 or self.step == tc.steps:
-                        self.save_checkpoint()
-        finally:
-            bar.close()
-        final = self.finish()
-        return RunResult(self.dir, "done", self.step, final=final)
+    def write_status(self, state: str, reason: str | None = None, step: int | None = None) -> None:
+        runs.write_status(self.dir, state, self.step if step is None else step, self.cfg.train.steps, reason)
 
     def finish(self) -> dict[str, Any]:
         self.model.eval()
@@ -262,114 +206,28 @@ class Trainer:
             v = evaluate(self.model, self.objective, x, self.binarizer).cpu().tolist()
             final[split] = dict(zip(runs.TERMS, v)) | {"n": len(x)}
         runs.write_json(self.dir / runs.FINAL, final)
-        compact_metrics(self.dir)
+        runs.compact_metrics(self.dir)
         self.write_status("done")
         return final
 
 
-def compact_metrics(run_dir: Path) -> None:
-    """Join the parts into one metrics.parquet (atomically), then drop the parts."""
-    parts = runs.part_files(run_dir)
-    if parts:
-        runs.write_table(run_dir / runs.METRICS, runs.read_tables(parts))
-        shutil.rmtree(run_dir / runs.PARTS, ignore_errors=True)
+class TorchEngine(Engine):
+    """Autograd on the run's own modules, optimizer and objective: any component, one run at a time."""
 
+    name = "torch"
 
-def prepare_run_dir(cfg: RunConfig, run_dir: Path, device: torch.device) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-    cfg_path = run_dir / runs.CONFIG
-    if cfg_path.is_file():
-        try:
-            same = resolve(runs.read_config(run_dir)).run_hash() == cfg.run_hash()
-        except ConfigError:
-            same = False
-        if not same:
-            raise ConfigError(f"{run_dir} holds a run of a different config; choose another --out or delete it")
-    runs.atomic_write(cfg_path, text)  # execution-only keys (flush_every, threads, ...) may have changed
-    runs.write_json(run_dir / runs.ENV, environment(device))
+    def check(self, members: list) -> None:
+        if len(members) != 1:
+            raise VaebenchError(f"torch engine: trains one run at a time, got {len(members)}")
 
-
-def _begin(cfg: RunConfig, run_dir: Path, force: bool) -> RunResult | None:
-    """Clear a forced run; return the skip result of a done one."""
-    status = runs.read_status(run_dir)
-    if force and run_dir.exists():
-        for name in (runs.CHECKPOINT, runs.METRICS, runs.FINAL, runs.STATUS):
-            (run_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(run_dir / runs.PARTS, ignore_errors=True)
-    elif status.get("state") == "done":
-        return RunResult(run_dir, "skipped", int(status.get("step", 0)), final=runs.read_final(run_dir))
-    return None
-
-
-def train_run(cfg: RunConfig, run_dir: str | Path, device: str | torch.device = "auto",
-              progress: bool | dict | None = None, force: bool = False) -> RunResult:
-    """Train (or finish, or skip) one run in its own folder. Idempotent: a done run is skipped."""
-    from .stacked import use_fast
-
-    run_dir = Path(run_dir)
-    if use_fast(cfg):
-        return train_group([cfg], [run_dir], device, progress, force)[0]
-    dev = resolve_device(device)
-    skipped = _begin(cfg, run_dir, force)
-    if skipped:
-        return skipped
-    trainer = Trainer(cfg, run_dir, dev)  # loads data first: a data error writes nothing
-    prepare_run_dir(cfg, run_dir, dev)
-    try:
-        return trainer.run(progress)
-    except KeyboardInterrupt:
-        trainer.write_status("running", "interrupted; run the same command again to resume")
-        raise
-    except Exception as e:
-        trainer.write_status("failed", reason(e))
-        raise
-
-
-def train_group(cfgs: list[RunConfig], run_dirs: list[str | Path], device: str | torch.device = "auto",
-                progress: bool | dict | None = None, force: bool = False) -> list[RunResult]:
-    """Train runs that share a stack key (vaebench.training.stacked) as one stacked program on the fast
-    engine; each keeps its own folder, exactly as if alone. Runs resumed at different steps train in
-    separate stacks. One RunResult per run, in order."""
-    from .stacked import train_stack
-
-    dev = resolve_device(device)
-    results: dict[int, RunResult] = {}
-    members: list[tuple[int, Trainer]] = []
-    for i, (cfg, d) in enumerate(zip(cfgs, map(Path, run_dirs))):
-        skipped = _begin(cfg, d, force)
-        if skipped:
-            results[i] = skipped
-            continue
-        try:
-            t = Trainer(cfg, d, dev)
-            prepare_run_dir(cfg, d, dev)
-        except VaebenchError as e:  # alone: the caller's one-line error; in a stack: this run fails
-            if len(cfgs) == 1:
-                raise
-            results[i] = RunResult(d, "failed", 0, str(e))
-            continue
-        try:
-            t.restore()
-        except VaebenchError as e:  # a bad checkpoint fails its own run only, and says so on disk
-            t.write_status("failed", str(e))
-            results[i] = RunResult(d, "failed", t.step, str(e))
-            continue
-        t.write_status("running")
-        members.append((i, t))
-    by_step: dict[int, list[tuple[int, Trainer]]] = {}
-    for i, t in members:
-        by_step.setdefault(t.step, []).append((i, t))
-    for group in by_step.values():
-        try:
-            for (i, _), r in zip(group, train_stack([t for _, t in group], progress)):
-                results[i] = r
-        except KeyboardInterrupt:
-            for _, t in group:
-                t.write_status("running", "interrupted; run the same command again to resume")
-            raise
-        except Exception as e:
-            for _, t in group:
-                t.write_status("failed", reason(e))
-            raise
-    return [results[i] for i in range(len(cfgs))]
+    def step(self, idx: torch.Tensor, t: int, out: torch.Tensor) -> None:
+        tr = self.members[0]
+        x = tr.binarizer.sample(tr.train_x[idx[0]], tr.noise_gen)
+        lr = tr.cfg.optim.lr * tr.schedule(t - 1, tr.cfg.train.steps)
+        for group in tr.optimizer.param_groups:
+            group["lr"] = lr
+        terms = tr.objective(tr.model, x, tr.noise_gen, step=t - 1)
+        tr.optimizer.zero_grad(set_to_none=True)
+        terms.loss.backward()
+        tr.optimizer.step()
+        out[0] = torch.stack([terms.rec.mean(), terms.kl.mean(), terms.elbo.mean()]).detach()

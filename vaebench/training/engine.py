@@ -1,0 +1,71 @@
+"""What every engine shares: the interface the loop (vaebench.training.loop) drives, and the check
+that a group of runs may train as one stack.
+
+An engine trains the runs of a group in lock-step: it owns the update (``step``) and how its state
+reaches each run's checkpoint (``save``); the run's cadence (evaluate, flush, NaN check,
+checkpoint, status, progress, interrupt) is the loop's, written once.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from ..config import flatten, per_run_keys
+from ..errors import VaebenchError
+
+class EngineRefused(VaebenchError):
+    """An engine was given runs it cannot train correctly."""
+
+
+def differing_keys(cfgs: list, shared: tuple[str, ...] = ()) -> list[str]:
+    """Keys whose values differ between ``cfgs`` and may not: not per-run keys, or under ``shared``."""
+    flats = [flatten(c.to_dict()) for c in cfgs]
+    allowed = set(per_run_keys())
+    return sorted(k for k in flats[0] if (k not in allowed or k.startswith(shared))
+                  and any(json.dumps(f.get(k), default=str) != json.dumps(flats[0][k], default=str) for f in flats))
+
+
+def stack_key(cfg, shared: tuple[str, ...] = ()) -> str:
+    """Runs with equal keys may share a stack."""
+    allowed = set(per_run_keys())
+    flat = flatten(cfg.to_dict())
+    return json.dumps({k: v for k, v in sorted(flat.items()) if k not in allowed or k.startswith(shared)}, default=str)
+
+
+class Engine:
+    """The update of M runs (``members``: vaebench.training.trainer.Trainer, all at one step)."""
+
+    name = ""
+    shared: tuple[str, ...] = ()  # sections whose per-run keys must still be equal in this engine's stacks
+    # Does a run compute bit for bit what it computes alone, whatever stack it is in? If not, the
+    # loop writes a stack's checkpoints in two phases, so that its members resume at one step.
+    exact_alone = True
+
+    def __init__(self, members: list, device: torch.device):
+        self.members, self.device = list(members), device
+        self.check(self.members)
+
+    def check(self, members: list) -> None:
+        """Refuse a group this engine cannot train as one stack."""
+        if len({t.step for t in members}) > 1:
+            raise EngineRefused(f"{self.name} engine: the runs of a stack must be at one step, got "
+                                f"{sorted({t.step for t in members})}")
+        bad = differing_keys([t.cfg for t in members], self.shared)
+        if bad:
+            raise EngineRefused(f"{self.name} engine: the runs of a stack differ in {', '.join(bad)}")
+
+    def step(self, idx: torch.Tensor, t: int, out: torch.Tensor) -> None:
+        """Update number ``t`` (from 1) of every member on training rows ``idx`` (M, B); write each
+        member's mean (rec, kl, elbo) into ``out`` (M, 3). No host sync."""
+        raise NotImplementedError
+
+    def save(self, j: int, stack: list[str] | None = None) -> None:
+        """Write member j's checkpoint (the engine first brings its state into the member); with
+        ``stack`` (the members' folders), as the pending checkpoint of a two-phase write."""
+        self.members[j].save_checkpoint(stack)
+
+    def drop(self, keep: list[int]) -> None:
+        """Go on with the members at ``keep`` only (a diverged run leaves the stack)."""
+        self.members = [self.members[j] for j in keep]
