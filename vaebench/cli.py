@@ -7,7 +7,7 @@ import sys
 import click
 
 from . import __version__
-from .errors import VaebenchError
+from .errors import VaebenchError, describe_os_error
 
 
 class _Group(click.Group):
@@ -19,6 +19,11 @@ class _Group(click.Group):
         except VaebenchError as e:
             click.echo(f"vaebench: error: {e}", err=True)
             ctx.exit(e.exit_code)
+        except OSError as e:  # the user's environment: a full disk, a read-only folder, a path that is a file
+            if e.errno is None:
+                raise
+            click.echo(f"vaebench: error: {describe_os_error(e)}", err=True)
+            ctx.exit(2)
         except KeyboardInterrupt:
             click.echo("vaebench: interrupted; run the same command again to resume", err=True)
             ctx.exit(130)
@@ -52,7 +57,15 @@ def cli() -> None:
 def run(config: str, overrides: tuple[str, ...], out: str, device: str, jobs: int | None, executor: str,
         ray_address: str | None, gpus_per_run: float | None, force: bool, retry_failed: bool,
         dry_run: bool) -> None:
-    """Train the runs CONFIG describes (one run, or a study); rerunning does only what is missing."""
+    """Train the runs CONFIG describes (one run, or a study); rerunning does only what is missing.
+
+    \b
+    Exit status:
+      0    every run of the study is done (--dry-run: the listing was printed)
+      1    some runs are not done: failed, cut, or being trained by another process
+      2    a mistake in the config, an override or the environment (a full disk,
+           a read-only folder, a path that is a file); one line says which
+      130  interrupted (Ctrl-C); run the same command again to resume"""
     from tqdm.auto import tqdm
 
     from .api import run_study, study
@@ -74,10 +87,14 @@ def run(config: str, overrides: tuple[str, ...], out: str, device: str, jobs: in
                    + (" or running elsewhere" if (table["state"] == "running").any() else ""))
     if len(table) > 1:
         click.echo(_table(table if table["reason"].astype(bool).any() else table.drop(columns=["reason"])))
-    failed = res.failed
-    if failed:
-        click.echo(f"vaebench: {len(failed)} of {len(res.results)} runs failed "
-                   f"(see each run's status.json; --retry-failed reruns them)", err=True)
+    not_done = res.not_done
+    if not_done:
+        states = table["state"].iloc[not_done].value_counts()
+        what = ", ".join(f"{n} {s}" for s, n in states.items())
+        hint = "; --retry-failed reruns failed ones" if "failed" in states else ""
+        hint += "; run the same command again to finish partial ones" if "partial" in states else ""
+        click.echo(f"vaebench: {len(not_done)} of {len(table)} runs are not done ({what}); see each run's "
+                   f"status.json{hint}", err=True)
         sys.exit(1)
 
 

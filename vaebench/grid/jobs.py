@@ -16,7 +16,8 @@ from .. import runs
 from ..config import RunConfig
 from ..errors import reason
 
-LOCK = "run.lock"
+LOCK = runs.LOCK
+is_locked = runs.is_locked  # kept here for callers of vaebench.grid.jobs
 _slot = 0  # this worker's progress-bar row (set by init_worker in pool workers)
 _interrupted = False
 
@@ -50,19 +51,6 @@ def init_worker(lock: Any, slots: Any) -> None:
     with slots.get_lock():
         slots.value += 1
         _slot = slots.value
-
-
-def is_locked(run_dir: Path) -> bool:
-    """Whether another process is training this run now."""
-    if not (Path(run_dir) / LOCK).exists():
-        return False
-    lock = FileLock(Path(run_dir) / LOCK)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        return True
-    lock.release()
-    return False
 
 
 def evaluate_after(cfg: RunConfig, result, job: Job):
@@ -103,6 +91,8 @@ def execute(job: Job) -> list:
         try:
             lock.acquire(timeout=0)
             locks.append((i, lock))
+            if not job.force:
+                runs.repair(run_dir)  # temp files of killed writes, a cut compaction, a short done run
         except Timeout:
             st = runs.read_status(run_dir)
             results[i] = RunResult(run_dir, "busy", int(st.get("step", 0)), "being trained by another process")

@@ -100,10 +100,10 @@ def parse_cli(overrides: list[str] | dict[str, Any] | None) -> tuple[dict[str, A
         key, raw = split_override(item)
         parts = split_sweep(raw)
         if len(parts) > 1:
-            axes[key] = [yaml_value(p) for p in parts]
+            axes[key] = [yaml_value(p, f"--set {key}") for p in parts]
             fixed.pop(key, None)
         else:
-            fixed[key] = yaml_value(raw)
+            fixed[key] = yaml_value(raw, f"--set {key}")
             axes.pop(key, None)
     return fixed, axes
 
@@ -216,6 +216,9 @@ def expand(raw: dict[str, Any], overrides: list[str] | dict[str, Any] | None = N
             spec[key] = fixed.pop(key)
     for key in [*fixed, *cli_axes]:
         _check_key(key, "--set")
+    for key, values in [*((k, [v]) for k, v in fixed.items()), *cli_axes.items()]:
+        for value in values:  # a bad value is the override's fault, not the file's: say so
+            resolve({}, dict([_named(key, value)]), source=f"--set {key}={format_value(value)}")
     grid = {k: v for k, v in _grid(spec["grid"], source).items() if k not in fixed}
     grid.update({k: _axis_values(v, f"--set {k}") for k, v in cli_axes.items()})
     zips = [{k: v for k, v in g.items() if k not in fixed and k not in cli_axes} for g in _zip_groups(spec["zip"], source)]

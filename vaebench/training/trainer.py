@@ -262,17 +262,9 @@ class Trainer:
             v = evaluate(self.model, self.objective, x, self.binarizer).cpu().tolist()
             final[split] = dict(zip(runs.TERMS, v)) | {"n": len(x)}
         runs.write_json(self.dir / runs.FINAL, final)
-        compact_metrics(self.dir)
+        runs.compact_metrics(self.dir)
         self.write_status("done")
         return final
-
-
-def compact_metrics(run_dir: Path) -> None:
-    """Join the parts into one metrics.parquet (atomically), then drop the parts."""
-    parts = runs.part_files(run_dir)
-    if parts:
-        runs.write_table(run_dir / runs.METRICS, runs.read_tables(parts))
-        shutil.rmtree(run_dir / runs.PARTS, ignore_errors=True)
 
 
 def prepare_run_dir(cfg: RunConfig, run_dir: Path, device: torch.device) -> None:
