@@ -273,7 +273,9 @@ def compact_metrics(run_dir: Path) -> int:
     parts = part_files(run_dir)
     whole = run_dir / METRICS
     if not parts:
-        return metrics_rows(whole.parent) or 0
+        if whole.is_file():
+            shutil.rmtree(run_dir / PARTS, ignore_errors=True)  # a cut after the last part's removal
+        return metrics_rows(run_dir) or 0
     files = ([whole] if whole.is_file() else []) + parts
     table = read_tables(files)
     if whole.is_file():  # a compaction cut while removing parts: merge, each row once

@@ -152,6 +152,7 @@ def run_study(study: Study, out: str | Path = "results", device: str = "auto", j
     grid = study.to_dict()
     for entry, d in zip(grid["runs"], run_dirs):
         entry["folder"] = d.name
+    runs.clean_temps(root)  # a grid.yaml write cut by a kill
     runs.atomic_write(root / GRID_FILE, yaml.safe_dump(grid, sort_keys=False))
 
     cores = available_cores()
