@@ -36,11 +36,11 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("config", type=click.Path())
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Set a config value in every run, e.g. --set train.steps=500; KEY=a,b,c adds an axis "
                    "(a comma inside [..] does not split). Repeatable.")
-@click.option("--out", default="results", show_default=True, type=click.Path(file_okay=False),
+@click.option("--out", default="results", show_default=True, type=click.Path(),
               help="Results folder; each run writes OUT/<name>/<varied values>-<id>/.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
@@ -70,6 +70,7 @@ def run(config: str, overrides: tuple[str, ...], out: str, device: str, jobs: in
 
     from .api import run_study, study
 
+    _folder("--out", out)
     s = study(config, list(overrides))
     res = run_study(s, out=out, device=device, jobs=jobs, executor=executor, ray_address=ray_address,
                     gpus_per_run=gpus_per_run, force=force, retry_failed=retry_failed, dry_run=dry_run,
@@ -98,6 +99,14 @@ def run(config: str, overrides: tuple[str, ...], out: str, device: str, jobs: in
         sys.exit(1)
 
 
+def _folder(option: str, path: str | None) -> None:
+    """One line, not click's three, when a folder option names a file."""
+    from pathlib import Path
+
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise VaebenchError(f"{option} {path} is a file, not a folder; choose another {option} or move the file")
+
+
 def _line(result) -> str:
     val = (result.final or {}).get("val")
     tail = f"  final val ELBO {val['elbo']:.2f} (rec {val['rec']:.2f}, KL {val['kl']:.2f})" if val else ""
@@ -106,7 +115,7 @@ def _line(result) -> str:
 
 
 @cli.command(name="ls")
-@click.argument("results", default="results", type=click.Path(file_okay=False))
+@click.argument("results", default="results", type=click.Path())
 def ls_command(results: str) -> None:
     """List the runs under RESULTS: varied values, state, steps, final validation ELBO."""
     from .api import ls
@@ -115,8 +124,8 @@ def ls_command(results: str) -> None:
 
 
 @cli.command(name="report")
-@click.argument("results", default="results", type=click.Path(file_okay=False))
-@click.option("--out", default=None, type=click.Path(file_okay=False),
+@click.argument("results", default="results", type=click.Path())
+@click.option("--out", default=None, type=click.Path(),
               help="Report folder (default: RESULTS/report, or beside RESULTS when it is one run folder).")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
               help="Processes drawing figures (default: one per core).")
@@ -125,6 +134,7 @@ def report_command(results: str, out: str | None, jobs: int | None, force: bool)
     """Draw every run's figures, every study's comparisons and a summary table, with an index.html."""
     from .api import report
 
+    _folder("--out", out)
     rep = report(results, out=out, force=force, jobs=jobs)
     click.echo(_table(rep.summary.drop(columns=[c for c in rep.summary if c.endswith("_ci95")])))
     missing = f"; {len(rep.missing)} runs have figures missing (see the index)" if rep.missing else ""
@@ -133,7 +143,7 @@ def report_command(results: str, out: str | None, jobs: int | None, force: bool)
 
 
 @cli.command(name="eval")
-@click.argument("path", metavar="RUN_OR_STUDY", type=click.Path(file_okay=False))
+@click.argument("path", metavar="RUN_OR_STUDY", type=click.Path())
 @click.option("--k", "k", type=int, default=5000, show_default=True, help="Importance samples per image.")
 @click.option("--split", default="test", show_default=True,
               help="test (all 10,000 test images), val or train (the run's own splits).")

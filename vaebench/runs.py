@@ -84,7 +84,7 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     except OSError as e:
         if tmp:
             Path(tmp).unlink(missing_ok=True)
-        if e.filename is None or (tmp and e.filename == tmp):
+        if e.filename is None or Path(e.filename).name.startswith(_temp_prefix(path)):
             raise type(e)(e.errno, e.strerror, str(path)) from None
         raise
     except BaseException:
@@ -155,6 +155,8 @@ def find_runs(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.exists():
         raise VaebenchError(f"results folder not found: {root}")
+    if not root.is_dir():
+        raise VaebenchError(f"{root} is a file, not a results folder")
     if is_run_dir(root):
         return [root]
     return sorted(p.parent for p in root.rglob(CONFIG) if not any(s.startswith(".") for s in p.parts[len(root.parts):]))
