@@ -192,11 +192,17 @@ def _variants(spec: Any, source: str) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
+# A study is a list of runs someone will train; past this it is a typo (seeds: 1e9), not a plan.
+MAX_RUNS = 10_000
+
+
 def _seeds(spec: Any, source: str) -> list[int] | None:
     if spec is None:
         return None
     if isinstance(spec, bool) or not isinstance(spec, (int, list)):
         raise ConfigError(f"'seeds' in {source} must be a count (seeds: 3) or a list (seeds: [0, 1, 2])")
+    if isinstance(spec, int) and spec > MAX_RUNS:
+        raise ConfigError(f"'seeds' in {source} asks for {spec:,} runs; a study may have at most {MAX_RUNS:,}")
     seeds = list(range(spec)) if isinstance(spec, int) else spec
     if not seeds:
         raise ConfigError(f"'seeds' in {source} is empty; give a count >= 1 or a non-empty list")
@@ -247,6 +253,12 @@ def expand(raw: dict[str, Any], overrides: list[str] | dict[str, Any] | None = N
     if seeds is not None:
         choices.append([({"seed": s}, {"seed": s}) for s in seeds])
 
+    total = 1
+    for c in choices:
+        total *= len(c)
+    if total > MAX_RUNS:
+        raise ConfigError(f"{source} expands to {total:,} runs; a study may have at most {MAX_RUNS:,} "
+                          f"(vary fewer keys or fewer values)")
     runs: list[RunSpec] = []
     seen: set[str] = set()
     for combo in itertools.product(*choices):
