@@ -7,12 +7,14 @@ the caller's process. Jobs are independent, so any order is fine.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
+import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -168,24 +170,52 @@ def loopback(address: str | None) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
+def ray_environment(address: str | None) -> None:
+    """Environment Ray reads when it is imported and started: quiet unless VAEBENCH_RAY_VERBOSE=1, on
+    loopback only for a local instance or a cluster on this machine, and with token authentication
+    when joining a cluster on this machine that has a token (``ray start --head`` turns it on by
+    default and keeps the token in ~/.ray/auth_token; Ray itself only uses it with RAY_AUTH_MODE=token)."""
+    if not os.environ.get("VAEBENCH_RAY_VERBOSE"):
+        for key, value in (("RAY_USAGE_STATS_ENABLED", "0"), ("RAY_DEDUP_LOGS", "0")):
+            os.environ.setdefault(key, value)
+    if loopback(address):
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray's single-machine mode
+        token = os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or \
+            (Path.home() / ".ray" / "auth_token").is_file()
+        if address and "RAY_AUTH_MODE" not in os.environ and token:
+            os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def ray_init(address: str | None, cpus: int) -> None:
-    """Start or join Ray quietly; a local instance, or a cluster on this machine, on 127.0.0.1 only.
-    Set VAEBENCH_RAY_VERBOSE=1 to see Ray's own logs."""
+    """Start or join Ray; a local instance, or a cluster on this machine, on 127.0.0.1 only."""
     import logging
 
     import ray
 
     verbose = bool(os.environ.get("VAEBENCH_RAY_VERBOSE"))
-    if not verbose:
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
-        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     kwargs = {} if address else {"num_cpus": cpus}
     if loopback(address) and not (address or "").startswith("ray://"):
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False  # the node address is 127.0.0.1, not the primary interface's
         kwargs["_node_ip_address"] = "127.0.0.1"
-    ray.init(address=address, include_dashboard=False if not address else None, log_to_driver=verbose,
-             configure_logging=verbose, logging_level=logging.INFO if verbose else logging.ERROR, **kwargs)
+    with contextlib.nullcontext() if verbose else _quiet_stderr():  # Ray's C++ warnings while it connects
+        ray.init(address=address, include_dashboard=False if not address else None, log_to_driver=verbose,
+                 configure_logging=verbose, logging_level=logging.INFO if verbose else logging.ERROR, **kwargs)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """File descriptor 2 to /dev/null for a while: Ray's C++ core writes there directly."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 @EXECUTORS.register("ray")
@@ -193,6 +223,7 @@ def ray_tasks(jobs: list[Job], on_done: OnDone, opts: ExecOptions) -> None:
     """Each job as a Ray task asking for its threads as CPUs (and a GPU share on CUDA). With an
     address, the tasks go to that cluster; its nodes need vaebench installed and must see the
     results folder (a shared filesystem). A worker that dies fails its own runs, with the reason."""
+    ray_environment(opts.ray_address)
     try:
         import ray
     except ImportError:
@@ -207,8 +238,9 @@ def ray_tasks(jobs: list[Job], on_done: OnDone, opts: ExecOptions) -> None:
                               ) from None
     task = ray.remote(execute)
     pending = {}
-    for job in jobs:
-        ref = task.options(num_cpus=job.threads, num_gpus=opts.gpus_per_job, max_retries=0).remote(job)
+    for job in jobs:  # absolute folders: a cluster's workers run in their own working directory
+        remote_job = replace(job, run_dirs=tuple(Path(d).absolute() for d in job.run_dirs))
+        ref = task.options(num_cpus=job.threads, num_gpus=opts.gpus_per_job, max_retries=0).remote(remote_job)
         pending[ref] = job
     try:
         while pending:
@@ -217,6 +249,8 @@ def ray_tasks(jobs: list[Job], on_done: OnDone, opts: ExecOptions) -> None:
                 job = pending.pop(ref)
                 try:
                     results = ray.get(ref)
+                    for r, d in zip(results, job.run_dirs):
+                        r.path = Path(d)
                 except ray.exceptions.RayError as e:  # the worker died (OOM, kill -9) or the node went away
                     why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
                     results = _failed(job, f"its Ray worker died ({type(e).__name__}: {why}); "
