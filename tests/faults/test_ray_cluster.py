@@ -80,15 +80,11 @@ def head():
         time.sleep(2)
         yield f"127.0.0.1:{port}", env, temp
     finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(p.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                pass
+        try:
+            os.killpg(p.pid, signal.SIGKILL)  # the head and what it started: this test's own processes
+            p.wait(timeout=30)
+        except ProcessLookupError:
+            pass
         for pid in _find(temp, ""):  # anything of this head's that left its process group
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -100,8 +96,8 @@ def head():
 def test_ray_cluster_on_loopback_with_a_worker_killed(tmp_path, head):
     address, env, temp = head
     study = {"name": "st", "data": {"per_class": 20, "val_size": 20}, "seeds": 4,
-             "train": {"steps": 3000, "batch_size": 20, "eval_every": 1000, "flush_every": 100,
-                       "checkpoint_every": 200, "threads": 1, "engine": "torch"}}
+             "train": {"steps": 1500, "batch_size": 20, "eval_every": 500, "flush_every": 50,
+                       "checkpoint_every": 100, "threads": 1, "engine": "torch"}}
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(study))
     out = tmp_path / "ray"
@@ -133,7 +129,7 @@ def test_ray_cluster_on_loopback_with_a_worker_killed(tmp_path, head):
     assert len(failed) == 1 and "Ray worker died" in failed[0].reason, states
     assert sum(s.state == "done" for s in states.values()) == 3, states
 
-    local = subprocess.run([sys.executable, "-m", "vaebench.cli", "run", str(path), "--out", "local", "-j", "2"],
+    local = subprocess.run([sys.executable, "-m", "vaebench.cli", "run", str(path), "--out", "local", "-j", "1"],
                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert local.returncode == 0, local.stderr
     want = {d.name: d for d in runs.find_runs(tmp_path / "local")}
