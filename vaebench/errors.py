@@ -40,9 +40,9 @@ def describe_os_error(e: OSError) -> str:
     if code in (errno.ENOSPC, errno.EDQUOT):
         return f"no space left on the device writing {path}; free some space, then run the same command again"
     if code == errno.EROFS:
-        return f"read-only file system: cannot write {path}; choose another --out"
+        return f"read-only file system: cannot write {path}; use a writable folder (e.g. another --out)"
     if code in (errno.EACCES, errno.EPERM):
-        return f"permission denied: {path}; choose another --out or fix the folder's permissions"
+        return f"permission denied: {path}; use a folder you can write to (e.g. another --out) or fix its permissions"
     if code in (errno.ENOTDIR, errno.EEXIST) or isinstance(e, (NotADirectoryError, FileExistsError)):
         return f"{path} (or a folder above it) is a file, not a folder; choose another --out or move the file"
     if code == errno.EISDIR:

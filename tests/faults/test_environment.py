@@ -140,8 +140,8 @@ def test_permission_denied(tmp_path, config):
         locked.chmod(0o555)
         r = vb("run", str(config), "--out", str(locked / "res"), cwd=tmp_path)
     line = one_line(r)
-    assert line == (f"vaebench: error: permission denied: {locked / 'res'}; choose another --out or fix the "
-                    f"folder's permissions")
+    assert line == (f"vaebench: error: permission denied: {locked / 'res'}; use a folder you can write to "
+                    f"(e.g. another --out) or fix its permissions")
     assert list(locked.iterdir()) == []
 
 

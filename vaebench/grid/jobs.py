@@ -86,16 +86,25 @@ def execute(job: Job) -> list:
     results: dict[int, Any] = {}
     locks: list[tuple[int, FileLock]] = []
     for i, run_dir in enumerate(map(Path, job.run_dirs)):
-        run_dir.mkdir(parents=True, exist_ok=True)
         lock = FileLock(run_dir / LOCK)
         try:
+            run_dir.mkdir(parents=True, exist_ok=True)
             lock.acquire(timeout=0)
-            locks.append((i, lock))
-            if not job.force:
-                runs.repair(run_dir)  # temp files of killed writes, a cut compaction, a short done run
         except Timeout:
             st = runs.read_status(run_dir)
             results[i] = RunResult(run_dir, "busy", int(st.get("step", 0)), "being trained by another process")
+            continue
+        except OSError as e:  # a full disk, a read-only folder: this run fails with the path, the rest go on
+            results[i] = RunResult(run_dir, "failed", 0, reason(e))
+            continue
+        try:
+            if not job.force:
+                runs.repair(run_dir)  # temp files of killed writes, a cut compaction, a short done run
+        except OSError as e:
+            lock.release()
+            results[i] = RunResult(run_dir, "failed", 0, reason(e))
+            continue
+        locks.append((i, lock))
     mine = [i for i, _ in locks]
     try:
         try:
