@@ -207,15 +207,15 @@ def compare(got_root: Path, want_root: Path, out: Outcome) -> None:
 def soak_points(seed: int, n: int) -> tuple[list[str], list[float]]:
     """``n`` seeded points: exact ones at random counts, timed ones at random delays."""
     rng = random.Random(seed)
-    kinds = [("replace:grid.yaml:before", 1), ("replace:config.yaml:after", 8), ("replace:status.json:before", 20),
-             ("replace:status.json:after", 20), ("replace:part-:before", 40), ("replace:part-:after", 40),
-             ("replace:checkpoint.pt:before", 24), ("replace:checkpoint.pt:after", 24),
-             ("replace:final.json:before", 8), ("replace:metrics.parquet:after", 8), ("unlink:part", 30)]
+    kinds = [("replace:grid.yaml:before", 1), ("replace:config.yaml:after", 8), ("replace:status.json:before", 12),
+             ("replace:status.json:after", 12), ("replace:part-:before", 24), ("replace:part-:after", 24),
+             ("replace:checkpoint.pt:before", 12), ("replace:checkpoint.pt:after", 12),
+             ("replace:final.json:before", 6), ("replace:metrics.parquet:after", 6), ("unlink:part", 20)]
     exact = []
     for _ in range(n // 2):
         kind, top = rng.choice(kinds)
         exact.append(f"{kind}:{rng.randint(1, top)}")
-    return exact, [round(rng.uniform(0.5, 8.0), 2) for _ in range(n - n // 2)]
+    return exact, [round(rng.uniform(0.5, 4.0), 2) for _ in range(n - n // 2)]
 
 
 def frame(out: Outcome) -> pd.DataFrame:
@@ -231,13 +231,13 @@ if __name__ == "__main__":  # make soak: python tests/faults/killsuite.py [point
     with tempfile.TemporaryDirectory() as tmp:
         want = reference(Path(tmp) / "ref")
         total = Outcome()
-        for i in range(0, n, 20):
-            exact, delays = soak_points(seed + i, min(20, n - i))
-            got, total = sequence(Path(tmp) / f"soak{i}", jobs=1 + (i // 20) % 2, kills=exact, delays=delays,
+        for i in range(0, n, 4):  # a fresh study every 4 points, so that most land before it is done
+            exact, delays = soak_points(seed + i, min(4, n - i))
+            got, total = sequence(Path(tmp) / f"soak{i}", jobs=1 + (i // 4) % 2, kills=exact, delays=delays,
                                   out=total)
             check_folder(got, total)
             compare(got, want, total)
-            print(f"after {i + min(20, n - i)} points: {frame(total).to_dict('records')[0]}", flush=True)
+            print(f"after {i + min(4, n - i)} points: {frame(total).to_dict('records')[0]}", flush=True)
         print(frame(total).to_string(index=False))
         for name, d in total.diffs.items():
             print(f"differs: {name} by {d:.3g}")
