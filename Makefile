@@ -6,13 +6,17 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXTRAS ?= dev,ray
 
-.PHONY: run test install clean bench
+.PHONY: run test install clean bench soak
 
 run: $(STAMP)
 	$(BIN)/vaebench run experiments/baseline.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The kill suite with more points: 80 seeded SIGKILLs and reruns, compared with an uninterrupted study.
+soak: $(STAMP)
+	$(BIN)/python tests/faults/killsuite.py 80 12
 
 install: $(STAMP)
 

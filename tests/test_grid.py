@@ -180,7 +180,9 @@ def test_two_concurrent_runners_train_each_run_once(tmp_path):
     procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     outs = [p.communicate(timeout=240) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
+    # exit 0 only when every run is done at the end: a runner that left runs to the other may exit 1, saying so
+    assert all(p.returncode == 0 or (p.returncode == 1 and "running" in e) for p, (_, e) in zip(procs, outs)), outs
+    assert 0 in [p.returncode for p in procs], outs
     done = [path for o, _ in outs for path in trained(o)]
     assert len(done) == len(set(done)) == 4  # every run trained, none twice
     for d in folders(out / "st").values():
@@ -194,7 +196,7 @@ def test_a_nan_run_fails_alone_and_the_command_exits_1(tmp_path):
     out = tmp_path / "res"
     r = run_cli("run", str(path), "--out", str(out), "-j", "2")
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "1 of 2 runs failed" in r.stderr and "Traceback" not in r.stderr
+    assert "1 of 2 runs are not done (1 failed)" in r.stderr and "Traceback" not in r.stderr
     table = vaebench.ls(out)
     states = dict(zip(table["optim.lr"], table["state"]))
     assert states == {1e-3: "done", 1e6: "failed"}
@@ -204,9 +206,10 @@ def test_a_nan_run_fails_alone_and_the_command_exits_1(tmp_path):
     dry = run_cli("run", str(path), "--out", str(out), "--dry-run")
     assert "1 done" in dry.stdout and "1 failed" in dry.stdout
     again = run_cli("run", str(path), "--out", str(out))  # failed runs are not retried unasked
-    assert again.returncode == 0 and "nothing to do" in again.stdout
+    assert "nothing to do" in again.stdout
+    assert again.returncode == 1 and "1 of 2 runs are not done (1 failed)" in again.stderr  # nor called done
     retried = run_cli("run", str(path), "--out", str(out), "--retry-failed")
-    assert retried.returncode == 1 and "1 of 1 runs failed" in retried.stderr
+    assert retried.returncode == 1 and "1 of 2 runs are not done (1 failed)" in retried.stderr
 
 
 @pytest.mark.slow

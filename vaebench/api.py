@@ -110,15 +110,15 @@ def evaluate(path: str | Path = "results", k: int = 5000, split: str = "test", d
     run_dirs = runs.find_runs(root)
     if not run_dirs:
         raise VaebenchError(f"no runs found under {root}")
-    if len(run_dirs) == 1 and runs.read_status(run_dirs[0]).get("state") != "done":
+    if len(run_dirs) == 1 and runs.run_state(run_dirs[0]).state != "done":
         if not (run_dirs[0] / runs.CHECKPOINT).is_file():
             raise VaebenchError(f"{run_dirs[0]} has no checkpoint yet; train it first (vaebench run)")
-        raise VaebenchError(f"{run_dirs[0]} is not done ({runs.read_status(run_dirs[0]).get('state', 'new')}); "
+        raise VaebenchError(f"{run_dirs[0]} is not done ({runs.run_state(run_dirs[0]).state}); "
                             f"finish it first (vaebench run)")
     rows = []
     for run_dir in run_dirs:
         row: dict[str, Any] = {"run": _run_label(run_dir, root), "split": split}
-        if runs.read_status(run_dir).get("state") != "done":
+        if runs.run_state(run_dir).state != "done":
             row["state"] = "not done"
         elif has_eval(run_dir, split, k) and not force:
             row |= {"state": "skipped", **runs.read_json(run_dir / runs.EVAL)[split]}

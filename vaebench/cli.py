@@ -7,7 +7,7 @@ import sys
 import click
 
 from . import __version__
-from .errors import VaebenchError
+from .errors import VaebenchError, describe_os_error
 
 
 class _Group(click.Group):
@@ -20,6 +20,11 @@ class _Group(click.Group):
             for line in str(e).splitlines() or [""]:  # a config's errors: at most three lines
                 click.echo(f"vaebench: error: {line}", err=True)
             ctx.exit(e.exit_code)
+        except OSError as e:  # the user's environment: a full disk, a read-only folder, a path that is a file
+            if e.errno is None:
+                raise
+            click.echo(f"vaebench: error: {describe_os_error(e)}", err=True)
+            ctx.exit(2)
         except KeyboardInterrupt:
             click.echo("vaebench: interrupted; run the same command again to resume", err=True)
             ctx.exit(130)
@@ -39,11 +44,11 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("config", type=click.Path())
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Set a config value in every run, e.g. --set train.steps=500; KEY=a,b,c adds an axis "
                    "(a comma inside [..] does not split). Repeatable.")
-@click.option("--out", default="results", show_default=True, type=click.Path(file_okay=False),
+@click.option("--out", default="results", show_default=True, type=click.Path(),
               help="Results folder; each run writes OUT/<name>/<varied values>-<id>/.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
@@ -61,11 +66,20 @@ def cli() -> None:
 def run(config: str, overrides: tuple[str, ...], out: str, device: str, jobs: int | None, executor: str,
         ray_address: str | None, gpus_per_run: float | None, force: bool, retry_failed: bool,
         dry_run: bool, imports: tuple[str, ...]) -> None:
-    """Train the runs CONFIG describes (one run, or a study); rerunning does only what is missing."""
+    """Train the runs CONFIG describes (one run, or a study); rerunning does only what is missing.
+
+    \b
+    Exit status:
+      0    every run of the study is done (--dry-run: the listing was printed)
+      1    some runs are not done: failed, cut, or being trained by another process
+      2    a mistake in the config, an override or the environment (a full disk,
+           a read-only folder, a path that is a file); one line says which
+      130  interrupted (Ctrl-C); run the same command again to resume"""
     from tqdm.auto import tqdm
 
     from .api import run_study, study
 
+    _folder("--out", out)
     s = study(config, list(overrides), imports)
     res = run_study(s, out=out, device=device, jobs=jobs, executor=executor, ray_address=ray_address,
                     gpus_per_run=gpus_per_run, force=force, retry_failed=retry_failed, dry_run=dry_run,
@@ -83,11 +97,23 @@ def run(config: str, overrides: tuple[str, ...], out: str, device: str, jobs: in
                    + (" or running elsewhere" if (table["state"] == "running").any() else ""))
     if len(table) > 1:
         click.echo(_table(table if table["reason"].astype(bool).any() else table.drop(columns=["reason"])))
-    failed = res.failed
-    if failed:
-        click.echo(f"vaebench: {len(failed)} of {len(res.results)} runs failed "
-                   f"(see each run's status.json; --retry-failed reruns them)", err=True)
+    not_done = res.not_done
+    if not_done:
+        states = table["state"].iloc[not_done].value_counts()
+        what = ", ".join(f"{n} {s}" for s, n in states.items())
+        hint = "; --retry-failed reruns failed ones" if "failed" in states else ""
+        hint += "; run the same command again to finish partial ones" if "partial" in states else ""
+        click.echo(f"vaebench: {len(not_done)} of {len(table)} runs are not done ({what}); see each run's "
+                   f"status.json{hint}", err=True)
         sys.exit(1)
+
+
+def _folder(option: str, path: str | None) -> None:
+    """One line, not click's three, when a folder option names a file."""
+    from pathlib import Path
+
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise VaebenchError(f"{option} {path} is a file, not a folder; choose another {option} or move the file")
 
 
 def _line(result) -> str:
@@ -98,7 +124,7 @@ def _line(result) -> str:
 
 
 @cli.command(name="ls")
-@click.argument("results", default="results", type=click.Path(file_okay=False))
+@click.argument("results", default="results", type=click.Path())
 @_imports
 def ls_command(results: str, imports: tuple[str, ...]) -> None:
     """List the runs under RESULTS: varied values, state, steps, final validation ELBO."""
@@ -109,8 +135,8 @@ def ls_command(results: str, imports: tuple[str, ...]) -> None:
 
 
 @cli.command(name="report")
-@click.argument("results", default="results", type=click.Path(file_okay=False))
-@click.option("--out", default=None, type=click.Path(file_okay=False),
+@click.argument("results", default="results", type=click.Path())
+@click.option("--out", default=None, type=click.Path(),
               help="Report folder (default: RESULTS/report, or beside RESULTS when it is one run folder).")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
               help="Processes drawing figures (default: one per core).")
@@ -120,6 +146,7 @@ def report_command(results: str, out: str | None, jobs: int | None, force: bool,
     """Draw every run's figures, every study's comparisons and a summary table, with an index.html."""
     from .api import report
 
+    _folder("--out", out)
     rep = report(results, out=out, force=force, jobs=jobs, imports=imports)
     click.echo(_table(rep.summary.drop(columns=[c for c in rep.summary if c.endswith("_ci95")])))
     missing = f"; {len(rep.missing)} runs have figures missing (see the index)" if rep.missing else ""
@@ -128,7 +155,7 @@ def report_command(results: str, out: str | None, jobs: int | None, force: bool,
 
 
 @cli.command(name="eval")
-@click.argument("path", metavar="RUN_OR_STUDY", type=click.Path(file_okay=False))
+@click.argument("path", metavar="RUN_OR_STUDY", type=click.Path())
 @click.option("--k", "k", type=int, default=5000, show_default=True, help="Importance samples per image.")
 @click.option("--split", default="test", show_default=True,
               help="test (all 10,000 test images), val or train (the run's own splits).")

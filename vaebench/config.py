@@ -64,7 +64,8 @@ def _stack_value(value: Any) -> Any:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: .inf or .nan is never a learning rate, a beta or an eps
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 PosInt = Annotated[int, Field(gt=0)]
@@ -302,30 +303,107 @@ def component_kinds() -> dict[str, tuple[Registry, list[str]]]:
 STUDY_KEYS = ("grid", "zip", "variants", "seeds")
 
 
+# Bounds on what a config file may be: it is small text, so anything past these is a mistake or an attack
+# (a "billion laughs" alias bomb expands to gigabytes while the config is copied).
+MAX_YAML_BYTES = 1_000_000
+MAX_YAML_DEPTH = 32  # nested sections and lists
+MAX_YAML_VALUES = 100_000  # values after aliases are expanded
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that rejects duplicate keys and nesting past MAX_YAML_DEPTH."""
+
+    def compose_node(self, parent, index):
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.YAMLError(f"nested deeper than {MAX_YAML_DEPTH} levels at line {mark.line + 1}")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # the base class says it is unhashable
+            if key in seen:
+                raise yaml.YAMLError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1} "
+                                     f"(first at line {seen[key] + 1}); keep one")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _count_values(data: Any, where: str) -> None:
+    """Raise when ``data`` holds more than MAX_YAML_VALUES values with its aliases expanded."""
+    count, stack = 0, [data]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_YAML_VALUES:
+            raise ConfigError(f"{where} expands to more than {MAX_YAML_VALUES:,} values (YAML aliases "
+                              f"repeating one another?); a config is a few dozen keys")
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+def load_yaml_text(text: str, where: str) -> Any:
+    """YAML text as Python values, within the bounds above, or one ConfigError line."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{where} is {len(text):,} characters; a config may have at most {MAX_YAML_BYTES:,}")
+    try:
+        data = yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        at = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark else where
+        problem = e.problem or str(e).splitlines()[0]
+        raise ConfigError(f"YAML syntax error at {at}: {problem}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"invalid YAML in {where}: {str(e).splitlines()[0]}") from None
+    except RecursionError:
+        raise ConfigError(f"{where} is nested too deeply; a config has at most {MAX_YAML_DEPTH} levels") from None
+    _count_values(data, where)
+    return data
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
+        raise ConfigError(f"config file not found: {p}" if not p.is_dir() else f"{p} is a folder, not a config file")
     try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"YAML syntax error at {where}: {problem}") from None
+        if p.stat().st_size > MAX_YAML_BYTES:
+            raise ConfigError(f"{p} is {p.stat().st_size:,} bytes; a config may have at most {MAX_YAML_BYTES:,}")
+        text = p.read_text()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p} is not UTF-8 text; is it a config file?") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {p}: {e.strerror}") from None
+    data = load_yaml_text(text, str(p))
     if data is None:
-        return {}
+        raise ConfigError(f"{p} is empty; write the keys to change (e.g. train.steps) or copy "
+                          f"experiments/baseline.yaml")
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of keys, got {type(data).__name__}")
     return data
 
 
-def yaml_value(raw: str) -> Any:
+def yaml_value(raw: str, where: str = "a --set value") -> Any:
     """A command-line value read as YAML, so numbers, lists and null work; anything else stays text."""
+    if not raw.strip():
+        return ""
     try:
-        return yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        return raw
+        return load_yaml_text(raw, where)
+    except ConfigError as e:
+        if "YAML syntax error" in str(e):
+            return raw
+        raise
 
 
 def split_override(item: str) -> tuple[str, str]:
@@ -391,9 +469,15 @@ def _describe(err: dict[str, Any], source: str) -> str:
 MAX_ERROR_LINES = 3
 
 
+def _printable(text: Any) -> str:
+    """User text as one printable line: a key like '\\x1e0' would otherwise split an error in two."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def join_errors(items: list[tuple[str, str]]) -> str:
     """Every error of a config at once, in at most three lines: (key, message) pairs; past three,
     the first two and ``... and N more: key, key``."""
+    items = [(_printable(k), _printable(msg)) for k, msg in items]
     if len(items) <= MAX_ERROR_LINES:
         return "\n".join(msg for _, msg in items)
     rest = [k for k, _ in items[MAX_ERROR_LINES - 1:]]
@@ -419,6 +503,12 @@ def _imports(data: dict[str, Any], base: str | Path | None, extra: list[str] | t
         data["imports"] = resolved
 
 
+def load_imports(raw: dict[str, Any], base: str | Path | None = None,
+                 extra: list[str] | tuple[str, ...] = (), source: str = "") -> None:
+    """Import the plugins a config dict names (and ``extra`` ones) without validating it."""
+    _imports(dict(raw), base, extra, source)
+
+
 def resolve(raw: dict[str, Any] | RunConfig | None = None, overrides: dict[str, Any] | list[str] | None = None,
             source: str = "", base: str | Path | None = None,
             imports: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -430,13 +520,42 @@ def resolve(raw: dict[str, Any] | RunConfig | None = None, overrides: dict[str, 
     data = apply_overrides(raw or {}, overrides)
     _imports(data, base, imports, source)
     try:
-        return RunConfig.model_validate(data)
+        cfg = RunConfig.model_validate(data)
     except ValidationError as e:
         seen: dict[str, str] = {}
         for err in e.errors():
             loc = ".".join(str(p) for p in err["loc"])
             seen.setdefault(loc, _describe(err, source))
         raise ConfigError(join_errors(list(seen.items()))) from None
+    return check_fits(cfg, source)
+
+
+# What a run may ask for: parameters and the floats of one step's activations. Past these it cannot
+# fit in memory (or finish), and it is far beyond any MNIST VAE; the limits are named in the error.
+MAX_PARAMETERS = 100_000_000
+MAX_ACTIVATIONS = 500_000_000
+MAX_DATA_DIM = 28 * 28  # the largest dataset's image
+
+
+def check_fits(cfg: RunConfig, source: str = "") -> RunConfig:
+    """Reject sizes that cannot fit, naming the keys and the limit; return ``cfg``."""
+    m, where = cfg.model, f" in {source}" if source else ""
+    latent, enc, dec = m.latent, list(m.encoder.hidden), list(m.decoder.hidden)
+    widths_in = [MAX_DATA_DIM, *enc]
+    params = sum((a + 1) * b for a, b in zip(widths_in, [*enc, 2 * latent]))
+    widths_out = [latent, *dec]
+    params += sum((a + 1) * b for a, b in zip(widths_out, [*dec, MAX_DATA_DIM]))
+    if params > MAX_PARAMETERS:
+        raise ConfigError(f"model{where} is too large: model.latent={latent}, model.encoder.hidden={enc} and "
+                          f"model.decoder.hidden={dec} give {params:,} parameters; the limit is {MAX_PARAMETERS:,}")
+    widest = max([MAX_DATA_DIM, 2 * latent, *enc, *dec])
+    for key, rows in (("objective.k", cfg.train.batch_size * cfg.objective.k),
+                      ("eval.k", cfg.eval.k * (cfg.eval.batch or 1))):
+        if rows * widest > MAX_ACTIVATIONS:
+            what = ("train.batch_size x objective.k" if key == "objective.k" else "eval.k x eval.batch")
+            raise ConfigError(f"{key}{where} is too large: {what} = {rows:,} samples of up to {widest:,} values "
+                              f"each need {rows * widest:,} floats at once; the limit is {MAX_ACTIVATIONS:,}")
+    return cfg
 
 
 def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None = None,

@@ -69,7 +69,9 @@ def load(path: str | Path = "results", final: bool = False) -> pd.DataFrame:
     holding the run), variant (a study's variant name, when it has variants), step, split (train/val), term (rec/kl/elbo), value, state, and the run's resolved config
     as dotted-key columns (``objective.k``, ``model.latent``, ...).
 
-    ``final=True``: one row per run with its state, last step, final metrics
+    ``final=True``: one row per run with its state (vaebench.runs.run_state: done only when its
+    metrics are whole), its step (the last checkpointed one for a partial run), the reason of a
+    failed or partial run, final metrics
     (``val_elbo``, ``val_rec``, ``val_kl``, ``train_elbo``, ... and any evaluation
     results such as ``test_iw_ll``) and the same config columns.
     """
@@ -77,15 +79,15 @@ def load(path: str | Path = "results", final: bool = False) -> pd.DataFrame:
     frames, configs = [], []
     run_dirs, names = study_order(runs.find_runs(root))
     for run_dir in run_dirs:
-        status = runs.read_status(run_dir)
+        st = runs.run_state(run_dir)
         config = flatten(runs.read_config(run_dir))
         configs.append(config)
         label = _run_label(run_dir, root)
         if final:
             frames.append(pd.DataFrame([{"run": label, "study": _study_label(run_dir, root), **names[run_dir],
-                                         "state": status.get("state", "new"),
-                                         "step": status.get("step", 0), **_engine(run_dir),
-                                         **_final_row(run_dir), **config}]))
+                                         "state": st.state, "step": st.step, "reason": st.reason,
+                                         **_engine(run_dir),
+                                         **(_final_row(run_dir) if st.state == "done" else {}), **config}]))
             continue
         m = runs.read_metrics(run_dir)
         long = m.melt(id_vars=["step", "split"], value_vars=list(runs.TERMS), var_name="term", value_name="value")
@@ -93,7 +95,7 @@ def load(path: str | Path = "results", final: bool = False) -> pd.DataFrame:
         long.insert(1, "study", _study_label(run_dir, root))
         for i, (key, value) in enumerate(names[run_dir].items()):
             long.insert(2 + i, key, value)
-        long["state"] = status.get("state", "new")
+        long["state"] = st.state
         for key, value in config.items():
             long[key] = value
         frames.append(long)
@@ -119,7 +121,7 @@ def ls(path: str | Path = "results") -> pd.DataFrame:
     """One row per run, in study order: its variant and varied values, state, progress, final
     validation ELBO and any held-out log-likelihood (``vaebench ls``)."""
     df = load(path, final=True)
-    keys = (["variant"] if "variant" in df else []) + varied_keys(df)
+    keys = (["variant"] if "variant" in df else []) + [k for k in varied_keys(df) if k != "train.steps"]
     df = df.rename(columns={"train.steps": "steps"})
     metrics = [c for c in ("val_elbo", "val_rec", "val_kl") if c in df]
     metrics += sorted(c for c in df.columns if c.endswith(("_iw_ll", "_iw_ll_se")))

@@ -10,18 +10,24 @@ never through the trainer. A run folder holds:
     final.json        terms on the whole train and validation splits at the end
     eval.json         held-out evaluations (importance-weighted log-likelihood, ...)
     checkpoint.pt     model, optimizer, RNG states and step
+    run.lock          held while a process trains the run
+
+A run's state is derived here, one way, for everything that shows it (``run_state``).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,24 +46,94 @@ EVAL = "eval.json"  # held-out evaluations: {"test": {"iw_ll": ..., ...}}
 GRID = "grid.yaml"  # beside a study's runs: each run's folder, id and varied values (vaebench.grid)
 METRICS, PARTS = "metrics.parquet", "metrics"
 TERMS = ("rec", "kl", "elbo")
+LOCK = "run.lock"
 METRICS_SCHEMA = pa.schema([("step", pa.int64()), ("split", pa.string()),
                             ("rec", pa.float64()), ("kl", pa.float64()), ("elbo", pa.float64())])
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write to a temporary file beside ``path`` and rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would race with other threads)."""
     try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_HOST = socket.gethostname().replace(".", "_")
+
+
+def _temp_prefix(path: Path) -> str:
+    """``.<name>.<host>-<pid>.``: who wrote a temp file, so a dead writer's leftovers can be removed."""
+    return f".{path.name}.{_HOST}-{os.getpid()}."
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write to a temporary file beside ``path`` and rename: readers never see half a file.
+
+    The file gets the usual permissions (0666 less the umask), not mkstemp's 0600. An OSError
+    always names ``path`` (a full disk reports no file name on its own)."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except OSError as e:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        if e.filename is None or Path(e.filename).name.startswith(_temp_prefix(path)):
+            raise type(e)(e.errno, e.strerror, str(path)) from None
         raise
+    except BaseException:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def clean_temps(folder: Path) -> list[Path]:
+    """Remove temp files in ``folder`` left by killed writers (same host, process gone); return them."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for f in entries:
+        if not (f.name.startswith(".") and f.name.endswith(".tmp")):
+            continue
+        host_pid = f.name[:-len(".tmp")].rsplit(".", 2)
+        if len(host_pid) < 3 or "-" not in host_pid[1]:
+            continue
+        host, _, pid = host_pid[1].rpartition("-")
+        if host != _HOST or not pid.isdigit() or _alive(int(pid)):
+            continue
+        try:
+            f.unlink()
+            removed.append(f)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -86,6 +162,8 @@ def find_runs(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.exists():
         raise VaebenchError(f"results folder not found: {root}")
+    if not root.is_dir():
+        raise VaebenchError(f"{root} is a file, not a results folder")
     if is_run_dir(root):
         return [root]
     return sorted(p.parent for p in root.rglob(CONFIG) if not any(s.startswith(".") for s in p.parts[len(root.parts):]))
@@ -170,14 +248,6 @@ def commit_checkpoint(run_dir: Path) -> None:
     os.replace(Path(run_dir) / CHECKPOINT_NEXT, Path(run_dir) / CHECKPOINT)
 
 
-def compact_metrics(run_dir: Path) -> None:
-    """Join the parts into one metrics.parquet (atomically), then drop the parts."""
-    parts = part_files(run_dir)
-    if parts:
-        write_table(Path(run_dir) / METRICS, read_tables(parts))
-        shutil.rmtree(Path(run_dir) / PARTS, ignore_errors=True)
-
-
 def environment(device: Any, **extra: Any) -> dict[str, Any]:
     """What env.json records: versions, device, threads, commit, argv, and ``extra`` (the engine)."""
     import numpy as np
@@ -245,3 +315,150 @@ def _data_dim(model_state: dict) -> int:
     """The data dimension is the width of the decoder's last layer."""
     last_bias = [k for k in model_state if k.startswith("decoder.") and k.endswith(".bias")][-1]
     return int(model_state[last_bias].shape[0])
+
+
+# -- metrics: compaction that can be cut at any instant ------------------------------------------
+
+def expected_rows(steps: int, eval_every: int) -> int:
+    """Rows of a finished run's metrics: one train row per update, one val row at step 0 and at
+    every eval_every-th update."""
+    return steps + 1 + steps // eval_every
+
+
+def metrics_rows(run_dir: Path) -> int | None:
+    """Rows in metrics.parquet from its footer (cheap), or None when there is no readable file."""
+    try:
+        return pq.ParquetFile(Path(run_dir) / METRICS).metadata.num_rows
+    except (OSError, pa.ArrowException):
+        return None
+
+
+def compact_metrics(run_dir: Path) -> int:
+    """Join the parts (and any metrics.parquet already written) into one metrics.parquet, then drop
+    the parts; return its rows.
+
+    Safe to cut at any instant and to run again: metrics.parquet is replaced atomically by a file
+    holding every row of the old file and of every part (each (step, split) once), and parts are
+    removed only after that, so a cut leaves either the parts or the whole file, never fewer rows."""
+    run_dir = Path(run_dir)
+    parts = part_files(run_dir)
+    whole = run_dir / METRICS
+    if not parts:
+        if whole.is_file():
+            shutil.rmtree(run_dir / PARTS, ignore_errors=True)  # a cut after the last part's removal
+        return metrics_rows(run_dir) or 0
+    files = ([whole] if whole.is_file() else []) + parts
+    table = read_tables(files)
+    if whole.is_file():  # a compaction cut while removing parts: merge, each row once
+        df = table.to_pandas().drop_duplicates(["step", "split"], keep="last")
+        df = df.sort_values(["step", "split"], kind="stable")
+        table = pa.Table.from_pandas(df, schema=METRICS_SCHEMA, preserve_index=False)
+    write_table(whole, table)
+    for p in parts:  # every row of a part is in the whole file now
+        p.unlink(missing_ok=True)
+    shutil.rmtree(run_dir / PARTS, ignore_errors=True)
+    return table.num_rows
+
+
+# -- a run's state, derived one way ---------------------------------------------------------------
+
+def is_locked(run_dir: Path) -> bool:
+    """Whether a process is training this run now (it holds run.lock; the lock dies with it)."""
+    from filelock import FileLock, Timeout
+
+    path = Path(run_dir) / LOCK
+    if not path.exists():
+        return False
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    except OSError:  # a read-only folder: nobody can be training there
+        return False
+    lock.release()
+    return False
+
+
+def checkpoint_step(run_dir: Path) -> int | None:
+    """The step of the run's checkpoint, or None when it has none (or it is unreadable)."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        return None
+    try:
+        import torch
+
+        return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
+    except Exception:  # truncated or corrupt: resuming will say so
+        return None
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What a run is now: new, running (its lock is held), partial (resumable from ``step``),
+    failed (``reason``) or done (its metrics hold every row its steps give)."""
+
+    state: str
+    step: int = 0
+    reason: str | None = None
+
+    def __str__(self) -> str:
+        return self.state
+
+
+def run_state(run_dir: str | Path) -> RunState:
+    """The one derivation of a run's state that ls, --dry-run, the report and load(final=True) show.
+
+    running only while its lock is held; otherwise done only when metrics.parquet holds the rows its
+    steps give (a short file is partial: the rerun repairs it), failed with the reason on disk, or
+    partial at its last checkpointed step."""
+    run_dir = Path(run_dir)
+    status = read_status(run_dir)
+    state = status.get("state", "new")
+    if is_locked(run_dir):
+        return RunState("running", int(status.get("step", 0) or 0), status.get("reason"))
+    if state == "done":
+        want = _want_rows(run_dir, status)
+        have = metrics_rows(run_dir)
+        if want is None or have == want:
+            return RunState("done", int(status.get("step", 0) or 0))
+        return RunState("partial", checkpoint_step(run_dir) or 0,
+                        f"{METRICS} holds {have or 0} of {want} rows; run the same command again to repair it")
+    if state == "failed":
+        return RunState("failed", int(status.get("step", 0) or 0), status.get("reason"))
+    step = checkpoint_step(run_dir)
+    if state == "new" and step is None:
+        return RunState("new")
+    return RunState("partial", step or 0, status.get("reason") if state == "running" else None)
+
+
+def _want_rows(run_dir: Path, status: dict[str, Any]) -> int | None:
+    try:
+        train = read_config(run_dir).get("train") or {}
+        return expected_rows(int(status.get("steps") or train["steps"]), int(train["eval_every"]))
+    except (VaebenchError, KeyError, TypeError, ValueError):
+        return None
+
+
+def repair(run_dir: Path) -> str | None:
+    """Before a run trains again (its lock held): remove dead writers' temp files, finish a cut
+    compaction, and make a done run whose metrics are short train again. Returns what was done."""
+    run_dir = Path(run_dir)
+    clean_temps(run_dir)
+    clean_temps(run_dir / PARTS)
+    status = read_status(run_dir)
+    if status.get("state") != "done":
+        return None
+    want = _want_rows(run_dir, status)
+    if want is None:
+        return None
+    have = metrics_rows(run_dir) or 0
+    if have != want and part_files(run_dir):
+        have = compact_metrics(run_dir)
+    if have == want:
+        return None
+    # rows are lost for good: the run trains again from the start (same config and seed, same numbers)
+    for name in (CHECKPOINT, METRICS, FINAL, STATUS):
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / PARTS, ignore_errors=True)
+    return f"{METRICS} held {have} of {want} rows; retrained from the start"

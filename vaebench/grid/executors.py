@@ -7,11 +7,15 @@ the caller's process. Jobs are independent, so any order is fine.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
+import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable
 
 from ..errors import ConfigError
@@ -41,7 +45,8 @@ def available_cores() -> int:
 @EXECUTORS.register("local")
 def local(jobs: list[Job], on_done: OnDone, opts: ExecOptions) -> None:
     """One job at a time in this process, or a pool of ``workers`` processes (spawned: torch and fork
-    don't mix). Each worker draws its own progress-bar row."""
+    don't mix). Each worker draws its own progress-bar row. A worker that dies (the OOM killer, a
+    kill -9) fails its own runs with that reason; the other jobs go on in a new pool."""
     if opts.workers <= 1 or len(jobs) <= 1:
         clear_interrupted()
         for job in jobs:
@@ -52,48 +57,205 @@ def local(jobs: list[Job], on_done: OnDone, opts: ExecOptions) -> None:
 
     lock, slots = ctx.RLock(), ctx.Value("i", 0)
     tqdm.set_lock(lock)  # one terminal lock for the grid bar here and the run bars in the workers
-    with ProcessPoolExecutor(max_workers=min(opts.workers, len(jobs)), mp_context=ctx, initializer=init_worker,
-                             initargs=(lock, slots)) as pool:
-        pending = {pool.submit(execute, job): job for job in jobs}
+    todo = list(range(len(jobs)))
+    for _ in range(len(jobs) + 1):  # each round ends every job or fails at least the dead worker's
+        if not todo:
+            return
+        todo = _pool_round(jobs, todo, on_done, opts, ctx, lock, slots)
+    for i in todo:  # workers kept dying before they said which job they had
+        on_done(jobs[i], _failed(jobs[i], "worker processes kept dying; --retry-failed tries again"))
+
+
+def _pool_round(jobs: list[Job], todo: list[int], on_done: OnDone, opts: ExecOptions, ctx, lock, slots) -> list[int]:
+    """Run jobs[todo] in one pool; return the jobs to run again when a worker died under it (those
+    that were queued or ran in a worker the pool stopped), after failing the dead worker's own."""
+    started = ctx.SimpleQueue()  # (job index, worker pid) as each job starts
+    with ProcessPoolExecutor(max_workers=min(opts.workers, len(todo)), mp_context=ctx, initializer=_init_pool_worker,
+                             initargs=(lock, slots, started)) as pool:
+        pending = {pool.submit(_execute_reporting, i, jobs[i]): i for i in todo}
+        procs: dict[int, mp.Process] = {}
+        broken = False
         try:
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            while pending and not broken:
+                procs.update(getattr(pool, "_processes", None) or {})
+                done, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    on_done(pending.pop(fut), fut.result())
+                    try:
+                        results = fut.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        continue
+                    on_done(jobs[pending.pop(fut)], results)
         except BaseException:  # Ctrl-C: stop queued runs, interrupt running ones (they save their status)
-            procs = list((getattr(pool, "_processes", None) or {}).values())
+            procs = dict(getattr(pool, "_processes", None) or {})
             pool.shutdown(wait=False, cancel_futures=True)
-            for proc in procs:
+            for proc in procs.values():
                 if proc.is_alive():
                     os.kill(proc.pid, signal.SIGINT)
             raise
+    if not pending:
+        return []
+    # a worker died: the pool stopped every other worker (SIGTERM) and failed every future
+    where: dict[int, int] = {}
+    while not started.empty():
+        i, pid = started.get()
+        where[i] = pid
+    for p in procs.values():
+        p.join(timeout=10)
+    dead = {p.pid: p.exitcode for p in procs.values() if p.exitcode not in (0, -signal.SIGTERM, None)}
+    lost = list(pending.values())
+    if not dead:  # every worker ended by SIGTERM: the one killed from outside can't be told apart
+        dead = {p.pid: p.exitcode for p in procs.values()}
+    again = []
+    for i in lost:
+        pid = where.get(i)
+        if pid in dead:
+            on_done(jobs[i], _failed(jobs[i], _death(dead[pid], pid)))
+        else:
+            again.append(i)
+    return again
+
+
+def _death(exitcode: int | None, pid: int) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            sig = signal.Signals(-exitcode).name
+        except ValueError:
+            sig = f"signal {-exitcode}"
+        how = f"was killed by {sig}" + (" (out of memory? or kill -9)" if sig == "SIGKILL" else "")
+    else:
+        how = f"exited with status {exitcode}"
+    return f"the worker process training it (pid {pid}) {how}; --retry-failed resumes it from its checkpoint"
+
+
+def _failed(job: Job, why: str) -> list:
+    """Mark the job's unfinished runs failed on disk with ``why``; one RunResult per run."""
+    from .. import runs
+    from ..training import RunResult
+
+    out = []
+    for d in map(Path, job.run_dirs):
+        st = runs.run_state(d)
+        if st.state in ("done", "running"):  # finished before the death, or taken over by another runner
+            out.append(RunResult(d, "skipped" if st.state == "done" else "busy", st.step, st.reason,
+                                 runs.read_final(d)))
+            continue
+        status = runs.read_status(d)
+        runs.write_json(d / runs.STATUS, {**status, "state": "failed", "step": st.step, "reason": why})
+        out.append(RunResult(d, "failed", st.step, why))
+    return out
+
+
+_started = None
+
+
+def _init_pool_worker(lock, slots, started) -> None:
+    global _started
+    _started = started
+    init_worker(lock, slots)
+
+
+def _execute_reporting(i: int, job: Job) -> list:
+    """execute(job) in a pool worker, after telling the parent which worker took it."""
+    if _started is not None:
+        _started.put((i, os.getpid()))
+    return execute(job)
+
+
+def loopback(address: str | None) -> bool:
+    """Whether a Ray address names this machine's loopback (or none: a local instance)."""
+    if not address or address == "local":
+        return True
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def ray_environment(address: str | None) -> None:
+    """Environment Ray reads when it is imported and started: quiet unless VAEBENCH_RAY_VERBOSE=1, on
+    loopback only for a local instance or a cluster on this machine, and with token authentication
+    when joining a cluster on this machine that has a token (``ray start --head`` turns it on by
+    default and keeps the token in ~/.ray/auth_token; Ray itself only uses it with RAY_AUTH_MODE=token)."""
+    if not os.environ.get("VAEBENCH_RAY_VERBOSE"):
+        for key, value in (("RAY_USAGE_STATS_ENABLED", "0"), ("RAY_DEDUP_LOGS", "0")):
+            os.environ.setdefault(key, value)
+    if loopback(address):
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray's single-machine mode
+        token = os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or \
+            (Path.home() / ".ray" / "auth_token").is_file()
+        if address and "RAY_AUTH_MODE" not in os.environ and token:
+            os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def ray_init(address: str | None, cpus: int) -> None:
+    """Start or join Ray; a local instance, or a cluster on this machine, on 127.0.0.1 only."""
+    import logging
+
+    import ray
+
+    verbose = bool(os.environ.get("VAEBENCH_RAY_VERBOSE"))
+    kwargs = {} if address else {"num_cpus": cpus}
+    if loopback(address) and not (address or "").startswith("ray://"):
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False  # the node address is 127.0.0.1, not the primary interface's
+        kwargs["_node_ip_address"] = "127.0.0.1"
+    with contextlib.nullcontext() if verbose else _quiet_stderr():  # Ray's C++ warnings while it connects
+        ray.init(address=address, include_dashboard=False if not address else None, log_to_driver=verbose,
+                 configure_logging=verbose, logging_level=logging.INFO if verbose else logging.ERROR, **kwargs)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """File descriptor 2 to /dev/null for a while: Ray's C++ core writes there directly."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 @EXECUTORS.register("ray")
 def ray_tasks(jobs: list[Job], on_done: OnDone, opts: ExecOptions) -> None:
     """Each job as a Ray task asking for its threads as CPUs (and a GPU share on CUDA). With an
     address, the tasks go to that cluster; its nodes need vaebench installed and must see the
-    results folder (a shared filesystem)."""
+    results folder (a shared filesystem). A worker that dies fails its own runs, with the reason."""
+    ray_environment(opts.ray_address)
     try:
         import ray
     except ImportError:
         raise ConfigError("--executor ray needs Ray: pip install 'vaebench[ray]'") from None
     if not ray.is_initialized():
         try:
-            ray.init(address=opts.ray_address, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False, **({} if opts.ray_address else {"num_cpus": available_cores()}))
-        except ConnectionError as e:
-            raise ConfigError(f"cannot reach the Ray cluster at {opts.ray_address!r}: {e}") from None
+            ray_init(opts.ray_address, available_cores())
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise ConfigError(f"cannot reach the Ray cluster at {opts.ray_address!r}: {first} (a cluster started "
+                              f"with RAY_AUTH_MODE=token needs the same RAY_AUTH_MODE and its RAY_AUTH_TOKEN here)"
+                              ) from None
     task = ray.remote(execute)
     pending = {}
-    for job in jobs:
-        ref = task.options(num_cpus=job.threads, num_gpus=opts.gpus_per_job, max_retries=0).remote(job)
+    for job in jobs:  # absolute folders: a cluster's workers run in their own working directory
+        remote_job = replace(job, run_dirs=tuple(Path(d).absolute() for d in job.run_dirs))
+        ref = task.options(num_cpus=job.threads, num_gpus=opts.gpus_per_job, max_retries=0).remote(remote_job)
         pending[ref] = job
     try:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
-                on_done(pending.pop(ref), ray.get(ref))
+                job = pending.pop(ref)
+                try:
+                    results = ray.get(ref)
+                    for r, d in zip(results, job.run_dirs):
+                        r.path = Path(d)
+                except ray.exceptions.RayError as e:  # the worker died (OOM, kill -9) or the node went away
+                    why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                    results = _failed(job, f"its Ray worker died ({type(e).__name__}: {why}); "
+                                           f"--retry-failed resumes it from its checkpoint")
+                on_done(job, results)
     except BaseException:
         for ref in pending:
             ray.cancel(ref, force=True)

@@ -16,7 +16,8 @@ from .. import plugins, runs
 from ..config import RunConfig
 from ..errors import reason
 
-LOCK = "run.lock"
+LOCK = runs.LOCK
+is_locked = runs.is_locked  # kept here for callers of vaebench.grid.jobs
 _slot = 0  # this worker's progress-bar row (set by init_worker in pool workers)
 _interrupted = False
 
@@ -52,19 +53,6 @@ def init_worker(lock: Any, slots: Any) -> None:
         _slot = slots.value
 
 
-def is_locked(run_dir: Path) -> bool:
-    """Whether another process is training this run now."""
-    if not (Path(run_dir) / LOCK).exists():
-        return False
-    lock = FileLock(Path(run_dir) / LOCK)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        return True
-    lock.release()
-    return False
-
-
 def evaluate_after(cfg: RunConfig, result, job: Job):
     """The config's end-of-run evaluation (eval.splits), skipping splits already evaluated with eval.k."""
     from ..evaluation import evaluate_run, has_eval
@@ -98,14 +86,25 @@ def execute(job: Job) -> list:
     results: dict[int, Any] = {}
     locks: list[tuple[int, FileLock]] = []
     for i, run_dir in enumerate(map(Path, job.run_dirs)):
-        run_dir.mkdir(parents=True, exist_ok=True)
         lock = FileLock(run_dir / LOCK)
         try:
+            run_dir.mkdir(parents=True, exist_ok=True)
             lock.acquire(timeout=0)
-            locks.append((i, lock))
         except Timeout:
             st = runs.read_status(run_dir)
             results[i] = RunResult(run_dir, "busy", int(st.get("step", 0)), "being trained by another process")
+            continue
+        except OSError as e:  # a full disk, a read-only folder: this run fails with the path, the rest go on
+            results[i] = RunResult(run_dir, "failed", 0, reason(e))
+            continue
+        try:
+            if not job.force:
+                runs.repair(run_dir)  # temp files of killed writes, a cut compaction, a short done run
+        except OSError as e:
+            lock.release()
+            results[i] = RunResult(run_dir, "failed", 0, reason(e))
+            continue
+        locks.append((i, lock))
     mine = [i for i, _ in locks]
     try:
         try:

@@ -17,7 +17,7 @@ import yaml
 from .. import runs
 from ..errors import ConfigError
 from .executors import EXECUTORS, ExecOptions, available_cores
-from .jobs import Job, execute, is_locked
+from .jobs import Job, execute
 from .study import Study, format_value
 
 GRID_FILE = runs.GRID
@@ -25,13 +25,8 @@ STATES = ("new", "partial", "running", "failed", "done")
 
 
 def run_state(run_dir: Path) -> str:
-    """new / partial (cut: resumable) / running (locked by another process) / failed / done."""
-    state = runs.read_status(run_dir).get("state", "new")
-    if state == "running":
-        return "running" if is_locked(run_dir) else "partial"
-    if state == "new" and (Path(run_dir) / runs.CHECKPOINT).is_file():
-        return "partial"
-    return state
+    """new / partial / running / failed / done, as vaebench.runs.run_state derives it."""
+    return runs.run_state(run_dir).state
 
 
 def locate(root: Path, study: Study) -> list[Path]:
@@ -50,27 +45,42 @@ class StudyResult:
     root: Path
     run_dirs: list[Path]
     states: list[str]  # before this command ran
+    before: list[runs.RunState] = field(default_factory=list)
     results: dict[int, Any] = field(default_factory=dict)  # run index -> RunResult of this command
 
     @property
     def failed(self) -> list[int]:
         return [i for i, r in self.results.items() if r.state == "failed"]
 
+    def state(self, i: int) -> runs.RunState:
+        """Run ``i`` now: as derived from its folder, or failed when this command's attempt failed
+        (e.g. its evaluation after training)."""
+        r = self.results.get(i)
+        if r is None and self.before:
+            return self.before[i]
+        st = runs.run_state(self.run_dirs[i])
+        if r is not None and r.state == "failed" and st.state != "running":
+            return runs.RunState("failed", st.step, r.reason or st.reason)
+        return st
+
     def table(self) -> pd.DataFrame:
         """One row per run: folder, varied values, state, steps, final validation ELBO."""
         short = self.study.short_names()
         rows = []
         for i, (spec, d) in enumerate(zip(self.study.runs, self.run_dirs)):
-            r = self.results.get(i)
-            status = runs.read_status(d)
-            val = (runs.read_final(d) or {}).get("val", {})
+            st = self.state(i)
+            val = (runs.read_final(d) or {}).get("val", {}) if st.state == "done" else {}
             rows.append({
                 "run": d.name, **{short[a]: format_value(spec.varied.get(a)) for a in self.study.axes},
-                "state": (r.state if r is not None else self.states[i]),
-                "step": status.get("step", 0), "steps": spec.config.train.steps,
-                "val_elbo": val.get("elbo"), "reason": (r.reason if r is not None else status.get("reason")) or "",
+                "state": st.state, "step": st.step, "steps": spec.config.train.steps,
+                "val_elbo": val.get("elbo"), "reason": (st.reason or "") if st.state != "done" else "",
             })
         return pd.DataFrame(rows)
+
+    @property
+    def not_done(self) -> list[int]:
+        """Runs that are not done now (failed, cut, busy elsewhere or never run)."""
+        return [i for i in range(len(self.run_dirs)) if self.state(i).state != "done"]
 
 
 def _todo(states: list[str], force: bool, retry_failed: bool) -> list[int]:
@@ -130,8 +140,9 @@ def run_study(study: Study, out: str | Path = "results", device: str = "auto", j
     run_executor = EXECUTORS.get(executor)
     root = Path(out) / study.name
     run_dirs = locate(root, study)
-    states = [run_state(d) for d in run_dirs]
-    result = StudyResult(study, root, run_dirs, states)
+    before = [runs.run_state(d) for d in run_dirs]
+    states = [b.state for b in before]
+    result = StudyResult(study, root, run_dirs, states, before)
     todo = _todo(states, force, retry_failed)
     if dry_run or not todo:
         return result
@@ -140,6 +151,7 @@ def run_study(study: Study, out: str | Path = "results", device: str = "auto", j
     grid = study.to_dict()
     for entry, d in zip(grid["runs"], run_dirs):
         entry["folder"] = d.name
+    runs.clean_temps(root)  # a grid.yaml write cut by a kill
     runs.atomic_write(root / GRID_FILE, yaml.safe_dump(grid, sort_keys=False))
 
     cores = available_cores()

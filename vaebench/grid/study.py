@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import (STUDY_KEYS, RunConfig, apply_overrides, join_errors, known_keys, read_yaml, resolve,
+from ..config import (STUDY_KEYS, RunConfig, apply_overrides, join_errors, known_keys, load_imports, read_yaml, resolve,
                       split_override, suggest, yaml_value)
 from ..errors import ConfigError
 
@@ -100,10 +100,10 @@ def parse_cli(overrides: list[str] | dict[str, Any] | None) -> tuple[dict[str, A
         key, raw = split_override(item)
         parts = split_sweep(raw)
         if len(parts) > 1:
-            axes[key] = [yaml_value(p) for p in parts]
+            axes[key] = [yaml_value(p, f"--set {key}") for p in parts]
             fixed.pop(key, None)
         else:
-            fixed[key] = yaml_value(raw)
+            fixed[key] = yaml_value(raw, f"--set {key}")
             axes.pop(key, None)
     return fixed, axes
 
@@ -192,11 +192,17 @@ def _variants(spec: Any, source: str) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
+# A study is a list of runs someone will train; past this it is a typo (seeds: 1e9), not a plan.
+MAX_RUNS = 10_000
+
+
 def _seeds(spec: Any, source: str) -> list[int] | None:
     if spec is None:
         return None
     if isinstance(spec, bool) or not isinstance(spec, (int, list)):
         raise ConfigError(f"'seeds' in {source} must be a count (seeds: 3) or a list (seeds: [0, 1, 2])")
+    if isinstance(spec, int) and spec > MAX_RUNS:
+        raise ConfigError(f"'seeds' in {source} asks for {spec:,} runs; a study may have at most {MAX_RUNS:,}")
     seeds = list(range(spec)) if isinstance(spec, int) else spec
     if not seeds:
         raise ConfigError(f"'seeds' in {source} is empty; give a count >= 1 or a non-empty list")
@@ -221,6 +227,10 @@ def expand(raw: dict[str, Any], overrides: list[str] | dict[str, Any] | None = N
     if unknown:  # every mistyped --set key at once
         raise ConfigError(join_errors([(k, f"--set names {k!r}, which is not a config key"
                                            f"{suggest(str(k), known_keys())}") for k in unknown]))
+    load_imports(raw, base, imports, source)  # a --set value may name a plugin's component
+    for key, values in [*((k, [v]) for k, v in fixed.items()), *cli_axes.items()]:
+        for value in values:  # a bad value is the override's fault, not the file's: say so
+            resolve({}, dict([_named(key, value)]), source=f"--set {key}={format_value(value)}")
     grid = {k: v for k, v in _grid(spec["grid"], source).items() if k not in fixed}
     grid.update({k: _axis_values(v, f"--set {k}") for k, v in cli_axes.items()})
     zips = [{k: v for k, v in g.items() if k not in fixed and k not in cli_axes} for g in _zip_groups(spec["zip"], source)]
@@ -249,6 +259,12 @@ def expand(raw: dict[str, Any], overrides: list[str] | dict[str, Any] | None = N
     if seeds is not None:
         choices.append([({"seed": s}, {"seed": s}) for s in seeds])
 
+    total = 1
+    for c in choices:
+        total *= len(c)
+    if total > MAX_RUNS:
+        raise ConfigError(f"{source} expands to {total:,} runs; a study may have at most {MAX_RUNS:,} "
+                          f"(vary fewer keys or fewer values)")
     runs: list[RunSpec] = []
     seen: set[str] = set()
     for combo in itertools.product(*choices):

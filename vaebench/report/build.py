@@ -309,8 +309,7 @@ def _index_html(root: Path, final: pd.DataFrame, views: dict[str, StudyView], st
             why = run_info.get(r["run"], {}).get("missing", {})
             if r["state"] == "done" and not why:
                 continue
-            status = runs.read_status(run_path(root, r["run"]))
-            reason = status.get("reason") or ""
+            reason = r.get("reason") if isinstance(r.get("reason"), str) else ""
             figs = "; ".join(f"{k}: {v}" for k, v in why.items())
             h.append(f"<li><a href='#{_url(r['run'])}'>{html.escape(r['run'])}</a>: "
                      f"<span class='state-{r['state']}'>{html.escape(str(r['state']))}</span> at update "
