@@ -74,6 +74,16 @@ def summary(path: str | Path = "results"):
     return _summary(path)
 
 
+def compare(runs: str | Path | pd.DataFrame = "results", metric: str = "test_iw_ll",
+            reference: str | None = None) -> pd.DataFrame:
+    """Each axis value (each variant) against the reference, paired by seed: the mean difference of
+    ``metric``, its 95% t and bootstrap intervals, the probability of improvement and a verdict;
+    see vaebench.report.compare."""
+    from .report.compare import compare as _compare
+
+    return _compare(runs, metric, reference)
+
+
 def report(path: str | Path = "results", out: str | Path | None = None, force: bool = False,
            jobs: int | None = None):
     """Draw every figure of every run and study under ``path`` into ``out`` (default PATH/report)

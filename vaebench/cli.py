@@ -115,6 +115,25 @@ def report_command(results: str, out: str | None, jobs: int | None, force: bool)
     click.echo(f"report: {rep.index}")
 
 
+@cli.command(name="compare")
+@click.argument("path", metavar="RESULTS", default="results", type=click.Path(file_okay=False))
+@click.option("--metric", default=None,
+              help="A column of vaebench.load(final=True) [default: test_iw_ll where runs have it, else val_elbo].")
+@click.option("--reference", default=None, help="The value or variant to compare with [default: the baseline].")
+def compare_command(path: str, metric: str | None, reference: str | None) -> None:
+    """Each axis value (each variant) against the reference, paired by seed: mean difference, 95%
+    Student-t and bootstrap intervals, probability of improvement, and whether it is beyond seed noise."""
+    from .api import compare, load
+    from .report.compare import compare_text, default_metric
+
+    final = load(path, final=True)
+    metric = metric or default_metric(final)
+    table = compare(final, metric, reference)
+    click.echo(f"{metric} (higher is better) minus the reference's, paired by seed:" if not metric.endswith(
+        ("_kl", "_se", "gap")) else f"{metric} (lower is better) minus the reference's, paired by seed:")
+    click.echo(compare_text(table).to_string(index=False))
+
+
 @cli.command(name="eval")
 @click.argument("path", metavar="RUN_OR_STUDY", type=click.Path(file_okay=False))
 @click.option("--k", "k", type=int, default=5000, show_default=True, help="Importance samples per image.")

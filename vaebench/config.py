@@ -111,10 +111,11 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
-    """An optional evaluation after a run finishes (vaebench.evaluation); off with no splits."""
+    """The held-out evaluation after a run finishes (vaebench.evaluation): test ELBO and IW log p(x)."""
 
-    k: PosInt = 5000  # importance samples per image
-    splits: list[Literal["test", "val", "train"]] = []
+    enabled: bool = True  # false: no evaluation at the end of training (vaebench eval does it later)
+    k: PosInt = 1000  # importance samples per image (README, Evaluation: why 1,000)
+    splits: list[Literal["test", "val", "train"]] = ["test"]
     batch: Optional[PosInt] = None  # images per batch; None: chosen from k
 
 

@@ -121,11 +121,16 @@ def read_tables(files: list[Path]) -> pa.Table:
     return pa.concat_tables(tables) if tables else METRICS_SCHEMA.empty_table()
 
 
-def read_metrics(run_dir: Path) -> pd.DataFrame:
-    """Per-step terms in wide form (step, split, rec, kl, elbo), from the whole file or the parts."""
+def read_metrics_table(run_dir: Path) -> pa.Table:
+    """Per-step terms as an Arrow table (step, split, rec, kl, elbo), from the whole file or the parts."""
     run_dir = Path(run_dir)
     files = [run_dir / METRICS] if (run_dir / METRICS).is_file() else part_files(run_dir)
-    return read_tables(files).to_pandas()
+    return read_tables(files)
+
+
+def read_metrics(run_dir: Path) -> pd.DataFrame:
+    """Per-step terms in wide form (step, split, rec, kl, elbo), from the whole file or the parts."""
+    return read_metrics_table(run_dir).to_pandas()
 
 
 def read_grid(study_dir: Path) -> dict[str, dict[str, Any]]:

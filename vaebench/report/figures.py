@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from .stats import mean_ci
 
@@ -332,3 +333,46 @@ def save(fig: Figure, stem, formats: Sequence[str] = ("png", "svg"), dpi: int = 
         atomic_write(path, buf.getvalue())
         names.append(path.name)
     return names
+
+
+VERDICT_COLORS = {"better": "#1b7f3a", "worse": "#b00020", "no detectable difference": "0.35",
+                  "too few seeds": "0.6", "no paired seeds": "0.6"}
+
+
+def plot_forest(table: pd.DataFrame, title: str = "") -> Figure:
+    """Difference to the reference per axis value, paired by seed (``vaebench.compare``'s table):
+    the mean difference, its 95% Student-t interval (thick) and bootstrap interval (thin), zero
+    marked; colour says the verdict. Reference rows are left out (their difference is 0 by
+    definition); values with too few seeds show the mean difference only."""
+    t = table[table["verdict"] != "reference"].reset_index(drop=True)
+    if t.empty:
+        raise ValueError("nothing to compare: every row is a reference")
+    metric = str(t["metric"].iloc[0])
+    labels = [v if a == "variant" else f"{a} = {v}" for a, v in zip(t["axis"], t["value"])]
+    width = max(map(len, labels))
+    fig, (ax,) = _figure(6.4 + 0.06 * width, 0.32 * len(t) + 1.2, title=title)
+    fig.subplots_adjust(left=(0.3 + 0.075 * width) / fig.get_figwidth())
+    y = np.arange(len(t))[::-1]
+    for yi, (_, r) in zip(y, t.iterrows()):
+        color = VERDICT_COLORS.get(r["verdict"], "0.35")
+        if pd.notna(r["ci_low"]):
+            ax.plot([r["ci_low"], r["ci_high"]], [yi, yi], color=color, lw=3.2, solid_capstyle="butt", zorder=3)
+            ax.plot([r["boot_low"], r["boot_high"]], [yi - 0.22] * 2, color=color, lw=1.1, zorder=3)
+        ax.plot([r["diff"]], [yi], "o", color=color, ms=6, zorder=4,
+                mfc=color if pd.notna(r["ci_low"]) else "white")
+        note = r["verdict"] if r["verdict"] in ("too few seeds", "no paired seeds") else f"P(better) {r['p_improve']:.2f}"
+        ax.annotate(note, (1, yi), xycoords=("axes fraction", "data"), xytext=(4, 0), textcoords="offset points",
+                    va="center", fontsize="x-small", color=color)
+    ax.axvline(0, color="0.2", lw=1, ls="--", zorder=2)
+    ax.set_yticks(y, labels)
+    ax.set_ylim(-0.7, len(t) - 0.3)
+    ax.grid(axis="y", visible=False)
+    split, _, term = metric.partition("_")
+    what = {"iw_ll": "IW log p(x)"}.get(term, TERM_LABELS.get(term, term).split(" E_q")[0])
+    ax.set_xlabel(f"{SPLIT_LABELS.get(split, split)} {what} minus the reference's, paired by seed ({NATS})")
+    fig.subplots_adjust(right=1 - 1.0 / fig.get_figwidth())
+    handles = [Line2D([], [], color="0.35", lw=3.2, label="95% CI (Student t)"),
+               Line2D([], [], color="0.35", lw=1.1, label="95% CI (bootstrap)")]
+    ax.legend(handles=handles, fontsize="x-small", loc="lower left", bbox_to_anchor=(0, 1), ncol=2, frameon=False,
+              borderaxespad=0.1)
+    return fig
