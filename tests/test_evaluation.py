@@ -162,7 +162,7 @@ def test_eval_keys_do_not_change_the_run_id():
 def test_eval_cli_writes_eval_json_and_ls_shows_it(tmp_path, tiny_overrides):
     o = {k: yaml.safe_load(v) for k, v in (x.split("=", 1) for x in tiny_overrides)}
     o |= {"objective.name": "iwae", "objective.k": 3, "objective.warmup": 30, "optim.schedule": "iwae",
-          "eval.k": 4, "eval.splits": ["val"]}
+          "eval.enabled": True, "eval.k": 4, "eval.splits": ["val"]}
     res = vaebench.run({"name": "t"}, out=tmp_path, overrides=o, progress=False)
     assert res.state == "done"
     doc = json.loads((res.path / runs.EVAL).read_text())  # the config's end-of-run evaluation

@@ -22,7 +22,7 @@ from vaebench.report.stats import mean_ci, t975
 
 from conftest import REPO, run_cli
 
-TINY = {"data": {"per_class": 20, "val_size": 40},
+TINY = {"data": {"per_class": 20, "val_size": 40}, "eval": {"k": 4},  # the whole test split, cheaply
         "train": {"steps": 200, "batch_size": 20, "eval_every": 25, "flush_every": 50, "checkpoint_every": 100,
                   "threads": 1}}
 

@@ -82,8 +82,14 @@ def run(config: str, overrides: tuple[str, ...], out: str, device: str, jobs: in
 
 
 def _line(result) -> str:
+    from . import runs
+
     val = (result.final or {}).get("val")
     tail = f"  final val ELBO {val['elbo']:.2f} (rec {val['rec']:.2f}, KL {val['kl']:.2f})" if val else ""
+    test = (runs.read_json(result.path / runs.EVAL) or {}).get("test") if result.state in ("done", "skipped") else None
+    if isinstance(test, dict) and "iw_ll" in test:
+        tail += (f"  test IW log p(x) {test['iw_ll']:.2f} ± {test['iw_ll_se']:.2f} (k={test['k']:,}), "
+                 f"test ELBO {test['elbo']:.2f} ± {test['elbo_se']:.2f}")
     why = f"  {result.reason}" if result.state in ("failed", "busy") and result.reason else ""
     return f"{result.state:8s} {result.path}  step {result.step}{tail}{why}"
 
@@ -113,6 +119,29 @@ def report_command(results: str, out: str | None, jobs: int | None, force: bool)
     missing = f"; {len(rep.missing)} runs have figures missing (see the index)" if rep.missing else ""
     click.echo(f"drew {len(rep.drawn)}, reused {len(rep.reused)} unchanged{missing}")
     click.echo(f"report: {rep.index}")
+
+
+@cli.command(name="sample")
+@click.argument("run", metavar="RUN", type=click.Path(file_okay=False))
+@click.option("-n", "n", type=click.IntRange(min=1), default=64, show_default=True, help="Samples to draw.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Image file (.png, .svg or .pdf).")
+def sample_command(run: str, n: int, out: str) -> None:
+    """Bernoulli means of p(x|z) for z ~ N(0, I) from RUN's checkpoint, as one image grid."""
+    from .api import sample
+
+    click.echo(f"wrote {sample(run, out, n)}")
+
+
+@cli.command(name="reconstruct")
+@click.argument("run", metavar="RUN", type=click.Path(file_okay=False))
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="val", show_default=True)
+@click.option("-n", "n", type=click.IntRange(min=1), default=20, show_default=True, help="Images (every digit in turn).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Image file (.png, .svg or .pdf).")
+def reconstruct_command(run: str, split: str, n: int, out: str) -> None:
+    """Images of RUN's split beside the decoder's means at z = E_q[z], from its checkpoint."""
+    from .api import reconstruct
+
+    click.echo(f"wrote {reconstruct(run, out, split, n)}")
 
 
 @cli.command(name="compare")

@@ -82,8 +82,8 @@ def _sort_key(v: Any) -> tuple:
     return (2, (), str(v))
 
 
-def _categorical(codes: np.ndarray, values: list[Any]) -> pd.Categorical | None:
-    """Per-row ``values[codes]`` as an ordered categorical; None when every value is empty."""
+def _categorical(counts: np.ndarray, values: list[Any]) -> pd.Categorical | None:
+    """``values[i]`` repeated ``counts[i]`` times, as an ordered categorical; None when every value is empty."""
     present = [v for v in values if v is not None]
     if not present:
         return None
@@ -91,17 +91,24 @@ def _categorical(codes: np.ndarray, values: list[Any]) -> pd.Categorical | None:
         cats = pd.Index(sorted(set(present)))  # numeric categories: .astype(float) and sorting behave
     else:
         cats = pd.Index(sorted(set(present), key=_sort_key), dtype=object, tupleize_cols=False)
-    lookup = np.array([-1 if v is None else cats.get_loc(v) for v in values], dtype=np.int64)
-    dtype = np.int8 if len(cats) < 127 else np.int16 if len(cats) < 32_000 else np.int32
-    return pd.Categorical.from_codes(lookup[codes].astype(dtype, copy=False), categories=cats, ordered=True)
+    return _repeat_codes([-1 if v is None else cats.get_loc(v) for v in values], counts, cats, True)
 
 
-def _labels(codes: np.ndarray, labels: list[str], ordered: bool = False) -> pd.Categorical:
-    """Per-row ``labels[codes]`` as a categorical whose categories keep ``labels``' order."""
+def _labels(counts: np.ndarray, labels: list[str], ordered: bool = False) -> pd.Categorical:
+    """``labels[i]`` repeated ``counts[i]`` times, as a categorical whose categories keep ``labels``' order."""
     cats = list(dict.fromkeys(labels))
-    lookup = np.array([cats.index(v) for v in labels], dtype=np.int64)
+    position = {c: i for i, c in enumerate(cats)}
+    return _repeat_codes([position[v] for v in labels], counts, cats, ordered)
+
+
+def _repeat_codes(codes: list[int], counts: np.ndarray, cats, ordered: bool) -> pd.Categorical:
+    """One code per run, repeated over the run's rows (np.repeat, the cheap way to 6 million rows)."""
     dtype = np.int8 if len(cats) < 127 else np.int16 if len(cats) < 32_000 else np.int32
-    return pd.Categorical.from_codes(lookup[codes].astype(dtype, copy=False), categories=cats, ordered=ordered)
+    if len(set(codes)) == 1:  # a key no run varies: one fill, no per-run repeat
+        rows = np.full(int(counts.sum()), codes[0], dtype=dtype)
+    else:
+        rows = np.repeat(np.array(codes, dtype=dtype), counts)
+    return pd.Categorical.from_codes(rows, categories=cats, ordered=ordered)
 
 
 def _as_list(v: str | list[str] | None, allowed: tuple[str, ...], what: str) -> list[str]:
@@ -142,7 +149,7 @@ def load(path: str | Path = "results", final: bool = False, split: str | list[st
     if final:
         metric_rows = [_final_row(d) for d in run_dirs]
         metric_cols = list(dict.fromkeys(k for r in metric_rows for k in r))
-        row_run = np.arange(n)
+        counts = np.ones(n, dtype=np.int64)
         body = {"step": np.array([int(st.get("step", 0)) for st in status], dtype=np.int64)}
         for col in metric_cols:
             vals = [r.get(col) for r in metric_rows]
@@ -156,23 +163,22 @@ def load(path: str | Path = "results", final: bool = False, split: str | list[st
         terms = _as_list(term, runs.TERMS, "term")
         chunks = [_long_metrics(d, splits, terms) for d in run_dirs]
         counts = np.array([len(c[0]) for c in chunks], dtype=np.int64)
-        row_run = np.repeat(np.arange(n), counts)
         body = {"step": np.concatenate([c[0] for c in chunks]) if n else np.zeros(0, np.int32),
                 "split": pd.Categorical.from_codes(np.concatenate([c[1] for c in chunks]), categories=["train", "val"]),
                 "term": pd.Categorical.from_codes(np.concatenate([c[2] for c in chunks]), categories=list(runs.TERMS)),
                 "value": np.concatenate([c[3] for c in chunks])}
         order = ["step", "split", "term", "value"]
-    cols: dict[str, Any] = {"run": _labels(row_run, labels), "study": _labels(row_run, studies)}
+    cols: dict[str, Any] = {"run": _labels(counts, labels), "study": _labels(counts, studies)}
     extra = list(dict.fromkeys(k for d in run_dirs for k in names[d]))
     for key in extra:
-        cols[key] = _labels(row_run, [str(names[d].get(key, "")) for d in run_dirs], ordered=True)
+        cols[key] = _labels(counts, [str(names[d].get(key, "")) for d in run_dirs], ordered=True)
     cols.update({k: body[k] for k in order if k in body})
-    cols["state"] = _labels(row_run, [str(st.get("state", "new")) for st in status])
+    cols["state"] = _labels(counts, [str(st.get("state", "new")) for st in status])
     wanted = set(columns) if columns is not None else None
     for key in dict.fromkeys(k for c in configs for k in c):
         if wanted is not None and key not in wanted:
             continue
-        col = _categorical(row_run, [c.get(key) for c in configs])
+        col = _categorical(counts, [c.get(key) for c in configs])
         if col is not None:
             cols[key] = col
     if wanted is not None:

@@ -198,8 +198,11 @@ def plot_samples(images: np.ndarray, shape: tuple[int, int], title: str = "", co
 # -- comparisons across an ablation axis --------------------------------------------------------
 
 def axis_label(axis: str | Sequence[str], width: int = 0) -> str:
-    """The axis's keys joined by '&'; wrapped to ``width`` characters (for a panel) when given."""
-    text = " & ".join([axis] if isinstance(axis, str) else list(axis))
+    """The axis's human label (from the config schema, vaebench.results.axis_label); wrapped to
+    ``width`` characters (for a panel) when given."""
+    from ..results import axis_label as label
+
+    text = label(axis if isinstance(axis, str) else tuple(axis))
     return textwrap.fill(text, width) if width else text
 
 
@@ -216,6 +219,11 @@ def axis_values(df: pd.DataFrame, axis: str | Sequence[str]) -> pd.Series:
 
 
 def format_value(v) -> str:
+    """A config value as a tick label: widths (32,) as 32, (256, 128) as 256x128, 2.0 as 2."""
+    if isinstance(v, (tuple, list)):
+        parts = [format_value(x) for x in v]
+        whole = all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+        return ("x" if whole else ", ").join(parts)
     if isinstance(v, float) and v.is_integer() and abs(v) < 1e6:
         return str(int(v)) if not isinstance(v, bool) else str(v)
     return str(v)
@@ -300,7 +308,7 @@ def plot_curves_by_value(df: pd.DataFrame, axis: str | Sequence[str], split: str
     """
     fig, axes = _figure(3.4 * len(terms) + 0.4, 3.6, ncols=len(terms), title=title)
     order = value_order(axis_values(df, axis))
-    palette = sns.color_palette("viridis", len(order)) if len(order) > 1 else [SPLIT_COLORS[split]]
+    palette = value_palette(len(order)) if len(order) > 1 else [SPLIT_COLORS[split]]
     for ax, term in zip(axes, terms):
         bands = curve_bands(df, axis, split, term)
         for color, value in zip(palette, order):
@@ -311,11 +319,34 @@ def plot_curves_by_value(df: pd.DataFrame, axis: str | Sequence[str], split: str
             ci = b["ci"].fillna(0)
             ax.fill_between(b["step"], b["mean"] - ci, b["mean"] + ci, color=color, alpha=0.2, lw=0)
         ax.set_title(f"{SPLIT_LABELS.get(split, split)} {TERM_LABELS[term].split(' E_q')[0]}", fontsize="medium")
-        ax.set_xlabel(UPDATES)
         ax.set_ylabel(NATS)
-        _clip_start(ax, bands.rename(columns={"mean": term}), term)
+        _show_every_curve(ax, bands)
     axes[0].legend(title=axis_label(axis, 30), loc="lower right", fontsize="small", title_fontsize="small")
     return fig
+
+
+def value_palette(n: int) -> list:
+    """Colours for ``n`` axis values in order: up to three from viridis (ordered, distinct), more
+    from a qualitative palette whose neighbours are easy to tell apart (seaborn's colorblind)."""
+    if n <= 3:
+        ends = sns.color_palette("viridis", 3)
+        return ends if n == 3 else [ends[0], ends[2]][:n]
+    return sns.color_palette("colorblind", n) if n <= 10 else sns.color_palette("husl", n)
+
+
+def _show_every_curve(ax, bands: pd.DataFrame) -> None:
+    """y-limits that hold every curve from its first point; weight updates on a log scale (linear
+    up to the first evaluation) so the first few hundred updates, where the terms move by tens of
+    nats, take as much room as the rest."""
+    first = bands.loc[bands["step"] > 0, "step"]
+    ax.set_xscale("symlog", linthresh=float(first.min()) if len(first) else 1.0, linscale=0.4)
+    ax.set_xlim(left=0)
+    ax.set_xlabel(f"{UPDATES} (log scale)")
+    ci = bands["ci"].fillna(0)
+    lo, hi = (bands["mean"] - ci).min(), (bands["mean"] + ci).max()
+    if np.isfinite(lo) and np.isfinite(hi):
+        pad = 0.04 * (hi - lo or 1.0)
+        ax.set_ylim(lo - pad, hi + pad)
 
 
 def save(fig: Figure, stem, formats: Sequence[str] = ("png", "svg"), dpi: int = 110) -> list[str]:
@@ -375,4 +406,71 @@ def plot_forest(table: pd.DataFrame, title: str = "") -> Figure:
                Line2D([], [], color="0.35", lw=1.1, label="95% CI (bootstrap)")]
     ax.legend(handles=handles, fontsize="x-small", loc="lower left", bbox_to_anchor=(0, 1), ncol=2, frameon=False,
               borderaxespad=0.1)
+    return fig
+
+
+DIGIT_COLORS = sns.color_palette("tab10", 10)  # ten digits, ten colours that neighbours tell apart
+
+
+def leading_directions(mu: np.ndarray) -> tuple[np.ndarray, str]:
+    """2-D coordinates of latent means: the means themselves when the latent has two dimensions
+    (one: padded with zeros), else the two leading principal directions; and the axis names."""
+    mu = np.asarray(mu, dtype=np.float64)
+    if mu.shape[1] <= 2:
+        xy = mu if mu.shape[1] == 2 else np.column_stack([mu[:, 0], np.zeros(len(mu))])
+        return xy, "z"
+    centred = mu - mu.mean(0)
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    share = s**2 / (s**2).sum()
+    return centred @ vt[:2].T, f"PC ({share[0]:.0%}, {share[1]:.0%} of the variance)"
+
+
+def plot_latent(mu: np.ndarray, labels: np.ndarray, title: str = "") -> Figure:
+    """The seed's latent view: E_q[z|x] of the test images, coloured by digit (the two leading
+    principal directions when the latent has more than two dimensions)."""
+    xy, kind = leading_directions(mu)
+    fig, (ax,) = _figure(5.4, 4.6, title=title)
+    fig.subplots_adjust(right=1 - 0.9 / fig.get_figwidth())
+    labels = np.asarray(labels)
+    order = np.random.default_rng(0).permutation(len(xy))  # no digit drawn wholly on top of the others
+    colors = np.array(DIGIT_COLORS)[labels[order] % 10]
+    ax.scatter(xy[order, 0], xy[order, 1], c=colors, s=2, alpha=0.6, lw=0, rasterized=True)
+    for d in range(10):
+        ax.scatter([], [], color=DIGIT_COLORS[d], s=14, label=str(d))
+    ax.legend(title="digit", loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small", title_fontsize="small",
+              frameon=False, handletextpad=0.1)
+    if kind == "z":
+        ax.set_xlabel("z₁")
+        ax.set_ylabel("z₂")
+        ax.set_title(f"E_q[z|x] of {len(xy):,} test images", fontsize="small")
+    else:
+        ax.set_xlabel("first principal direction")
+        ax.set_ylabel("second principal direction")
+        ax.set_title(f"E_q[z|x] of {len(xy):,} test images, {mu.shape[1]} dims: {kind}", fontsize="small")
+    return fig
+
+
+def plot_traversals(images: np.ndarray, shape: tuple[int, int], values: Sequence[float], title: str = "") -> Figure:
+    """Latent traversals: row u is p(x|z)'s means as z_u sweeps ``values`` with the other dimensions
+    at a test image's E_q[z|x]; ``images`` is (latent, len(values), pixels)."""
+    n_dims, n_steps = images.shape[:2]
+    grid = mosaic(images.reshape(n_dims * n_steps, -1), shape, cols=n_steps, pad=1)
+    fig, (ax,) = _figure(0.45 * n_steps + 0.9, 0.45 * n_dims + 0.6, title=title, images=True)
+    fig.subplots_adjust(left=0.55 / fig.get_figwidth(), bottom=0.35 / fig.get_figheight())
+    ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    h, w = shape
+    ax.set_xticks([(w + 1) * i + (w - 1) / 2 for i in range(n_steps)], [f"{v:g}" for v in values], fontsize="x-small")
+    ax.set_yticks([(h + 1) * i + (h - 1) / 2 for i in range(n_dims)], [f"z{u + 1}" for u in range(n_dims)],
+                  fontsize="x-small")
+    ax.tick_params(length=0, pad=1)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_title("each row: one latent dimension swept, the others at a test image's mean", fontsize="small")
+    return fig
+
+
+def footnote(fig: Figure, text: str) -> Figure:
+    """Small print in the bottom-right corner (a run's id under a title that names it for people)."""
+    fig.text(1 - 0.05 / fig.get_figwidth(), 0.04 / fig.get_figheight(), text, ha="right", va="bottom",
+             fontsize=6, color="0.45")
     return fig
