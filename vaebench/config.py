@@ -114,7 +114,7 @@ class EvalConfig(_Section):
     """The held-out evaluation after a run finishes (vaebench.evaluation): test ELBO and IW log p(x)."""
 
     enabled: bool = True  # false: no evaluation at the end of training (vaebench eval does it later)
-    k: PosInt = 1000  # importance samples per image (README, Evaluation: why 1,000)
+    k: PosInt = 250  # importance samples per image (README, Evaluation: why 250)
     splits: list[Literal["test", "val", "train"]] = ["test"]
     batch: Optional[PosInt] = None  # images per batch; None: chosen from k
 

@@ -251,6 +251,7 @@ def ls(path: str | Path = "results") -> pd.DataFrame:
     df = load(path, final=True)
     keys = (["variant"] if "variant" in df else []) + varied_keys(df)
     df = df.rename(columns={"train.steps": "steps"})
-    metrics = [c for c in ("val_elbo", "val_rec", "val_kl") if c in df]
-    metrics += sorted(c for c in df.columns if c.endswith(("_iw_ll", "_iw_ll_se")))
+    metrics = [c for c in ("val_elbo", "val_rec", "val_kl", "test_elbo", "test_elbo_se", "test_iw_ll", "test_iw_ll_se")
+               if c in df]
+    metrics += sorted(c for c in df.columns if c.endswith(("_iw_ll", "_iw_ll_se")) and c not in metrics)
     return df[["run", *keys, "state", "step", "steps", *metrics]].reset_index(drop=True)

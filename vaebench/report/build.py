@@ -238,7 +238,10 @@ def _study_curves(view: StudyView, root: Path) -> pd.DataFrame:
             continue
         m = m[m["split"] == "val"].melt(id_vars=["step", "split"], value_vars=list(runs.TERMS),
                                         var_name="term", value_name="value")
-        frames.append(m.assign(run=r["run"], **{k: r[k] for a in view.axes for k in a}))
+        m = m.assign(run=r["run"])
+        for k in (k for a in view.axes for k in a):
+            m[k] = pd.Series([r[k]] * len(m), index=m.index, dtype=object)  # a width (32,) is one value
+        frames.append(m)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 

@@ -209,13 +209,9 @@ def axis_label(axis: str | Sequence[str], width: int = 0) -> str:
 def axis_values(df: pd.DataFrame, axis: str | Sequence[str]) -> pd.Series:
     """One label per row for the axis (several keys that vary together are joined)."""
     cols = [axis] if isinstance(axis, str) else list(axis)
-    if len(cols) == 1:
-        return df[cols[0]].map(format_value)
-    def join(r) -> str:
-        vals = [format_value(v) for v in r]
-        return vals[0] if len(set(vals)) == 1 else ", ".join(vals)
-
-    return df[cols].apply(join, axis=1)
+    per_key = [[format_value(v) for v in df[c].astype(object)] for c in cols]
+    joined = [vals[0] if len(set(vals)) == 1 else ", ".join(vals) for vals in zip(*per_key)]
+    return pd.Series(joined, index=df.index, dtype=object)
 
 
 def format_value(v) -> str:
@@ -315,6 +311,7 @@ def plot_curves_by_value(df: pd.DataFrame, axis: str | Sequence[str], split: str
             b = bands[bands["value"] == value]
             if b.empty:
                 continue
+            b = b[b["step"] > 0]
             ax.plot(b["step"], b["mean"], color=color, lw=1.5, label=value)
             ci = b["ci"].fillna(0)
             ax.fill_between(b["step"], b["mean"] - ci, b["mean"] + ci, color=color, alpha=0.2, lw=0)
@@ -335,18 +332,18 @@ def value_palette(n: int) -> list:
 
 
 def _show_every_curve(ax, bands: pd.DataFrame) -> None:
-    """y-limits that hold every curve from its first point; weight updates on a log scale (linear
-    up to the first evaluation) so the first few hundred updates, where the terms move by tens of
-    nats, take as much room as the rest."""
-    first = bands.loc[bands["step"] > 0, "step"]
-    ax.set_xscale("symlog", linthresh=float(first.min()) if len(first) else 1.0, linscale=0.4)
-    ax.set_xlim(left=0)
+    """y-limits that hold every curve from its first point, weight updates on a log scale so the
+    first few hundred updates, where the terms move by tens of nats, take as much room as the rest
+    (the untrained model at update 0 has no place on a log axis; it is the same for every value)."""
+    ax.set_xscale("log")
     ax.set_xlabel(f"{UPDATES} (log scale)")
-    ci = bands["ci"].fillna(0)
-    lo, hi = (bands["mean"] - ci).min(), (bands["mean"] + ci).max()
+    b = bands[bands["step"] > 0]
+    ci = b["ci"].fillna(0)
+    lo, hi = (b["mean"] - ci).min(), (b["mean"] + ci).max()
     if np.isfinite(lo) and np.isfinite(hi):
         pad = 0.04 * (hi - lo or 1.0)
         ax.set_ylim(lo - pad, hi + pad)
+        ax.set_xlim(b["step"].min() * 0.9, b["step"].max() * 1.1)
 
 
 def save(fig: Figure, stem, formats: Sequence[str] = ("png", "svg"), dpi: int = 110) -> list[str]:
@@ -455,9 +452,10 @@ def plot_traversals(images: np.ndarray, shape: tuple[int, int], values: Sequence
     at a test image's E_q[z|x]; ``images`` is (latent, len(values), pixels)."""
     n_dims, n_steps = images.shape[:2]
     grid = mosaic(images.reshape(n_dims * n_steps, -1), shape, cols=n_steps, pad=1)
-    fig, (ax,) = _figure(0.45 * n_steps + 0.9, 0.45 * n_dims + 0.6, title=title, images=True)
+    fig, (ax,) = _figure(max(4.8, 0.45 * n_steps + 0.9), 0.45 * n_dims + 0.6, title=title, images=True)
     fig.subplots_adjust(left=0.55 / fig.get_figwidth(), bottom=0.35 / fig.get_figheight())
     ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.grid(False)
     h, w = shape
     ax.set_xticks([(w + 1) * i + (w - 1) / 2 for i in range(n_steps)], [f"{v:g}" for v in values], fontsize="x-small")
     ax.set_yticks([(h + 1) * i + (h - 1) / 2 for i in range(n_dims)], [f"z{u + 1}" for u in range(n_dims)],
@@ -465,12 +463,12 @@ def plot_traversals(images: np.ndarray, shape: tuple[int, int], values: Sequence
     ax.tick_params(length=0, pad=1)
     for spine in ax.spines.values():
         spine.set_visible(False)
-    ax.set_title("each row: one latent dimension swept, the others at a test image's mean", fontsize="small")
+    ax.set_title("row u: z_u from -3 to 3, the others at a test image's E_q[z|x]", fontsize="small")
     return fig
 
 
 def footnote(fig: Figure, text: str) -> Figure:
-    """Small print in the bottom-right corner (a run's id under a title that names it for people)."""
-    fig.text(1 - 0.05 / fig.get_figwidth(), 0.04 / fig.get_figheight(), text, ha="right", va="bottom",
+    """Small print in the bottom-left corner (a run's id under a title that names it for people)."""
+    fig.text(0.05 / fig.get_figwidth(), 0.04 / fig.get_figheight(), text, ha="left", va="bottom",
              fontsize=6, color="0.45")
     return fig

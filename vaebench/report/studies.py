@@ -19,7 +19,7 @@ from .figures import axis_values, value_order
 from .stats import mean_ci
 
 REPLICATE_KEYS = ("seed",)
-SUMMARY_METRICS = ("val_elbo", "val_rec", "val_kl", "gap", "test_iw_ll")
+SUMMARY_METRICS = ("val_elbo", "val_rec", "val_kl", "gap", "test_elbo", "test_iw_ll")
 
 
 def config_columns(df: pd.DataFrame) -> list[str]:
