@@ -101,10 +101,11 @@ def test_summary_equals_a_pandas_computation_from_load(results, tmp_path):
 
 
 def test_t_quantiles_and_mean_ci():
-    assert t975(1) == 12.706 and t975(30) == 2.042
+    # scipy.stats against the printed table (Student t, two-sided 95%)
+    assert t975(1) == pytest.approx(12.706, abs=1e-3) and t975(30) == pytest.approx(2.042, abs=1e-3)
     assert t975(31) == pytest.approx(2.0395, abs=2e-4) and t975(1000) == pytest.approx(1.9623, abs=2e-4)
     mean, half = mean_ci([1.0, 2.0, 3.0])
-    assert mean == 2.0 and half == pytest.approx(4.303 * 1.0 / math.sqrt(3))
+    assert mean == 2.0 and half == pytest.approx(4.303 * 1.0 / math.sqrt(3), rel=1e-4)
     assert math.isnan(mean_ci([5.0])[1]) and math.isnan(mean_ci([])[0])
 
 
@@ -130,12 +131,12 @@ def test_failed_and_partial_runs_are_reported_not_fatal(tmp_path, monkeypatch):
     before = snapshot(out)
     rep = build_report(out)
     assert snapshot(out) == before
-    table = rep.summary.set_index("config")
-    assert table.loc["optim.name=sgd, optim.lr=1000000.0", "n_failed"] == 2
-    assert table.loc["optim.name=sgd, optim.lr=1000000.0", "n_seeds"] == 0
+    table = rep.summary.set_index("config")  # rows named by their variants
+    assert list(table.index) == ["good", "bad", "cut"]
+    assert table.loc["bad", "n_failed"] == 2 and table.loc["bad", "n_seeds"] == 0
     # one cut run, or both seeds when they trained as one stack
-    assert table.loc["optim.lr=0.002", "n_unfinished"] in (1, 2) and table.loc["optim.lr=0.002", "n_seeds"] == 0
-    assert table.loc["baseline", "n_seeds"] == 2
+    assert table.loc["cut", "n_unfinished"] in (1, 2) and table.loc["cut", "n_seeds"] == 0
+    assert table.loc["good", "n_seeds"] == 2
     index = rep.index.read_text()
     assert "What is missing" in index and "NaN" in index and "partial" in index
     partial = next(label for label in vaebench.load(out, final=True)["run"] if "cut" in label)

@@ -155,8 +155,9 @@ def load(path: str | Path = "results", final: bool = False, split: str | list[st
             vals = [r.get(col) for r in metric_rows]
             if all(v is None for v in vals):
                 continue
-            body[col] = pd.array(vals, dtype="Int64") if all(isinstance(v, int) or v is None for v in vals) \
-                else np.array([np.nan if v is None else v for v in vals], dtype=np.float64)
+            whole = all(isinstance(v, int) and not isinstance(v, bool) for v in vals)  # counts: n, k, active units
+            body[col] = np.array(vals, dtype=np.int64) if whole else \
+                np.array([np.nan if v is None else v for v in vals], dtype=np.float64)
         order = ["step", *metric_cols]
     else:
         splits = _as_list(split, ("train", "val"), "split")

@@ -464,7 +464,8 @@ def _index_html(root: Path, final: pd.DataFrame, views: dict[str, StudyView], st
                 h.append(f"<p>final validation ELBO {r['val_elbo']:.2f} (rec {r['val_rec']:.2f}, KL {r['val_kl']:.2f}) "
                          f"nats per image; train ELBO {r.get('train_elbo', float('nan')):.2f}"
                          + (f"; test IW log p(x) {r['test_iw_ll']:.2f} ± {r['test_iw_ll_se']:.2f}, test ELBO "
-                            f"{r['test_elbo']:.2f} ± {r['test_elbo_se']:.2f} (k = {int(r['test_k']):,})"
+                            f"{r['test_elbo']:.2f} ± {r['test_elbo_se']:.2f}"
+                            + (f" (k = {int(r['test_k']):,})" if pd.notna(r.get("test_k")) else "")
                             if pd.notna(r.get("test_iw_ll")) else "") + "</p>")
             h.append(_config_html(root, label))
             figs = [_figure_html(f"runs/{label}/{name}", cap) for name, cap in RUN_FIGURES.items()

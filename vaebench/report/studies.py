@@ -84,7 +84,11 @@ class StudyView:
         return ", ".join(parts) or ("baseline" if self.axes else row.get("name", self.name))
 
     def order_key(self, row: pd.Series) -> tuple:
-        """Baseline first, then the configs that differ on one axis, axis by axis, in value order."""
+        """A study with variants: the study's order. Else baseline first, then the configs that differ
+        on one axis, axis by axis, in value order."""
+        if "variant" in row and pd.notna(row["variant"]) and "variant" in self.final:
+            order = list(dict.fromkeys(self.final["variant"].astype(str)))
+            return (order.index(str(row["variant"])),) if str(row["variant"]) in order else (len(order),)
         frame = row.to_frame().T
         key = []
         for axis in self.axes:
