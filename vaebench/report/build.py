@@ -183,6 +183,15 @@ def _out_file(out: str | Path) -> tuple[Path, str]:
     return path.with_suffix(""), fmt
 
 
+def _title_of(run_dir: Path, cfg: dict) -> str:
+    """study · variant · seed, for a run outside a report (its variant from the study's grid.yaml)."""
+    from ..results import study_order
+
+    variant = study_order([run_dir])[1][run_dir].get("variant")
+    return " · ".join([run_dir.parent.name or cfg.get("name", "run"), *([str(variant)] if variant else []),
+                       f"seed {cfg.get('seed', 0)}"])
+
+
 def _model_and_data(run: str | Path):
     run_dir = Path(run)
     if not runs.is_run_dir(run_dir):
@@ -200,8 +209,8 @@ def draw_samples(run: str | Path, out: str | Path, n: int = 64, seed: int = SAMP
     shape = tuple(_splits(d["dataset"], d.get("root"), d.get("per_class"), d.get("seed", 0), d.get("val_size"))["train"].shape)
     images = model.sample(n, torch.Generator().manual_seed(seed)).numpy()
     cols = max(1, int(np.ceil(np.sqrt(n))))
-    title = f"{n} samples of {run_dir.name} (update {getattr(model, 'trained_steps', 0):,})"
-    F.save(F.plot_samples(images, shape, title, cols=cols), stem, (fmt,))
+    title = f"{_title_of(run_dir, cfg)} (update {getattr(model, 'trained_steps', 0):,}): {n} samples"
+    F.save(F.footnote(F.plot_samples(images, shape, title, cols=cols), f"run {run_dir.name}"), stem, (fmt,))
     return stem.with_suffix("." + fmt)
 
 
@@ -223,8 +232,9 @@ def draw_reconstructions(run: str | Path, out: str | Path, split: str = "val", n
     x = binarizer.sample(binarizer.prepare(grey, "cpu"), torch.Generator().manual_seed(SAMPLE_SEED)).float()
     with torch.no_grad():
         recon = model.reconstruct(x).numpy()
-    title = f"{run_dir.name} (update {getattr(model, 'trained_steps', 0):,}): {split} images"
-    F.save(F.plot_reconstructions(x.numpy(), recon, tuple(splits[split].shape), title), stem, (fmt,))
+    title = f"{_title_of(run_dir, cfg)} (update {getattr(model, 'trained_steps', 0):,}): {split} images"
+    fig = F.plot_reconstructions(x.numpy(), recon, tuple(splits[split].shape), title)
+    F.save(F.footnote(fig, f"run {run_dir.name}"), stem, (fmt,))
     return stem.with_suffix("." + fmt)
 
 

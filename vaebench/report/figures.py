@@ -469,6 +469,7 @@ def plot_traversals(images: np.ndarray, shape: tuple[int, int], values: Sequence
 
 def footnote(fig: Figure, text: str) -> Figure:
     """Small print in the bottom-left corner (a run's id under a title that names it for people)."""
-    fig.text(0.05 / fig.get_figwidth(), 0.04 / fig.get_figheight(), text, ha="left", va="bottom",
-             fontsize=6, color="0.45")
+    h = fig.get_figheight()
+    fig.subplots_adjust(bottom=max(fig.subplotpars.bottom, 0.16 / h))  # image figures: room below the images
+    fig.text(0.05 / fig.get_figwidth(), 0.03 / h, text, ha="left", va="bottom", fontsize=6, color="0.45")
     return fig
