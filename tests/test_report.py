@@ -198,3 +198,30 @@ def test_cli_report_and_its_errors(results, tmp_path):
     run_dir = runs.find_runs(results / "single")[0]
     inside = run_cli("report", str(results / "single"), "--out", str(run_dir / "figs"))
     assert inside.returncode == 2 and "inside a run folder" in inside.stderr
+
+
+def test_compare_sample_and_reconstruct_from_the_command_line(results, tmp_path):
+    c = run_cli("compare", str(results / "st"))
+    assert c.returncode == 0, c.stderr
+    assert c.stdout.startswith("test_iw_ll") and "too few seeds" in c.stdout  # 2 seeds per config
+    v = run_cli("compare", str(results / "st"), "--metric", "val_elbo")
+    assert v.returncode == 0 and v.stdout.startswith("val_elbo")
+    bad = run_cli("compare", str(results / "st"), "--metric", "val_elbow")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "val_elbo" in bad.stderr
+    run_dir = runs.find_runs(results / "single")[0]
+    s = run_cli("sample", str(run_dir), "-n", "16", "--out", str(tmp_path / "s.png"))
+    r = run_cli("reconstruct", str(run_dir), "--split", "val", "--out", str(tmp_path / "r.svg"))
+    assert s.returncode == 0 and r.returncode == 0, s.stderr + r.stderr
+    assert (tmp_path / "s.png").stat().st_size > 2_000 and (tmp_path / "r.svg").stat().st_size > 2_000
+    not_a_run = run_cli("sample", str(results), "--out", str(tmp_path / "x.png"))
+    assert not_a_run.returncode == 2 and "not a run folder" in not_a_run.stderr and "Traceback" not in not_a_run.stderr
+
+
+def test_the_study_page_leads_with_the_paired_comparison(results, tmp_path):
+    rep = build_report(results / "st", out=tmp_path / "r")
+    index = rep.index.read_text()
+    study = index.index("<h2>Study st</h2>")
+    assert study < index.index("studies/st/compare.png") < index.index("final-objective.k.png")
+    assert "P(better)" in index and "too few seeds" in index and (rep.out / "studies/st/compare.png").is_file()
+    # runs are headed by their study, values and seed; the folder (with its hash) in small print
+    assert "<small class='id'>" in index and "st · baseline · seed 0" in index and "st · k = 2 · seed 1" in index
