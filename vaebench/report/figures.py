@@ -422,18 +422,35 @@ def leading_directions(mu: np.ndarray) -> tuple[np.ndarray, str]:
     return centred @ vt[:2].T, f"PC ({share[0]:.0%}, {share[1]:.0%} of the variance)"
 
 
+def _digit_density(xy: np.ndarray, labels: np.ndarray, bins: int = 150) -> tuple[np.ndarray, tuple]:
+    """The points as one RGB image: each bin coloured by the mix of digits in it, paler where
+    there are fewer points. One image draws in milliseconds in PNG and SVG alike, where a scatter
+    of 10,000 markers costs a second per format (every per-run figure counts in a 100-run report)."""
+    lo, hi = np.percentile(xy, [0.2, 99.8], axis=0)
+    pad = 0.05 * (hi - lo)
+    lo, hi = lo - pad, hi + pad
+    ij = np.clip(((xy - lo) / (hi - lo) * bins).astype(int), 0, bins - 1)
+    flat = ij[:, 1] * bins + ij[:, 0]
+    counts = np.stack([np.bincount(flat[labels == d], minlength=bins * bins) for d in range(10)], axis=1)
+    total = counts.sum(1, keepdims=True)
+    mix = counts @ np.asarray(DIGIT_COLORS) / np.maximum(total, 1)
+    alpha = np.minimum(1.0, 0.35 + 0.65 * total / max(1.0, np.percentile(total[total > 0], 90)))
+    alpha[total == 0] = 0.0
+    rgb = 1 - alpha * (1 - mix)  # over white
+    return rgb.reshape(bins, bins, 3), (lo[0], hi[0], lo[1], hi[1])
+
+
 def plot_latent(mu: np.ndarray, labels: np.ndarray, title: str = "") -> Figure:
     """The seed's latent view: E_q[z|x] of the test images, coloured by digit (the two leading
     principal directions when the latent has more than two dimensions)."""
     xy, kind = leading_directions(mu)
     fig, (ax,) = _figure(5.4, 4.6, title=title)
     fig.subplots_adjust(right=1 - 0.9 / fig.get_figwidth())
-    labels = np.asarray(labels)
-    order = np.random.default_rng(0).permutation(len(xy))  # no digit drawn wholly on top of the others
-    colors = np.array(DIGIT_COLORS)[labels[order] % 10]
-    ax.scatter(xy[order, 0], xy[order, 1], c=colors, s=2, alpha=0.6, lw=0, rasterized=True)
+    labels = np.asarray(labels) % 10
+    img, extent = _digit_density(xy, labels)
+    ax.imshow(img, origin="lower", interpolation="nearest", aspect="auto", extent=extent)
     for d in range(10):
-        ax.scatter([], [], color=DIGIT_COLORS[d], s=14, label=str(d))
+        ax.plot([], [], "s", ms=6, color=DIGIT_COLORS[d], label=str(d))
     ax.legend(title="digit", loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small", title_fontsize="small",
               frameon=False, handletextpad=0.1)
     if kind == "z":
