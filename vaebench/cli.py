@@ -189,12 +189,14 @@ def eval_command(path: str, k: int, split: str, device: str, batch: int | None, 
 
 def _table(df) -> str:
     """Config values as written, metrics (float columns named like val_elbo) to 2 decimals."""
+    from .results import format_value
+
     df = df.copy()
     for col in df.columns:
         if "_" in col and "." not in col and df[col].dtype.kind == "f":
             df[col] = df[col].map(lambda v: "-" if v != v else f"{v:.2f}")
         else:
-            df[col] = df[col].map(lambda v: "-" if v is None or v != v else str(v))
+            df[col] = df[col].astype(object).map(lambda v: "-" if v is None or v != v else format_value(v))
     return df.to_string(index=False)
 
 

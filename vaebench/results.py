@@ -208,6 +208,16 @@ def _long_metrics(run_dir: Path, splits: list[str], terms: list[str]) -> tuple[n
             np.concatenate(values) if values else np.zeros(0))
 
 
+def format_value(v: Any) -> str:
+    """A config value for people: widths (32,) as 32, (256, 128) as 256x128, 2.0 as 2."""
+    if isinstance(v, (tuple, list)):
+        whole = all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+        return ("x" if whole else ", ").join(format_value(x) for x in v)
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e6:
+        return str(int(v))
+    return str(v)
+
+
 def key_label(key: str) -> str:
     """A config key's short human label for axes, legends and tables: the schema's own
     (``config.key_info(key).label``) where the schema has one, else a readable form of the key."""

@@ -71,11 +71,13 @@ def compare(runs: str | Path | pd.DataFrame, metric: str = "test_iw_ll", referen
         hint = "; run `vaebench eval PATH` first" if metric.startswith("test_") else ""
         raise VaebenchError(f"no run has {metric!r}{hint}; metrics here: {', '.join(metrics) or 'none'}")
     rows: list[dict] = []
+    seen: set[str] = set()
     for view in study_views(final):
         done = view.final[view.final["state"].astype(str) == "done"]
         variants = view.final["variant"].astype(str) if "variant" in view.final else None
         if variants is not None and variants.nunique() > 1:
             order = list(dict.fromkeys(variants))  # the study's order
+            seen.update(order)
             ref = reference if reference in order else "baseline" if "baseline" in order else order[0]
             rows += _rows(view.name, "variant", variants[done.index], done, order, ref, metric)
             continue
@@ -83,8 +85,12 @@ def compare(runs: str | Path | pd.DataFrame, metric: str = "test_iw_ll", referen
             part = done[axis_slice(done, axis, view.axes, view.refs)]
             labels = axis_values(part, axis)
             order = value_order(axis_values(view.final, axis))
+            seen.update(order)
             ref = reference if reference in order else view.refs[axis]
             rows += _rows(view.name, axis_label(axis), labels, part, order, ref, metric)
+    if reference is not None and reference not in seen:
+        raise VaebenchError(f"no variant or axis value {reference!r} to compare with; "
+                            f"values are: {', '.join(sorted(seen)) or 'none (no axes)'}")
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

@@ -215,14 +215,10 @@ def axis_values(df: pd.DataFrame, axis: str | Sequence[str]) -> pd.Series:
 
 
 def format_value(v) -> str:
-    """A config value as a tick label: widths (32,) as 32, (256, 128) as 256x128, 2.0 as 2."""
-    if isinstance(v, (tuple, list)):
-        parts = [format_value(x) for x in v]
-        whole = all(isinstance(x, int) and not isinstance(x, bool) for x in v)
-        return ("x" if whole else ", ").join(parts)
-    if isinstance(v, float) and v.is_integer() and abs(v) < 1e6:
-        return str(int(v)) if not isinstance(v, bool) else str(v)
-    return str(v)
+    """A config value as a tick label (vaebench.results.format_value): widths (32,) as 32."""
+    from ..results import format_value as fmt
+
+    return fmt(v)
 
 
 def value_order(labels: Iterable[str]) -> list[str]:
