@@ -22,7 +22,8 @@ def pytest_configure(config):
 def tiny_overrides() -> list[str]:
     """A run small enough for a unit test (a few seconds on one core)."""
     return ["data.per_class=50", "data.val_size=50", "train.steps=60", "train.batch_size=50",
-            "train.eval_every=20", "train.flush_every=20", "train.checkpoint_every=40", "train.threads=1"]
+            "train.eval_every=20", "train.flush_every=20", "train.checkpoint_every=40", "train.threads=1",
+            "eval.enabled=false"]
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300):

@@ -163,7 +163,7 @@ def test_eval_keys_do_not_change_the_run_id():
 def test_eval_cli_writes_eval_json_and_ls_shows_it(tmp_path, tiny_overrides):
     o = {k: yaml.safe_load(v) for k, v in (x.split("=", 1) for x in tiny_overrides)}
     o |= {"objective.name": "iwae", "objective.k": 3, "objective.warmup": 30, "optim.schedule": "iwae",
-          "eval.k": 4, "eval.splits": ["val"]}
+          "eval.enabled": True, "eval.k": 4, "eval.splits": ["val"]}
     res = vaebench.run({"name": "t"}, out=tmp_path, overrides=o, progress=False)
     assert res.state == "done"
     doc = json.loads((res.path / runs.EVAL).read_text())  # the config's end-of-run evaluation
@@ -188,3 +188,29 @@ def test_eval_cli_writes_eval_json_and_ls_shows_it(tmp_path, tiny_overrides):
     (res.path / runs.CHECKPOINT).unlink()
     bad = run_cli("eval", str(res.path), "--force")
     assert bad.returncode != 0 and "no checkpoint" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_every_run_ends_with_test_metrics_unless_disabled(tmp_path, tiny_overrides):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: t\n")
+    sets = [f"--set={o}" for o in tiny_overrides if not o.startswith("eval.")]
+    r = run_cli("run", str(cfg), "--out", str(tmp_path / "res"), *sets, "--set=eval.k=4")
+    assert r.returncode == 0, r.stderr
+    assert "test IW log p(x)" in r.stdout and "(k=4)" in r.stdout  # what make run prints for the baseline
+    off = run_cli("run", str(cfg), "--out", str(tmp_path / "res"), *sets, "--set=seed=1", "--set=eval.enabled=false")
+    assert off.returncode == 0, off.stderr
+    assert "test IW" not in off.stdout
+    final = vaebench.load(tmp_path / "res", final=True).set_index("seed")
+    assert final.loc[0, "test_k"] == 4 and final.loc[0, "test_n"] == 10_000
+    assert final.loc[0, "test_elbo"] <= final.loc[0, "test_iw_ll"] < 0 and final.loc[0, "test_iw_ll_se"] > 0
+    assert math.isnan(final.loc[1, "test_iw_ll"])  # eval.enabled: false skipped it
+    # a run without test metrics (an older run) gets them from vaebench eval
+    p = run_cli("eval", str(tmp_path / "res"), "--k", "4")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("skipped") == 1 and p.stdout.count("evaluated") == 1
+    ls = run_cli("ls", str(tmp_path / "res"))
+    for col in ("test_elbo", "test_elbo_se", "test_iw_ll", "test_iw_ll_se"):
+        assert col in ls.stdout
+    assert "-" not in ls.stdout.splitlines()[-1].split()[-1]
+    table = vaebench.summary(tmp_path / "res")
+    assert {"test_elbo_mean", "test_iw_ll_mean"} <= set(table.columns)

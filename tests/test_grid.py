@@ -21,7 +21,7 @@ from vaebench.grid import expand, run_state
 
 from conftest import REPO, run_cli
 
-TINY = {"data": {"per_class": 20, "val_size": 20},
+TINY = {"data": {"per_class": 20, "val_size": 20}, "eval": {"enabled": False},
         "train": {"steps": 40, "batch_size": 20, "eval_every": 20, "flush_every": 20, "checkpoint_every": 20,
                   "threads": 1}}
 

@@ -79,6 +79,34 @@ def summary(path: str | Path = "results"):
     return _summary(path)
 
 
+def compare(runs: str | Path | pd.DataFrame = "results", metric: str = "test_iw_ll",
+            reference: str | None = None) -> pd.DataFrame:
+    """Each axis value (each variant) against the reference, paired by seed: the mean difference of
+    ``metric``, its 95% t and bootstrap intervals, the probability of improvement and a verdict;
+    see vaebench.report.compare."""
+    from .report.compare import compare as _compare
+
+    return _compare(runs, metric, reference)
+
+
+def sample(run: str | Path, out: str | Path, n: int = 64) -> Path:
+    """Draw ``n`` samples of a trained run (its checkpoint) into the image file ``out``."""
+    from .report.build import draw_samples
+
+    if n < 1:
+        raise ConfigError(f"n must be at least 1, got {n}")
+    return draw_samples(run, out, n)
+
+
+def reconstruct(run: str | Path, out: str | Path, split: str = "val", n: int = 20) -> Path:
+    """Draw ``n`` images of a run's ``split`` beside their reconstructions into the image file ``out``."""
+    from .report.build import draw_reconstructions
+
+    if n < 1:
+        raise ConfigError(f"n must be at least 1, got {n}")
+    return draw_reconstructions(run, out, split, n)
+
+
 def report(path: str | Path = "results", out: str | Path | None = None, force: bool = False,
            jobs: int | None = None, imports: list[str] | tuple[str, ...] = ()):
     """Draw every figure of every run and study under ``path`` into ``out`` (default PATH/report)

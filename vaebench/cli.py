@@ -117,8 +117,14 @@ def _folder(option: str, path: str | None) -> None:
 
 
 def _line(result) -> str:
+    from . import runs
+
     val = (result.final or {}).get("val")
     tail = f"  final val ELBO {val['elbo']:.2f} (rec {val['rec']:.2f}, KL {val['kl']:.2f})" if val else ""
+    test = (runs.read_json(result.path / runs.EVAL) or {}).get("test") if result.state in ("done", "skipped") else None
+    if isinstance(test, dict) and "iw_ll" in test:
+        tail += (f"  test IW log p(x) {test['iw_ll']:.2f} ± {test['iw_ll_se']:.2f} (k={test['k']:,}), "
+                 f"test ELBO {test['elbo']:.2f} ± {test['elbo_se']:.2f}")
     why = f"  {result.reason}" if result.state in ("failed", "busy") and result.reason else ""
     return f"{result.state:8s} {result.path}  step {result.step}{tail}{why}"
 
@@ -152,6 +158,48 @@ def report_command(results: str, out: str | None, jobs: int | None, force: bool,
     missing = f"; {len(rep.missing)} runs have figures missing (see the index)" if rep.missing else ""
     click.echo(f"drew {len(rep.drawn)}, reused {len(rep.reused)} unchanged{missing}")
     click.echo(f"report: {rep.index}")
+
+
+@cli.command(name="sample")
+@click.argument("run", metavar="RUN", type=click.Path(file_okay=False))
+@click.option("-n", "n", type=click.IntRange(min=1), default=64, show_default=True, help="Samples to draw.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Image file (.png, .svg or .pdf).")
+def sample_command(run: str, n: int, out: str) -> None:
+    """Bernoulli means of p(x|z) for z ~ N(0, I) from RUN's checkpoint, as one image grid."""
+    from .api import sample
+
+    click.echo(f"wrote {sample(run, out, n)}")
+
+
+@cli.command(name="reconstruct")
+@click.argument("run", metavar="RUN", type=click.Path(file_okay=False))
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="val", show_default=True)
+@click.option("-n", "n", type=click.IntRange(min=1), default=20, show_default=True, help="Images (every digit in turn).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Image file (.png, .svg or .pdf).")
+def reconstruct_command(run: str, split: str, n: int, out: str) -> None:
+    """Images of RUN's split beside the decoder's means at z = E_q[z], from its checkpoint."""
+    from .api import reconstruct
+
+    click.echo(f"wrote {reconstruct(run, out, split, n)}")
+
+
+@cli.command(name="compare")
+@click.argument("path", metavar="RESULTS", default="results", type=click.Path(file_okay=False))
+@click.option("--metric", default=None,
+              help="A column of vaebench.load(final=True) [default: test_iw_ll where runs have it, else val_elbo].")
+@click.option("--reference", default=None, help="The value or variant to compare with [default: the baseline].")
+def compare_command(path: str, metric: str | None, reference: str | None) -> None:
+    """Each axis value (each variant) against the reference, paired by seed: mean difference, 95%
+    Student-t and bootstrap intervals, probability of improvement, and whether it is beyond seed noise."""
+    from .api import compare, load
+    from .report.compare import compare_text, default_metric
+
+    final = load(path, final=True)
+    metric = metric or default_metric(final)
+    table = compare(final, metric, reference)
+    click.echo(f"{metric} (higher is better) minus the reference's, paired by seed:" if not metric.endswith(
+        ("_kl", "_se", "gap")) else f"{metric} (lower is better) minus the reference's, paired by seed:")
+    click.echo(compare_text(table).to_string(index=False))
 
 
 @cli.command(name="eval")
@@ -207,12 +255,14 @@ def config_command(config: str | None, overrides: tuple[str, ...], components: b
 
 def _table(df) -> str:
     """Config values as written, metrics (float columns named like val_elbo) to 2 decimals."""
+    from .results import format_value
+
     df = df.copy()
     for col in df.columns:
         if "_" in col and "." not in col and df[col].dtype.kind == "f":
             df[col] = df[col].map(lambda v: "-" if v != v else f"{v:.2f}")
         else:
-            df[col] = df[col].map(lambda v: "-" if v is None or v != v else str(v))
+            df[col] = df[col].astype(object).map(lambda v: "-" if v is None or v != v else format_value(v))
     return df.to_string(index=False)
 
 

@@ -152,11 +152,14 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
-    """An optional evaluation after a run finishes (vaebench.evaluation); off with no splits."""
+    """The held-out evaluation after a run finishes (vaebench.evaluation): test ELBO and IW log p(x)."""
 
-    k: PosInt = key(5000, "importance samples per image", "eval K (importance samples)", numbers=False)
+    enabled: bool = key(True, "evaluate the test split at the end of training (false: later, with vaebench eval)",
+                        "end-of-run evaluation", numbers=False)
+    k: PosInt = key(250, "importance samples per image (README, Evaluation: why 250)", "eval K (importance samples)",
+                    numbers=False)
     splits: list[Literal["test", "val", "train"]] = key(
-        [], "splits evaluated after training: any of test, val, train", "eval splits", numbers=False)
+        ["test"], "splits evaluated after training: any of test, val, train", "eval splits", numbers=False)
     batch: Optional[PosInt] = key(None, "images per batch; null: chosen from k", "eval batch", numbers=False)
 
 

@@ -169,10 +169,13 @@ def find_runs(root: str | Path) -> list[Path]:
     return sorted(p.parent for p in root.rglob(CONFIG) if not any(s.startswith(".") for s in p.parts[len(root.parts):]))
 
 
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's: ~10x faster on 100 configs
+
+
 def read_config(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / CONFIG
     try:
-        cfg = yaml.safe_load(path.read_text())
+        cfg = yaml.load(path.read_text(), Loader=_YAML_LOADER)
     except (OSError, yaml.YAMLError) as e:
         raise VaebenchError(f"unreadable {path}: {str(e).splitlines()[0]}; restore it or delete the run folder") from None
     if not isinstance(cfg, dict):
@@ -207,17 +210,22 @@ def read_tables(files: list[Path]) -> pa.Table:
     return pa.concat_tables(tables) if tables else METRICS_SCHEMA.empty_table()
 
 
-def read_metrics(run_dir: Path) -> pd.DataFrame:
-    """Per-step terms in wide form (step, split, rec, kl, elbo), from the whole file or the parts."""
+def read_metrics_table(run_dir: Path) -> pa.Table:
+    """Per-step terms as an Arrow table (step, split, rec, kl, elbo), from the whole file or the parts."""
     run_dir = Path(run_dir)
     files = [run_dir / METRICS] if (run_dir / METRICS).is_file() else part_files(run_dir)
-    return read_tables(files).to_pandas()
+    return read_tables(files)
+
+
+def read_metrics(run_dir: Path) -> pd.DataFrame:
+    """Per-step terms in wide form (step, split, rec, kl, elbo), from the whole file or the parts."""
+    return read_metrics_table(run_dir).to_pandas()
 
 
 def read_grid(study_dir: Path) -> dict[str, dict[str, Any]]:
     """{run folder: its varied values, in grid order} from a study's grid.yaml; {} when there is none."""
     try:
-        doc = yaml.safe_load((Path(study_dir) / GRID).read_text())
+        doc = yaml.load((Path(study_dir) / GRID).read_text(), Loader=_YAML_LOADER)
     except (OSError, yaml.YAMLError):
         return {}
     entries = doc.get("runs") if isinstance(doc, dict) else None

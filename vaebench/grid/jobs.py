@@ -54,7 +54,8 @@ def init_worker(lock: Any, slots: Any) -> None:
 
 
 def evaluate_after(cfg: RunConfig, result, job: Job):
-    """The config's end-of-run evaluation (eval.splits), skipping splits already evaluated with eval.k."""
+    """The config's end-of-run evaluation (eval.splits, by default the whole test split), skipping splits
+    already evaluated with eval.k; off with eval.enabled: false."""
     from ..evaluation import evaluate_run, has_eval
 
     for split in cfg.eval.splits:
@@ -117,7 +118,7 @@ def execute(job: Job) -> list:
             results.update(zip(mine, out))
             for i, r in zip(mine, out):
                 cfg = job.configs[i]
-                if r.state in ("done", "skipped") and cfg.eval.splits:
+                if r.state in ("done", "skipped") and cfg.eval.enabled and cfg.eval.splits:
                     results[i] = evaluate_after(cfg, r, job)
         except KeyboardInterrupt:
             _mark_interrupted()

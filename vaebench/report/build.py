@@ -24,8 +24,9 @@ import yaml
 
 from .. import __version__, plugins, runs
 from ..errors import VaebenchError
-from ..results import load
+from ..results import axis_label, load
 from . import figures as F
+from .compare import compare, compare_text, default_metric
 from .studies import StudyView, axis_slice, study_views, summary, summary_markdown
 
 RUN_FIGURES = {
@@ -34,13 +35,16 @@ RUN_FIGURES = {
     "recon_val": "reconstructions of validation images",
     "samples": "samples from z ~ N(0, I)",
     "train_val": "reconstruction log-likelihood, train vs validation",
+    "latent": "latent means of the test images, coloured by digit",
+    "traversals": "latent traversals: each dimension swept from -3 to 3",
 }
 FORMATS = ("png", "svg")
 MANIFEST = ".manifest.json"
 N_IMAGES = 20  # reconstructed images per split: two of each digit
 N_SAMPLES = 100
 SAMPLE_SEED = 0  # the same z in every report, so samples change only with the model
-_FORMAT_VERSION = 2  # bump to redraw every figure after a change to how they are drawn
+TRAVERSAL_VALUES = (-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0)
+_FORMAT_VERSION = 3  # bump to redraw every figure after a change to how they are drawn
 
 
 @dataclass
@@ -112,11 +116,29 @@ def _images(run_dir: Path, cfg: dict) -> tuple[dict, tuple[int, int], int]:
             x = binarizer.sample(binarizer.prepare(grey, "cpu"), gen).float()
             out[split] = (x.numpy(), model.reconstruct(x).numpy())
         out["samples"] = model.sample(N_SAMPLES, torch.Generator().manual_seed(SAMPLE_SEED)).numpy()
+        test = splits["test"]
+        x = binarizer.sample(binarizer.prepare(test, "cpu"), torch.Generator().manual_seed(SAMPLE_SEED)).float()
+        mu = model.encode(x)[0]
+        out["latent"] = (mu.numpy(), np.asarray(test.labels))
+        out["traversals"] = traversals(model, mu[0]).numpy()
     return out, tuple(splits["train"].shape), int(getattr(model, "trained_steps", 0))
 
 
-def draw_run(run_dir: str | Path, fig_dir: str | Path, title: str) -> dict[str, str]:
-    """Draw the seed's five figures for one run; return {figure: why it is missing} for those it can't."""
+def traversals(model, mu, values=TRAVERSAL_VALUES):
+    """p(x|z)'s means with z = ``mu`` except z_u = each of ``values``: (latent, len(values), pixels)."""
+    import torch
+
+    values = torch.tensor(values, dtype=mu.dtype)
+    lat, n = len(mu), len(values)
+    z = mu.repeat(lat * n, 1).view(lat, n, lat)
+    idx = torch.arange(lat)
+    z[idx, :, idx] = values
+    return model.likelihood.mean(model.decode(z.view(lat * n, lat))).view(lat, n, -1)
+
+
+def draw_run(run_dir: str | Path, fig_dir: str | Path, title: str, note: str = "") -> dict[str, str]:
+    """Draw the seed's figures for one run (titled ``title``, with ``note`` in small print); return
+    {figure: why it is missing} for those it can't."""
     import torch
 
     torch.set_num_threads(1)
@@ -126,9 +148,12 @@ def draw_run(run_dir: str | Path, fig_dir: str | Path, title: str) -> dict[str, 
     missing: dict[str, str] = {}
     m = runs.read_metrics(run_dir)
     window = int(cfg.get("train", {}).get("eval_every", 100))
+    def save(fig, name):
+        F.save(F.footnote(fig, note) if note else fig, fig_dir / name, FORMATS)
+
     if len(m):
-        F.save(F.plot_terms(m, window, title), fig_dir / "terms", FORMATS)
-        F.save(F.plot_train_val(m, "rec", window, title), fig_dir / "train_val", FORMATS)
+        save(F.plot_terms(m, window, title), "terms")
+        save(F.plot_train_val(m, "rec", window, title), "train_val")
     else:
         missing["terms"] = missing["train_val"] = "no metrics logged yet"
     if (run_dir / runs.CHECKPOINT).is_file():
@@ -136,15 +161,80 @@ def draw_run(run_dir: str | Path, fig_dir: str | Path, title: str) -> dict[str, 
         at = f"{title} (checkpoint at update {step:,})"
         for split, name in (("train", "training"), ("val", "validation")):
             x, recon = images[split]
-            F.save(F.plot_reconstructions(x, recon, shape, f"{at}: {name} images"), fig_dir / f"recon_{split}", FORMATS)
-        F.save(F.plot_samples(images["samples"], shape, at), fig_dir / "samples", FORMATS)
+            save(F.plot_reconstructions(x, recon, shape, f"{at}: {name} images"), f"recon_{split}")
+        save(F.plot_samples(images["samples"], shape, at), "samples")
+        save(F.plot_latent(*images["latent"], at), "latent")
+        save(F.plot_traversals(images["traversals"], shape, TRAVERSAL_VALUES, at), "traversals")
     else:
-        for name in ("recon_train", "recon_val", "samples"):
+        for name in ("recon_train", "recon_val", "samples", "latent", "traversals"):
             missing[name] = "no checkpoint yet"
     for name in missing:  # a figure from an earlier report that can no longer be drawn is stale
         for fmt in FORMATS:
             (fig_dir / f"{name}.{fmt}").unlink(missing_ok=True)
     return missing
+
+
+def _out_file(out: str | Path) -> tuple[Path, str]:
+    path = Path(out)
+    fmt = path.suffix.lstrip(".").lower()
+    if fmt not in ("png", "svg", "pdf"):
+        raise VaebenchError(f"can't write {path}: give a .png, .svg or .pdf file name")
+    return path.with_suffix(""), fmt
+
+
+def _title_of(run_dir: Path, cfg: dict) -> str:
+    """study · variant · seed, for a run outside a report (its variant from the study's grid.yaml)."""
+    from ..results import study_order
+
+    variant = study_order([run_dir])[1][run_dir].get("variant")
+    return " · ".join([run_dir.parent.name or cfg.get("name", "run"), *([str(variant)] if variant else []),
+                       f"seed {cfg.get('seed', 0)}"])
+
+
+def _model_and_data(run: str | Path):
+    run_dir = Path(run)
+    if not runs.is_run_dir(run_dir):
+        raise VaebenchError(f"{run_dir} is not a run folder (no {runs.CONFIG}); give one run, e.g. results/baseline/<id>")
+    return run_dir, runs.load_model(run_dir), runs.read_config(run_dir)
+
+
+def draw_samples(run: str | Path, out: str | Path, n: int = 64, seed: int = SAMPLE_SEED) -> Path:
+    """``vaebench sample``: Bernoulli means of p(x|z) for ``n`` draws z ~ N(0, I) from a run's checkpoint."""
+    import torch
+
+    run_dir, model, cfg = _model_and_data(run)
+    stem, fmt = _out_file(out)
+    d = cfg["data"]
+    shape = tuple(_splits(d["dataset"], d.get("root"), d.get("per_class"), d.get("seed", 0), d.get("val_size"))["train"].shape)
+    images = model.sample(n, torch.Generator().manual_seed(seed)).numpy()
+    cols = max(1, int(np.ceil(np.sqrt(n))))
+    title = f"{_title_of(run_dir, cfg)} (update {getattr(model, 'trained_steps', 0):,}): {n} samples"
+    F.save(F.footnote(F.plot_samples(images, shape, title, cols=cols), f"run {run_dir.name}"), stem, (fmt,))
+    return stem.with_suffix("." + fmt)
+
+
+def draw_reconstructions(run: str | Path, out: str | Path, split: str = "val", n: int = N_IMAGES) -> Path:
+    """``vaebench reconstruct``: ``n`` images of a run's ``split`` (every digit in turn) beside the
+    decoder's means at z = E_q[z], from its checkpoint."""
+    import torch
+
+    from ..data import BINARIZERS
+
+    if split not in ("train", "val", "test"):
+        raise VaebenchError(f"unknown split {split!r}; use one of train, val, test")
+    run_dir, model, cfg = _model_and_data(run)
+    stem, fmt = _out_file(out)
+    d = cfg["data"]
+    splits = _splits(d["dataset"], d.get("root"), d.get("per_class"), d.get("seed", 0), d.get("val_size"))
+    binarizer = BINARIZERS.get(d["binarize"])()
+    grey = splits[split].subset(pick_images(splits[split].labels, n))
+    x = binarizer.sample(binarizer.prepare(grey, "cpu"), torch.Generator().manual_seed(SAMPLE_SEED)).float()
+    with torch.no_grad():
+        recon = model.reconstruct(x).numpy()
+    title = f"{_title_of(run_dir, cfg)} (update {getattr(model, 'trained_steps', 0):,}): {split} images"
+    fig = F.plot_reconstructions(x.numpy(), recon, tuple(splits[split].shape), title)
+    F.save(F.footnote(fig, f"run {run_dir.name}"), stem, (fmt,))
+    return stem.with_suffix("." + fmt)
 
 
 def _study_curves(view: StudyView, root: Path) -> pd.DataFrame:
@@ -157,22 +247,41 @@ def _study_curves(view: StudyView, root: Path) -> pd.DataFrame:
             continue
         m = m[m["split"] == "val"].melt(id_vars=["step", "split"], value_vars=list(runs.TERMS),
                                         var_name="term", value_name="value")
-        frames.append(m.assign(run=r["run"], **{k: r[k] for a in view.axes for k in a}))
+        m = m.assign(run=r["run"])
+        for k in (k for a in view.axes for k in a):
+            m[k] = pd.Series([r[k]] * len(m), index=m.index, dtype=object)  # a width (32,) is one value
+        frames.append(m)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def study_comparison(view: StudyView) -> pd.DataFrame | None:
+    """``vaebench.compare`` of one study on its test IW log p(x), else its final validation ELBO."""
+    metric = default_metric(view.final)
+    if not view.axes or metric not in view.final or view.final[metric].notna().sum() == 0:
+        return None
+    return compare(view.final, metric)
+
+
 def draw_study(view: StudyView, root: Path, fig_dir: Path) -> list[tuple[str, str]]:
-    """Per axis: final validation terms per value (seeds and 95% CI), and learning curves with bands."""
+    """The paired differences to the reference (a forest plot), then per axis: final validation terms
+    per value (seeds and 95% CI), and learning curves with bands."""
     fig_dir.mkdir(parents=True, exist_ok=True)
     curves = _study_curves(view, root)
     drawn = []
+    table = study_comparison(view)
+    if table is not None and (table["verdict"] != "reference").any():
+        metric = table["metric"].iloc[0]
+        F.save(F.plot_forest(table, title=f"{view.name}: each {'variant' if table['axis'].eq('variant').all() else 'value'}"
+                             f" against the reference, paired by seed"), fig_dir / "compare", FORMATS)
+        drawn.append(("compare", f"{metric}: difference to the reference paired by seed, with 95% intervals "
+                                 "(thick: Student t, thin: bootstrap); zero dashed"))
     for axis in view.axes:
         keep = axis_slice(view.final, axis, view.axes, view.refs)
         final = view.final[keep]
-        label = " & ".join(axis)
-        others = [f"{' & '.join(a)}={view.refs[a]}" for a in view.axes if a != axis]
+        label = axis_label(axis)
+        others = [f"{axis_label(a)} = {view.refs[a]}" for a in view.axes if a != axis]
         title = f"{view.name}: {label}" + (f"  (other axes at {', '.join(others)})" if others else "")
-        stem = _slug(label)
+        stem = _slug(" & ".join(axis))
         done = final[final["state"] == "done"]
         if len(done) and "val_elbo" in done:
             F.save(F.plot_final_by_value(done, axis, title=title), fig_dir / f"final-{stem}", FORMATS)
@@ -208,7 +317,8 @@ def build_report(path: str | Path = "results", out: str | Path | None = None, fo
             or not all((out / "runs" / label / f"{name}.png").is_file() or name in old[label].get("missing", {})
                        for name in RUN_FIGURES)]
     views = {v.name: v for v in study_views(final)}
-    results = _draw_runs([(run_dirs[t], out / "runs" / t, t) for t in todo], jobs)
+    titles = run_titles(views)
+    results = _draw_runs([(run_dirs[t], out / "runs" / t, *titles[t]) for t in todo], jobs)
     new_runs = {label: old[label] for label in final["run"] if label in old and label not in todo}
     for label, missing in zip(todo, results):
         new_runs[label] = {"fp": prints[label], "missing": missing}
@@ -239,7 +349,20 @@ def build_report(path: str | Path = "results", out: str | Path | None = None, fo
     return report
 
 
-def _draw_runs(tasks: list[tuple[Path, Path, str]], jobs: int | None) -> list[dict[str, str]]:
+def run_titles(views: dict[str, StudyView]) -> dict[str, tuple[str, str]]:
+    """Each run's figure title for people (study · variant or varied values · seed) and its id in
+    small print."""
+    out = {}
+    for view in views.values():
+        for _, r in view.final.iterrows():
+            name = view.label(r) if view.axes or "variant" in r else ""
+            seed = f"seed {r['seed']}" if "seed" in r and pd.notna(r["seed"]) else ""
+            parts = [view.name] + ([name] if name and name != view.name else []) + ([seed] if seed else [])
+            out[r["run"]] = (" · ".join(parts), f"run {r['run']}")
+    return out
+
+
+def _draw_runs(tasks: list[tuple[Path, Path, str, str]], jobs: int | None) -> list[dict[str, str]]:
     """Draw runs' figures, in worker processes when there are enough to pay for starting them."""
     workers = min(jobs or os.cpu_count() or 1, len(tasks))
     if workers <= 1 or len(tasks) < 8:
@@ -249,10 +372,10 @@ def _draw_runs(tasks: list[tuple[Path, Path, str]], jobs: int | None) -> list[di
         return list(pool.map(_draw_safely, *zip(*tasks), chunksize=max(1, len(tasks) // (4 * workers))))
 
 
-def _draw_safely(run_dir: Path, fig_dir: Path, title: str) -> dict[str, str]:
+def _draw_safely(run_dir: Path, fig_dir: Path, title: str, note: str = "") -> dict[str, str]:
     """A run whose files can't be read is reported as such, never stops the report."""
     try:
-        return draw_run(run_dir, fig_dir, title)
+        return draw_run(run_dir, fig_dir, title, note)
     except Exception as e:  # noqa: BLE001 - one unreadable run must not stop a 100-run report
         return {name: f"could not be drawn: {type(e).__name__}: {e}" for name in RUN_FIGURES}
 
@@ -267,7 +390,7 @@ td:first-child,th:first-child{text-align:left} img{max-width:100%;border:1px sol
 .figs{display:flex;flex-wrap:wrap;gap:8px} .figs figure{margin:0;flex:1 1 480px}
 figcaption{font-size:0.8em;color:#555} pre{background:#f7f7f7;padding:6px;font-size:0.75em;overflow:auto}
 .state-failed{color:#b00020;font-weight:600} .state-done{color:#1b7f3a} .state-partial,.state-new,.state-running{color:#a06000}
-details{margin:0.6em 0} summary{cursor:pointer}
+details{margin:0.6em 0} summary{cursor:pointer} small.id{color:#888;font-weight:400;font-size:0.6em}
 """
 
 
@@ -316,25 +439,43 @@ def _index_html(root: Path, final: pd.DataFrame, views: dict[str, StudyView], st
                      f"{int(r['step']):,}{' — ' + html.escape(reason) if reason else ''}"
                      f"{' — missing figures: ' + html.escape(figs) if figs else ''}</li>")
         h.append("</ul>")
+    titles = run_titles(views)
     for name, view in views.items():
         h.append(f"<h2>Study {html.escape(name)}</h2>")
+        figs = study_figs.get(name, [])
+        cmp = study_comparison(view)
+        if cmp is not None:
+            metric = cmp["metric"].iloc[0]
+            h.append(f"<p>Each {'variant' if cmp['axis'].eq('variant').all() else 'axis value'} against its "
+                     f"reference, on <b>{html.escape(metric)}</b>, paired by seed: the mean difference, its 95% "
+                     "intervals (Student t and bootstrap), the share of seeds where it is better, and whether the "
+                     f"difference is beyond seed noise (the t interval excludes 0; fewer than 3 paired seeds "
+                     "are too few to say).</p>")
+            h.append("<div class='figs'>" + "".join(_figure_html(f"studies/{_slug(name)}/{stem}", cap)
+                                                    for stem, cap in figs if stem == "compare") + "</div>")
+            h.append(compare_text(cmp).drop(columns=["study"], errors="ignore").to_html(index=False, border=0))
         part = table[table["study"] == name].drop(columns=["study"])
         h.append(_summary_html(part))
         if view.axes:
-            refs = ", ".join(f"{' & '.join(a)}={v}" for a, v in view.refs.items())
-            h.append(f"<p>Axes: {html.escape(', '.join(' & '.join(a) for a in view.axes))}. Each axis is compared "
+            refs = ", ".join(f"{axis_label(a)} = {v}" for a, v in view.refs.items())
+            h.append(f"<p>Axes: {html.escape(', '.join(axis_label(a) for a in view.axes))}. Each axis is compared "
                      f"with the others at their most common value ({html.escape(refs)}); points are seeds, bars "
                      "the mean and its 95% confidence interval (Student t).</p>")
         h.append("<div class='figs'>" + "".join(_figure_html(f"studies/{_slug(name)}/{stem}", cap)
-                                                for stem, cap in study_figs.get(name, [])) + "</div>")
+                                                for stem, cap in figs if stem != "compare") + "</div>")
         for _, r in view.final.iterrows():
             label = r["run"]
             info = run_info.get(label, {})
-            h.append(f"<h3 id='{html.escape(_url(label))}'>{html.escape(label)} — {html.escape(view.label(r))} "
-                     f"<span class='state-{r['state']}'>[{html.escape(str(r['state']))}, update {int(r['step']):,}]</span></h3>")
+            h.append(f"<h3 id='{html.escape(_url(label))}'>{html.escape(titles[label][0])} "
+                     f"<span class='state-{r['state']}'>[{html.escape(str(r['state']))}, update {int(r['step']):,}]</span>"
+                     f" <small class='id'>{html.escape(label)}</small></h3>")
             if pd.notna(r.get("val_elbo")):
                 h.append(f"<p>final validation ELBO {r['val_elbo']:.2f} (rec {r['val_rec']:.2f}, KL {r['val_kl']:.2f}) "
-                         f"nats per image; train ELBO {r.get('train_elbo', float('nan')):.2f}</p>")
+                         f"nats per image; train ELBO {r.get('train_elbo', float('nan')):.2f}"
+                         + (f"; test IW log p(x) {r['test_iw_ll']:.2f} ± {r['test_iw_ll_se']:.2f}, test ELBO "
+                            f"{r['test_elbo']:.2f} ± {r['test_elbo_se']:.2f}"
+                            + (f" (k = {int(r['test_k']):,})" if pd.notna(r.get("test_k")) else "")
+                            if pd.notna(r.get("test_iw_ll")) else "") + "</p>")
             h.append(_config_html(root, label))
             figs = [_figure_html(f"runs/{label}/{name}", cap) for name, cap in RUN_FIGURES.items()
                     if name not in info.get("missing", {})]

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from .stats import mean_ci
 
@@ -197,27 +198,27 @@ def plot_samples(images: np.ndarray, shape: tuple[int, int], title: str = "", co
 # -- comparisons across an ablation axis --------------------------------------------------------
 
 def axis_label(axis: str | Sequence[str], width: int = 0) -> str:
-    """The axis's keys joined by '&'; wrapped to ``width`` characters (for a panel) when given."""
-    text = " & ".join([axis] if isinstance(axis, str) else list(axis))
+    """The axis's human label (from the config schema, vaebench.results.axis_label); wrapped to
+    ``width`` characters (for a panel) when given."""
+    from ..results import axis_label as label
+
+    text = label(axis if isinstance(axis, str) else tuple(axis))
     return textwrap.fill(text, width) if width else text
 
 
 def axis_values(df: pd.DataFrame, axis: str | Sequence[str]) -> pd.Series:
     """One label per row for the axis (several keys that vary together are joined)."""
     cols = [axis] if isinstance(axis, str) else list(axis)
-    if len(cols) == 1:
-        return df[cols[0]].map(format_value)
-    def join(r) -> str:
-        vals = [format_value(v) for v in r]
-        return vals[0] if len(set(vals)) == 1 else ", ".join(vals)
-
-    return df[cols].apply(join, axis=1)
+    per_key = [[format_value(v) for v in df[c].astype(object)] for c in cols]
+    joined = [vals[0] if len(set(vals)) == 1 else ", ".join(vals) for vals in zip(*per_key)]
+    return pd.Series(joined, index=df.index, dtype=object)
 
 
 def format_value(v) -> str:
-    if isinstance(v, float) and v.is_integer() and abs(v) < 1e6:
-        return str(int(v)) if not isinstance(v, bool) else str(v)
-    return str(v)
+    """A config value as a tick label (vaebench.results.format_value): widths (32,) as 32."""
+    from ..results import format_value as fmt
+
+    return fmt(v)
 
 
 def value_order(labels: Iterable[str]) -> list[str]:
@@ -299,22 +300,46 @@ def plot_curves_by_value(df: pd.DataFrame, axis: str | Sequence[str], split: str
     """
     fig, axes = _figure(3.4 * len(terms) + 0.4, 3.6, ncols=len(terms), title=title)
     order = value_order(axis_values(df, axis))
-    palette = sns.color_palette("viridis", len(order)) if len(order) > 1 else [SPLIT_COLORS[split]]
+    palette = value_palette(len(order)) if len(order) > 1 else [SPLIT_COLORS[split]]
     for ax, term in zip(axes, terms):
         bands = curve_bands(df, axis, split, term)
         for color, value in zip(palette, order):
             b = bands[bands["value"] == value]
             if b.empty:
                 continue
+            b = b[b["step"] > 0]
             ax.plot(b["step"], b["mean"], color=color, lw=1.5, label=value)
             ci = b["ci"].fillna(0)
             ax.fill_between(b["step"], b["mean"] - ci, b["mean"] + ci, color=color, alpha=0.2, lw=0)
         ax.set_title(f"{SPLIT_LABELS.get(split, split)} {TERM_LABELS[term].split(' E_q')[0]}", fontsize="medium")
-        ax.set_xlabel(UPDATES)
         ax.set_ylabel(NATS)
-        _clip_start(ax, bands.rename(columns={"mean": term}), term)
+        _show_every_curve(ax, bands)
     axes[0].legend(title=axis_label(axis, 30), loc="lower right", fontsize="small", title_fontsize="small")
     return fig
+
+
+def value_palette(n: int) -> list:
+    """Colours for ``n`` axis values in order: up to three from viridis (ordered, distinct), more
+    from a qualitative palette whose neighbours are easy to tell apart (seaborn's colorblind)."""
+    if n <= 3:
+        ends = sns.color_palette("viridis", 3)
+        return ends if n == 3 else [ends[0], ends[2]][:n]
+    return sns.color_palette("colorblind", n) if n <= 10 else sns.color_palette("husl", n)
+
+
+def _show_every_curve(ax, bands: pd.DataFrame) -> None:
+    """y-limits that hold every curve from its first point, weight updates on a log scale so the
+    first few hundred updates, where the terms move by tens of nats, take as much room as the rest
+    (the untrained model at update 0 has no place on a log axis; it is the same for every value)."""
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{UPDATES} (log scale)")
+    b = bands[bands["step"] > 0]
+    ci = b["ci"].fillna(0)
+    lo, hi = (b["mean"] - ci).min(), (b["mean"] + ci).max()
+    if np.isfinite(lo) and np.isfinite(hi):
+        pad = 0.04 * (hi - lo or 1.0)
+        ax.set_ylim(lo - pad, hi + pad)
+        ax.set_xlim(b["step"].min() * 0.9, b["step"].max() * 1.1)
 
 
 def save(fig: Figure, stem, formats: Sequence[str] = ("png", "svg"), dpi: int = 110) -> list[str]:
@@ -332,3 +357,132 @@ def save(fig: Figure, stem, formats: Sequence[str] = ("png", "svg"), dpi: int = 
         atomic_write(path, buf.getvalue())
         names.append(path.name)
     return names
+
+
+VERDICT_COLORS = {"better": "#1b7f3a", "worse": "#b00020", "no detectable difference": "0.35",
+                  "too few seeds": "0.6", "no paired seeds": "0.6"}
+
+
+def plot_forest(table: pd.DataFrame, title: str = "") -> Figure:
+    """Difference to the reference per axis value, paired by seed (``vaebench.compare``'s table):
+    the mean difference, its 95% Student-t interval (thick) and bootstrap interval (thin), zero
+    marked; colour says the verdict. Reference rows are left out (their difference is 0 by
+    definition); values with too few seeds show the mean difference only."""
+    t = table[table["verdict"] != "reference"].reset_index(drop=True)
+    if t.empty:
+        raise ValueError("nothing to compare: every row is a reference")
+    metric = str(t["metric"].iloc[0])
+    labels = [v if a == "variant" else f"{a} = {v}" for a, v in zip(t["axis"], t["value"])]
+    width = max(map(len, labels))
+    fig, (ax,) = _figure(6.4 + 0.06 * width, 0.32 * len(t) + 1.2, title=title)
+    fig.subplots_adjust(left=(0.3 + 0.075 * width) / fig.get_figwidth())
+    y = np.arange(len(t))[::-1]
+    for yi, (_, r) in zip(y, t.iterrows()):
+        color = VERDICT_COLORS.get(r["verdict"], "0.35")
+        if pd.notna(r["ci_low"]):
+            ax.plot([r["ci_low"], r["ci_high"]], [yi, yi], color=color, lw=3.2, solid_capstyle="butt", zorder=3)
+            ax.plot([r["boot_low"], r["boot_high"]], [yi - 0.22] * 2, color=color, lw=1.1, zorder=3)
+        ax.plot([r["diff"]], [yi], "o", color=color, ms=6, zorder=4,
+                mfc=color if pd.notna(r["ci_low"]) else "white")
+        note = r["verdict"] if r["verdict"] in ("too few seeds", "no paired seeds") else f"P(better) {r['p_improve']:.2f}"
+        ax.annotate(note, (1, yi), xycoords=("axes fraction", "data"), xytext=(4, 0), textcoords="offset points",
+                    va="center", fontsize="x-small", color=color)
+    ax.axvline(0, color="0.2", lw=1, ls="--", zorder=2)
+    ax.set_yticks(y, labels)
+    ax.set_ylim(-0.7, len(t) - 0.3)
+    ax.grid(axis="y", visible=False)
+    split, _, term = metric.partition("_")
+    what = {"iw_ll": "IW log p(x)"}.get(term, TERM_LABELS.get(term, term).split(" E_q")[0])
+    ax.set_xlabel(f"{SPLIT_LABELS.get(split, split)} {what} minus the reference's, paired by seed ({NATS})")
+    fig.subplots_adjust(right=1 - 1.0 / fig.get_figwidth())
+    handles = [Line2D([], [], color="0.35", lw=3.2, label="95% CI (Student t)"),
+               Line2D([], [], color="0.35", lw=1.1, label="95% CI (bootstrap)")]
+    ax.legend(handles=handles, fontsize="x-small", loc="lower left", bbox_to_anchor=(0, 1), ncol=2, frameon=False,
+              borderaxespad=0.1)
+    return fig
+
+
+DIGIT_COLORS = sns.color_palette("tab10", 10)  # ten digits, ten colours that neighbours tell apart
+
+
+def leading_directions(mu: np.ndarray) -> tuple[np.ndarray, str]:
+    """2-D coordinates of latent means: the means themselves when the latent has two dimensions
+    (one: padded with zeros), else the two leading principal directions; and the axis names."""
+    mu = np.asarray(mu, dtype=np.float64)
+    if mu.shape[1] <= 2:
+        xy = mu if mu.shape[1] == 2 else np.column_stack([mu[:, 0], np.zeros(len(mu))])
+        return xy, "z"
+    centred = mu - mu.mean(0)
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    share = s**2 / (s**2).sum()
+    return centred @ vt[:2].T, f"PC ({share[0]:.0%}, {share[1]:.0%} of the variance)"
+
+
+def _digit_density(xy: np.ndarray, labels: np.ndarray, bins: int = 150) -> tuple[np.ndarray, tuple]:
+    """The points as one RGB image: each bin coloured by the mix of digits in it, paler where
+    there are fewer points. One image draws in milliseconds in PNG and SVG alike, where a scatter
+    of 10,000 markers costs a second per format (every per-run figure counts in a 100-run report)."""
+    lo, hi = np.percentile(xy, [0.2, 99.8], axis=0)
+    pad = 0.05 * (hi - lo)
+    lo, hi = lo - pad, hi + pad
+    ij = np.clip(((xy - lo) / (hi - lo) * bins).astype(int), 0, bins - 1)
+    flat = ij[:, 1] * bins + ij[:, 0]
+    counts = np.stack([np.bincount(flat[labels == d], minlength=bins * bins) for d in range(10)], axis=1)
+    total = counts.sum(1, keepdims=True)
+    mix = counts @ np.asarray(DIGIT_COLORS) / np.maximum(total, 1)
+    alpha = np.minimum(1.0, 0.35 + 0.65 * total / max(1.0, np.percentile(total[total > 0], 90)))
+    alpha[total == 0] = 0.0
+    rgb = 1 - alpha * (1 - mix)  # over white
+    return rgb.reshape(bins, bins, 3), (lo[0], hi[0], lo[1], hi[1])
+
+
+def plot_latent(mu: np.ndarray, labels: np.ndarray, title: str = "") -> Figure:
+    """The seed's latent view: E_q[z|x] of the test images, coloured by digit (the two leading
+    principal directions when the latent has more than two dimensions)."""
+    xy, kind = leading_directions(mu)
+    fig, (ax,) = _figure(5.4, 4.6, title=title)
+    fig.subplots_adjust(right=1 - 0.9 / fig.get_figwidth())
+    labels = np.asarray(labels) % 10
+    img, extent = _digit_density(xy, labels)
+    ax.imshow(img, origin="lower", interpolation="nearest", aspect="auto", extent=extent)
+    for d in range(10):
+        ax.plot([], [], "s", ms=6, color=DIGIT_COLORS[d], label=str(d))
+    ax.legend(title="digit", loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small", title_fontsize="small",
+              frameon=False, handletextpad=0.1)
+    if kind == "z":
+        ax.set_xlabel("z₁")
+        ax.set_ylabel("z₂")
+        ax.set_title(f"E_q[z|x] of {len(xy):,} test images", fontsize="small")
+    else:
+        ax.set_xlabel("first principal direction")
+        ax.set_ylabel("second principal direction")
+        ax.set_title(f"E_q[z|x] of {len(xy):,} test images, {mu.shape[1]} dims: {kind}", fontsize="small")
+    return fig
+
+
+def plot_traversals(images: np.ndarray, shape: tuple[int, int], values: Sequence[float], title: str = "") -> Figure:
+    """Latent traversals: row u is p(x|z)'s means as z_u sweeps ``values`` with the other dimensions
+    at a test image's E_q[z|x]; ``images`` is (latent, len(values), pixels)."""
+    n_dims, n_steps = images.shape[:2]
+    grid = mosaic(images.reshape(n_dims * n_steps, -1), shape, cols=n_steps, pad=1)
+    fig, (ax,) = _figure(max(4.8, 0.45 * n_steps + 0.9), 0.45 * n_dims + 0.6, title=title, images=True)
+    fig.subplots_adjust(left=0.55 / fig.get_figwidth(), bottom=0.35 / fig.get_figheight())
+    ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.grid(False)
+    h, w = shape
+    ax.set_xticks([(w + 1) * i + (w - 1) / 2 for i in range(n_steps)], [f"{v:g}" for v in values], fontsize="x-small")
+    ax.set_yticks([(h + 1) * i + (h - 1) / 2 for i in range(n_dims)], [f"z{u + 1}" for u in range(n_dims)],
+                  fontsize="x-small")
+    ax.tick_params(length=0, pad=1)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_title("row u: z_u from -3 to 3, the others at a test image's E_q[z|x]", fontsize="small")
+    return fig
+
+
+def footnote(fig: Figure, text: str) -> Figure:
+    """Small print in the bottom-left corner (a run's id under a title that names it for people)."""
+    h = fig.get_figheight()
+    fig.subplots_adjust(bottom=max(fig.subplotpars.bottom, 0.16 / h))  # image figures: room below the images
+    fig.text(0.05 / fig.get_figwidth(), 0.03 / h, text, ha="left", va="bottom", fontsize=6, color="0.45")
+    return fig

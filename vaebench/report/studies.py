@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..results import is_execution_key, load, varied_keys
+from ..results import axis_label, is_execution_key, load, varied_keys
 from .figures import axis_values, value_order
 from .stats import mean_ci
 
 REPLICATE_KEYS = ("seed",)
-SUMMARY_METRICS = ("val_elbo", "val_rec", "val_kl", "gap", "test_iw_ll")
+SUMMARY_METRICS = ("val_elbo", "val_rec", "val_kl", "gap", "test_elbo", "test_iw_ll")
 
 
 def config_columns(df: pd.DataFrame) -> list[str]:
@@ -74,14 +74,21 @@ class StudyView:
     refs: dict[tuple[str, ...], str]
 
     def label(self, row: pd.Series) -> str:
-        """A run's config in a few words: its value on each axis, or 'baseline'."""
+        """A run's config in a few words: its variant's name, else its value on each axis that is
+        not at the reference, else 'baseline'."""
+        if "variant" in row and pd.notna(row["variant"]) and str(row["variant"]):
+            return str(row["variant"])
         frame = row.to_frame().T
         values = {a: axis_values(frame, a).iloc[0] for a in self.axes}
-        parts = [f"{' & '.join(a)}={v}" for a, v in values.items() if v != self.refs[a]]
+        parts = [f"{axis_label(a)} = {v}" for a, v in values.items() if v != self.refs[a]]
         return ", ".join(parts) or ("baseline" if self.axes else row.get("name", self.name))
 
     def order_key(self, row: pd.Series) -> tuple:
-        """Baseline first, then the configs that differ on one axis, axis by axis, in value order."""
+        """A study with variants: the study's order. Else baseline first, then the configs that differ
+        on one axis, axis by axis, in value order."""
+        if "variant" in row and pd.notna(row["variant"]) and "variant" in self.final:
+            order = list(dict.fromkeys(self.final["variant"].astype(str)))
+            return (order.index(str(row["variant"])),) if str(row["variant"]) in order else (len(order),)
         frame = row.to_frame().T
         key = []
         for axis in self.axes:

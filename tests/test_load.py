@@ -1,0 +1,93 @@
+"""vaebench.load: a compact, typed DataFrame (categoricals, numeric keys numeric, widths as tuples,
+variants in study order, no all-empty columns) filtered in pyarrow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import yaml
+
+import vaebench
+from vaebench import runs
+from vaebench.errors import VaebenchError
+
+VARIANTS = {"baseline": {}, "width32": {"model.encoder.hidden": [32], "model.decoder.hidden": [32]},
+            "wide2": {"model.encoder.hidden": [256, 128], "model.decoder.hidden": [128, 256]},
+            "k10": {"objective.k": 10}, "k1": {"objective.k": 1}}
+STEPS = 50
+
+
+def write_study(root: Path) -> Path:
+    """Run folders as a finished study writes them (no training): config, status, metrics, final, grid."""
+    s = vaebench.study({"name": "st", "objective": {"k": 2}, "train": {"steps": STEPS, "eval_every": 10},
+                        "variants": VARIANTS, "seeds": 2})
+    study = root / "st"
+    for spec, folder in zip(s.runs, s.folders()):
+        d = study / folder
+        d.mkdir(parents=True)
+        runs.atomic_write(d / runs.CONFIG, yaml.safe_dump(spec.config.to_dict(), sort_keys=False))
+        runs.write_json(d / runs.STATUS, {"state": "done", "step": STEPS})
+        step = np.concatenate([np.arange(1, STEPS + 1), np.arange(0, STEPS + 1, 10)])  # val at 0 and every 10th
+        split = ["train"] * STEPS + ["val"] * (STEPS // 10 + 1)
+        rec = -100.0 + step + spec.config.seed
+        runs.write_table(d / runs.METRICS, pa.table({"step": step, "split": split, "rec": rec, "kl": np.full(len(step), 5.0),
+                                                     "elbo": rec - 5}, schema=runs.METRICS_SCHEMA))
+        runs.write_json(d / runs.FINAL, {"val": {"elbo": -40.0, "rec": -35.0, "kl": 5.0, "n": 100}})
+    runs.atomic_write(study / runs.GRID, yaml.safe_dump(s.to_dict(), sort_keys=False))
+    return study
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    return write_study(tmp_path_factory.mktemp("load"))
+
+
+def test_long_form_is_typed_and_compact(study):
+    df = vaebench.load(study)
+    assert len(df) == 10 * (STEPS + STEPS // 10 + 1) * 3
+    for col in ("run", "study", "variant", "split", "term", "state", "objective.k", "model.encoder.hidden",
+                "objective.kl", "optim.lr"):
+        assert isinstance(df[col].dtype, pd.CategoricalDtype), col
+    assert df["step"].dtype.kind == "i" and df["value"].dtype == np.float64
+    # numeric keys keep numeric, ordered categories: sorting, comparing and .astype(float) behave
+    k = df["objective.k"]
+    assert k.cat.ordered and list(k.cat.categories) == [1, 2, 10] and k.cat.categories.dtype.kind == "i"
+    assert (k > 1).sum() == (k.astype(float) > 1).sum() and k.astype(float).max() == 10.0
+    # widths are readable, hashable tuples, in numeric order
+    assert list(df["model.encoder.hidden"].cat.categories) == [(32,), (128,), (256, 128)]
+    assert df.groupby("model.encoder.hidden", observed=True)["run"].nunique().to_dict() == {(32,): 2, (128,): 6,
+                                                                                             (256, 128): 2}
+    # variant in the study's order; no all-empty column (data.root, train.threads are null in every run)
+    assert list(df["variant"].cat.categories) == list(VARIANTS)
+    assert "data.root" not in df and "train.threads" not in df and "eval.batch" not in df
+    assert df.memory_usage(deep=True).sum() / len(df) <= 64
+    assert set(df.attrs["varied"]) >= {"objective.k", "model.encoder.hidden", "seed"}
+
+
+def test_filters_split_term_and_columns_in_pyarrow(study):
+    v = vaebench.load(study, split="val", term="elbo", columns=["objective.k"])
+    assert set(v["split"]) == {"val"} and set(v["term"]) == {"elbo"} and len(v) == 10 * (STEPS // 10 + 1)
+    assert "objective.k" in v and "model.latent" not in v and {"run", "variant", "step", "value"} <= set(v.columns)
+    full = vaebench.load(study)
+    same = full[(full["split"] == "val") & (full["term"] == "elbo")]
+    assert np.array_equal(v["value"].to_numpy(), same["value"].to_numpy())
+    both = vaebench.load(study, term=["rec", "kl"])
+    assert set(both["term"]) == {"rec", "kl"}
+    with pytest.raises(VaebenchError, match="unknown split 'test'"):
+        vaebench.load(study, split="test")
+    with pytest.raises(VaebenchError, match="no column 'objective.kk'"):
+        vaebench.load(study, columns=["objective.kk"])
+
+
+def test_a_value_per_variant_the_readme_way(study):
+    final = vaebench.load(study, final=True)
+    assert final["variant"].tolist() == [v for v in VARIANTS for _ in range(2)]
+    per_variant = final.groupby("variant", observed=True)["val_elbo"].mean()
+    assert list(per_variant.index) == list(VARIANTS)
+    last = (vaebench.load(study, split="val", term="elbo").sort_values("step")
+            .groupby("run", observed=True).tail(1))
+    assert len(last) == 10 and (last["step"] == STEPS).all()
