@@ -212,6 +212,7 @@ class Stack:
         self.adam_groups = [(h, [[t[j] for j in rows] for t in (self.flat, self.grad, self.m, self.v)])
                             for h, rows in groups.items()]
         self.adam_step = torch.zeros((), device=dev)
+        self._masks: dict = {}
         betas = {c.objective.beta for c in cfgs}
         self.beta_g = (next(iter(betas)) / self.b if len(betas) == 1
                        else (col([c.objective.beta for c in cfgs]) / self.b).to(f32).view(M, 1, 1))
@@ -246,7 +247,10 @@ class Stack:
             return outs[0]
         res = list(outs[0])
         for n, o in zip(uniq[1:], outs[1:]):
-            mask = torch.tensor([x == n for x in names], device=self.device)
+            key = (tuple(names), n)  # cached: a captured step (training.graphs) cannot copy from the host
+            if key not in self._masks:
+                self._masks[key] = torch.tensor([x == n for x in names], device=self.device)
+            mask = self._masks[key]
             for i, (a, b) in enumerate(zip(res, o)):
                 if a is None and b is None:
                     continue
@@ -281,8 +285,9 @@ class Stack:
                 dy = backward(da, a) if i else da
         return dy
 
-    def step(self, x_idx: torch.Tensor, t: int, out: torch.Tensor) -> None:
-        """One update of every run: x_idx (M, B) training indices; t the Adam step (from 1);
+    def step(self, x_idx: torch.Tensor, t: int | None, out: torch.Tensor) -> None:
+        """One update of every run: x_idx (M, B) training indices; t the Adam step (from 1; None: read
+        from self.adam_step);
         writes the mean (rec, kl, elbo) of each run into ``out`` (M, 3)."""
         M, B, K, L = len(self.members), self.b, self.k, self.latent
         train_x = self.members[0].train_x
@@ -327,10 +332,12 @@ class Stack:
         self._backward(self.enc, x, self.enc_out, self.dh, self.enc_act, False)
         self.adam(t)
 
-    def adam(self, t: int) -> None:
+    def adam(self, t: int | None) -> None:
         """torch.optim.Adam(fused=True)'s kernel, one call per distinct hyperparameter set over the
-        rows of the (M, P) stack: one pass over the parameters, moments and gradients."""
-        self.adam_step.fill_(t)
+        rows of the (M, P) stack: one pass over the parameters, moments and gradients. t None: the
+        step count is already in self.adam_step (a captured step, training.graphs)."""
+        if t is not None:
+            self.adam_step.fill_(t)
         for (lr, b1, b2, eps, wd), rows in self.adam_groups:
             torch._fused_adam_(*rows, [], [self.adam_step] * len(rows[0]), amsgrad=False, lr=lr, beta1=b1,
                                beta2=b2, weight_decay=wd, eps=eps, maximize=False)
@@ -340,11 +347,13 @@ def train_stack(members: list, progress: Any = None) -> list:
     """Train members (restored Trainers, all at the same step) to their last step; one RunResult each."""
     from tqdm.auto import tqdm
 
+    from .graphs import Stepper, record
     from .trainer import RunResult
 
     first = members[0]
     tc, dev = first.cfg.train, first.device
     stack = Stack(members, dev)
+    run_step = Stepper(stack)  # a CUDA graph replay on CUDA, stack.step elsewhere
     step = first.step
     n, b = len(first.perm), tc.batch_size
     perms = torch.stack([t.perm for t in members])
@@ -374,7 +383,7 @@ def train_stack(members: list, progress: Any = None) -> list:
                 pos = 0
             idx = perms[:, pos:pos + b].to(dev, non_blocking=True)
             pos += b
-            stack.step(idx, step + 1, buf[step - flushed])
+            run_step(idx, step + 1, buf[step - flushed])
             step += 1
             if step % tc.eval_every == 0:
                 sync()
@@ -413,6 +422,8 @@ def train_stack(members: list, progress: Any = None) -> list:
                         t.optimizer.state.clear()
     finally:
         bar.close()
+        for t in members:
+            record(t.dir, run_step.info())
     for j, t in enumerate(stack.members):
         results[ids[j]] = RunResult(t.dir, "done", step, final=t.finish())
     return [results[i] for i in range(len(members))]
