@@ -29,7 +29,7 @@ from .. import runs
 from ..components import OBJECTIVES, OPTIMIZERS, SCHEDULES, build_model
 from ..config import RunConfig, resolve
 from ..data import BINARIZERS, load_splits
-from ..devices import resolve_device
+from ..devices import resolve_device, set_threads
 from ..errors import ConfigError, VaebenchError, reason
 
 EVAL_BATCH = 2_000
@@ -93,8 +93,7 @@ class Trainer:
     def __init__(self, cfg: RunConfig, run_dir: Path, device: torch.device):
         self.cfg, self.dir, self.device = cfg, Path(run_dir), device
         tc = cfg.train
-        if tc.threads:
-            torch.set_num_threads(tc.threads)
+        set_threads(tc.threads)  # train.threads, else one (vaebench.devices.set_threads says why)
         d = cfg.data
         self.binarizer = BINARIZERS.get(d.binarize)()
         self.train_x, self.val_x = load_data(d, device)
