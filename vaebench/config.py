@@ -102,7 +102,7 @@ class TrainConfig(_Section):
     eval_every: PosInt = 100  # updates between validation evaluations
     flush_every: PosInt = 500  # updates between metric writes (at most this much is lost on a kill)
     checkpoint_every: PosInt = 2_000
-    threads: Optional[PosInt] = None  # torch intra-op threads; None: torch's default
+    threads: Optional[PosInt] = None  # torch intra-op threads; None: one (vaebench.devices.set_threads)
     # fast: stacked hand-written step (vaebench.training.stacked); torch: the autograd Trainer;
     # auto: fast when it supports the config. Same numbers up to float reassociation.
     engine: Literal["auto", "torch", "fast"] = "auto"
