@@ -156,7 +156,8 @@ class FusedStack(Engine):
         self.kl_k = [kernel(t.objective.kl, "fused") for t in members]
         self.optim_k = [kernel(t.optimizer_factory, "fused") for t in members]
         self.block = block_size(dev, M)
-        self.blocks = _blocks([(_same(t.model.posterior), _same(t.model.likelihood)) for t in members], self.block)
+        self.blocks = _blocks([(_same(t.model.posterior), _same(t.model.likelihood), _same(t.objective))
+                               for t in members], self.block)
         self._host_t, self._host = None, None
         B, K, D = self.b, self.k, members[0].train_x.shape[1]
         self.x = torch.empty((M, B, D), device=dev)
@@ -266,33 +267,31 @@ class FusedStack(Engine):
         sigmas = []
         for s, e in self.blocks:
             sigma, dsig = self.sigma_k[s](raw[s:e])
-            sigmas.extend(sigma.unbind(0))
+            sigmas.append(sigma)
             self.dsig_draw[s:e] = dsig
             torch.addcmul(mu[s:e].unsqueeze(1), sigma.unsqueeze(1), eps[s:e], out=self.z[s:e])
         z = self.z
         logits = self._forward(self.dec, z.view(M, K * B, L), self.dec_out, self.dec_acts).view(M, K, B, -1)
-        recs = []
-        for s, e in self.blocks:  # x as (n, 1, B, D): each run's images against its K samples
+        kls = []
+        for (s, e), sigma in zip(self.blocks, sigmas):
+            # x as (n, 1, B, D): each run's images against its K samples; z as (K, n, B, L)
             rec, dlog = self.lik_k[s](logits[s:e], x[s:e].unsqueeze(1), 1.0 / (B * K))
             self.dlog[s:e] = dlog.view(e - s, K * B, -1)
-            recs.extend(rec.unbind(0))
-        kls = []
-        for j in range(M):
-            kl = self.kl_k[j](mu[j], sigmas[j], z[j], K)
+            kl = self.kl_k[s](mu[s:e], sigma, z[s:e].transpose(0, 1), K)
             kls.append(kl)
-            r, k_ = recs[j].mean(0).mean(), kl[0].mean()
-            torch.stack([r, k_, r - k_], out=out[j])
+            r, k_ = rec.mean(1).mean(-1), kl[0].mean(-1)
+            torch.stack([r, k_, r - k_], dim=1, out=out[s:e])
 
-        # backward of loss = mean_b(-rec + w * kl), per run (w: the objective's KL weight at this step)
+        # backward of loss = mean_b(-rec + w * kl), per block of runs (w: the KL weight at this step)
         dz = self._backward(self.dec, z.view(M, K * B, L), self.dec_out, self.dlog, self.dec_acts, True)
         dz = dz.view(M, K, B, L)
-        for j in range(M):
-            bg = kw[j]
-            _, dmu_kl, dsig_kl, dz_kl = kls[j]
-            dzj = dz[j] if dz_kl is None else dz[j].add(dz_kl, alpha=bg)
-            dmu, dsig = (dzj[0], dzj[0] * eps[j, 0]) if K == 1 else (dzj.sum(0), (dzj * eps[j]).sum(0))
-            torch.add(dmu, dmu_kl, alpha=bg, out=self.dh[j, :, :L])
-            torch.mul(dsig.add_(dsig_kl, alpha=bg), self.dsig_draw[j], out=self.dh[j, :, L:])
+        for (s, e), (_, dmu_kl, dsig_kl, dz_kl) in zip(self.blocks, kls):
+            bg = kw[s]
+            dzb = dz[s:e] if dz_kl is None else dz[s:e].add(dz_kl.transpose(0, 1), alpha=bg)
+            dmu, dsig = ((dzb[:, 0], dzb[:, 0] * eps[s:e, 0]) if K == 1
+                         else (dzb.sum(1), (dzb * eps[s:e]).sum(1)))
+            torch.add(dmu, dmu_kl, alpha=bg, out=self.dh[s:e, :, :L])
+            torch.mul(dsig.add_(dsig_kl, alpha=bg), self.dsig_draw[s:e], out=self.dh[s:e, :, L:])
         self._backward(self.enc, x, self.enc_out, self.dh, self.enc_acts, False)
         self.update(t)
 
