@@ -1,17 +1,30 @@
-"""Held-out IW log-likelihood: a straightforward batched PyTorch estimate against vaebench's, in one process.
+"""Held-out IW log-likelihood: the whole `vaebench eval` command against a plain batched PyTorch estimate.
 
-    python benchmarks/eval_speed.py [RUN_FOLDER] [--images 1000] [--k 5000] [--threads 2]
+    python benchmarks/eval_speed.py [RUN_FOLDER] [--k 5000] [--threads 1] [--repeat 3] [--out CSV]
 
 RUN_FOLDER is a trained run (default: a model of the seed's shape trained here for 2,000 updates).
-Both estimate log p(x) = logsumexp_i(log p(x, z_i) - log q(z_i|x)) - log k on the same test images
-with the same k, in float32 with float64 log-sum-exps; they differ only in how the work is done.
-Prints seconds, images per second, the ratio, and the time projected to the 10,000 test images.
+First a small sweep picks the plain estimate's best chunk of samples (on --sweep-images images);
+then, --repeat times, the plain estimate at that chunk on all --images test images (timed inside
+this process: the model and images are already loaded, which favours it) and the whole
+`vaebench eval RUN --k K --force` as a process (import, data, model, estimate, eval.json, exit) on
+the 10,000 test images. Both use --threads torch threads and float32 with float64 log-sum-exps.
+Because a shared machine's load moves by several times within minutes, each round also times the
+two estimates interleaved in slices of --slice images (plain, then vaebench's estimator, on the same
+slice, in this process), so both see the same load; whole-command ratio = plain's time over
+vaebench's interleaved estimate plus the whole command's fixed cost (its wall time minus its
+estimate's seconds). Writes a CSV with the machine, the load average before the start, every time,
+and the median and range of both ratios (plain projected to 10,000 images when --images is smaller).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import math
+import os
+import platform
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -20,7 +33,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from vaebench import runs  # noqa: E402
 from vaebench.evaluation.estimates import iw_log_likelihood  # noqa: E402
@@ -55,30 +69,83 @@ def trained_run(tmp: Path) -> Path:
     return Path(res.path)
 
 
+def timed(fn) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", nargs="?", default=None)
-    ap.add_argument("--images", type=int, default=1000)
+    ap.add_argument("--images", type=int, default=10_000, help="test images for the plain estimate")
+    ap.add_argument("--sweep-images", type=int, default=100)
+    ap.add_argument("--chunks", default="250,500,1000,2500,5000", help="the plain estimate's chunk sweep")
     ap.add_argument("--k", type=int, default=5000)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--slice", type=int, default=100, help="images per interleaved slice")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "eval-speed.csv"))
     args = ap.parse_args(argv)
+    load = os.getloadavg()
+    machine = f"{platform.node()} {platform.processor() or platform.machine()} {os.cpu_count()} cpus"
+    print(f"{machine}; load before {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; k={args.k}, {args.threads} threads",
+          flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.run) if args.run else trained_run(Path(tmp))
         torch.set_num_threads(args.threads)
         model = runs.load_model(run)
-        x = split_images(runs.read_config(run)["data"], "test")[:args.images]
-        times, values = {}, {}
-        for name, fn in (("plain", lambda: plain_iw(model, x, args.k)),
-                         ("vaebench", lambda: iw_log_likelihood(model, x, args.k, torch.Generator().manual_seed(0))[0])):
+        x = split_images(runs.read_config(run)["data"], "test")
+        sweep = {}
+        for c in map(int, args.chunks.split(",")):
             torch.manual_seed(0)
-            t0 = time.perf_counter()
-            values[name] = float(fn().mean())
-            times[name] = time.perf_counter() - t0
-        for name in times:
-            print(f"{name:9s} {times[name]:7.1f} s  {len(x) / times[name]:7.1f} images/s  IW log p(x) {values[name]:.3f}"
-                  f"  (10,000 images: ~{times[name] * 10_000 / len(x):.0f} s)")
-        print(f"ratio plain / vaebench: {times['plain'] / times['vaebench']:.2f}x  "
-              f"(k = {args.k}, {len(x)} images, {args.threads} threads)")
+            sweep[c], _ = timed(lambda: plain_iw(model, x[:args.sweep_images], args.k, chunk=c))
+            print(f"plain chunk {c:>5}: {sweep[c]:.2f} s for {args.sweep_images} images", flush=True)
+        best = min(sweep, key=sweep.get)
+        rows = []
+        exe = Path(sys.executable).with_name("vaebench")
+        cmd = [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else ["-m", "vaebench.cli"]),
+               "eval", str(run), "--k", str(args.k), "--force", "--threads", str(args.threads)]
+        for r in range(args.repeat):
+            torch.manual_seed(0)
+            plain_s, iw = timed(lambda: plain_iw(model, x[:args.images], args.k, chunk=best))
+            plain_10k = plain_s * len(x) / min(args.images, len(x))
+            ours_s, proc = timed(lambda: subprocess.run(cmd, capture_output=True, text=True))
+            if proc.returncode:
+                sys.exit(f"vaebench eval failed: {proc.stderr.strip().splitlines()[-1:]}")
+            entry = runs.read_json(run / runs.EVAL)["test"]
+            fixed = ours_s - entry["seconds"]  # import, data, model, eval.json, exit
+            inter_plain = inter_ours = 0.0
+            gen = torch.Generator().manual_seed(0)
+            for i in range(0, min(args.images, len(x)), args.slice):
+                xs = x[i:i + args.slice]
+                dt, _ = timed(lambda: plain_iw(model, xs, args.k, chunk=best))
+                inter_plain += dt
+                dt, _ = timed(lambda: iw_log_likelihood(model, xs, args.k, gen))
+                inter_ours += dt
+            scale = len(x) / min(args.images, len(x))
+            row = {"repeat": r + 1, "plain_chunk": best, "plain_images": min(args.images, len(x)),
+                   "plain_s": round(plain_s, 2), "plain_10k_s": round(plain_10k, 2),
+                   "plain_iw_ll": round(float(iw.mean()), 4), "vaebench_eval_whole_s": round(ours_s, 2),
+                   "vaebench_estimate_s": entry["seconds"], "vaebench_iw_ll": round(entry["iw_ll"], 4),
+                   "ratio": round(plain_10k / ours_s, 2),
+                   "interleaved_plain_10k_s": round(inter_plain * scale, 2),
+                   "interleaved_vaebench_10k_s": round(inter_ours * scale, 2), "whole_command_fixed_s": round(fixed, 2),
+                   "interleaved_ratio": round(inter_plain * scale / (inter_ours * scale + fixed), 2), "k": args.k, "threads": args.threads,
+                   "machine": machine, "load_before": " ".join(f"{v:.2f}" for v in load),
+                   "load_after": " ".join(f"{v:.2f}" for v in os.getloadavg())}
+            rows.append(row)
+            print(row, flush=True)
+    for key, what in (("ratio", "timed apart"), ("interleaved_ratio", "interleaved")):
+        q = [r[key] for r in rows]
+        print(f"plain (chunk {best}) / whole vaebench eval, {what}: median {statistics.median(q):.2f}x "
+              f"(range {min(q):.2f}-{max(q):.2f}, {len(rows)} repeats)")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]) + ["sweep"])
+        w.writeheader()
+        for row in rows:
+            w.writerow(row | {"sweep": " ".join(f"{c}:{s:.2f}s" for c, s in sweep.items())})
 
 
 if __name__ == "__main__":

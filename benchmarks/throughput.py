@@ -7,7 +7,9 @@ Variants (the seed's model: 196-128-16 / 8-128-196 tanh, batch 100, Adam, 10,000
   torch            vaebench run on the autograd Trainer (train.engine=torch)
   fast             vaebench run on the fast engine (train.engine=fast), one run
   fast-nolog       the fast engine's step alone: no metric buffer, evaluation, parquet or checkpoints
+  fast-eager       (CUDA) the fast run with CUDA graph capture off (VAEBENCH_CUDA_GRAPH=0)
   stack-M          M runs (seeds 0..M-1) as one stack on the fused engine; aggregate = M x updates/s
+  stack-M-step     (CUDA) the step of a stack of M alone, as fast-nolog; stack-M-step-eager: not captured
   generic-M        the same M runs on the generic stacked engine (torch.func: functional_call + vmap + grad),
                    the path of components that declare no fused kernels (a user's own activation, ...)
 The vaebench variants time the training loop of a real run (metric buffer, validation every 100
@@ -15,6 +17,9 @@ updates, parquet parts, checkpoints) and leave out building the trainers and run
 final evaluation (reported apart, as overhead_s); fast vs fast-nolog is the cost of logging. Peak memory is the
 process's peak RSS above its RSS before the variant (CPU; reset through /proc/self/clear_refs) or
 torch.cuda.max_memory_allocated (CUDA). On a shared CPU the numbers move by 10-20% between runs.
+Variants run round-robin for --repeat rounds; the CSV has the median and range over the rounds of
+updates/s and of the ratio to the plain loop of the same round, the machine and its load average
+before the start. captured: whether the fast engine's step ran as a CUDA graph replay.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ from __future__ import annotations
 import argparse
 import csv
 import gc
+import os
+import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -34,7 +42,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vaebench import runs as runs_mod  # noqa: E402
+from vaebench import runs  # noqa: E402
 from vaebench.config import resolve  # noqa: E402
 from vaebench.training import loop as loop_mod  # noqa: E402
 from vaebench.training import train_group, train_run  # noqa: E402
@@ -42,6 +50,7 @@ from vaebench.training import trainer as trainer_mod  # noqa: E402
 from vaebench.training.generic import GenericStack  # noqa: E402
 from vaebench.training.stacked import FusedStack  # noqa: E402
 from vaebench.training.trainer import Trainer, load_data  # noqa: E402
+from vaebench.training.graphs import Stepper  # noqa: E402
 
 BATCH = 100
 
@@ -88,7 +97,7 @@ class Overhead:
     @classmethod
     def install(cls) -> None:
         for owner, name in ((trainer_mod.Trainer, "__init__"), (trainer_mod.Trainer, "finish"),
-                            (runs_mod, "prepare"), (loop_mod, "_begin")):
+                            (runs, "prepare"), (loop_mod, "_begin")):
             setattr(owner, name, cls.timed(getattr(owner, name)))
 
     @classmethod
@@ -136,25 +145,41 @@ def config(steps: int, threads: int, engine: str, seed: int = 0, stack="auto"):
                                           "train.threads": threads, "train.engine": engine, "train.stack": stack})
 
 
-def fast_nolog(cfg, tmp: Path, device: torch.device) -> None:
-    """The fast engine's step alone, with the same data order and noise as a run."""
-    t = Trainer(cfg, tmp / "nolog", device)
-    stack = FusedStack([t], device)
-    n, pos, perm = len(t.perm), 0, t.perm.view(1, -1)
-    out = torch.empty((1, 3), device=device)
-    for step in range(cfg.train.steps):
+def bare_step(cfgs, tmp: Path, device: torch.device, capture: bool = True) -> bool:
+    """The fast engine's step alone (M runs), with the same data order and noise as the runs;
+    returns whether it ran captured."""
+    os.environ["VAEBENCH_CUDA_GRAPH"] = "1" if capture else "0"
+    ts = [Trainer(cfg, tmp / "nolog" / str(i), device) for i, cfg in enumerate(cfgs)]
+    stack = FusedStack(ts, device)
+    step_fn = Stepper(stack)
+    n, pos = len(ts[0].perm), 0
+    perm = torch.stack([t.perm for t in ts])
+    out = torch.empty((len(ts), 3), device=device)
+    for step in range(cfgs[0].train.steps):
         if pos + BATCH > n:
-            perm, pos = torch.randperm(n, generator=t.order_gen).view(1, -1), 0
-        stack.step(perm[:, pos:pos + BATCH].to(device), step + 1, out)
+            perm, pos = torch.stack([torch.randperm(n, generator=t.order_gen) for t in ts]), 0
+        step_fn(perm[:, pos:pos + BATCH].to(device), step + 1, out)
         pos += BATCH
     sync(device)
+    os.environ["VAEBENCH_CUDA_GRAPH"] = "1"
+    return step_fn.captured
+
+
+def whole_run(cfgs, dirs, device: torch.device, capture: bool = True) -> bool:
+    os.environ["VAEBENCH_CUDA_GRAPH"] = "1" if capture else "0"
+    if len(cfgs) == 1:
+        train_run(cfgs[0], dirs[0], device, False, force=True)
+    else:
+        train_group(cfgs, dirs, device, False, force=True)
+    os.environ["VAEBENCH_CUDA_GRAPH"] = "1"
+    return bool((runs.read_json(Path(dirs[0]) / runs.ENV) or {}).get("cuda_graph", False))
 
 
 def generic_group(cfgs, dirs, device: torch.device) -> None:
     """M runs through the loop on the generic engine (the built-in components would take the fused one)."""
     trainers = [Trainer(c, d, device) for c, d in zip(cfgs, dirs)]
     for t in trainers:
-        runs_mod.prepare(t.dir, t.cfg, {})
+        runs.prepare(t.dir, t.cfg, {})
     loop_mod.train_members(GenericStack(trainers, device), progress=False)
 
 
@@ -165,64 +190,91 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads, the same for every variant")
     ap.add_argument("--stacks", default=None, help="comma-separated M (default 1,8,32 on CPU; 1,8,32,256,1024 on CUDA)")
     ap.add_argument("--generic", default="1,8", help="comma-separated M for the generic engine")
-    ap.add_argument("--repeat", type=int, default=3, help="rounds; each variant reports its best")
+    ap.add_argument("--loop-stacks", default=None, help="the M whose whole training loop is timed (default: all)")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds (median and range over them)")
     ap.add_argument("--out", default=None, help="CSV path (default benchmarks/results/throughput-<device>.csv)")
     args = ap.parse_args(argv)
+    load = os.getloadavg()
     device = torch.device(args.device)
+    cuda = device.type == "cuda"
     torch.set_num_threads(args.threads)
-    stacks = [int(m) for m in (args.stacks or ("1,8,32" if device.type == "cpu" else "1,8,32,256,1024")).split(",")]
+    stacks = [int(m) for m in (args.stacks or ("1,8,32" if not cuda else "1,8,32,256,1024")).split(",")]
+    loop_stacks = stacks if args.loop_stacks is None else [int(m) for m in args.loop_stacks.split(",") if m]
     out = Path(args.out or Path(__file__).parent / "results" / f"throughput-{device.type}.csv")
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"device {name}, torch {torch.__version__}, {args.threads} threads, {args.steps} steps")
+    name = torch.cuda.get_device_name(device) if cuda else "cpu"
+    machine = f"{platform.node()} {platform.processor() or platform.machine()} {os.cpu_count()} cpus"
+    print(f"device {name}, torch {torch.__version__}, {args.threads} threads, {args.steps} steps, "
+          f"load before {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     tmp = Path(tempfile.mkdtemp(prefix="vaebench-bench-"))
     cfg0 = config(args.steps, args.threads, "torch")
     train_x, _ = load_data(cfg0.data, device)
-    variants = []  # (name, runs, steps, fn)
+    variants = []  # (name, runs, steps, fn -> captured or None)
     s = args.steps
+    one = [config(s, args.threads, "fast")]
     variants.append(("plain", 1, s, lambda: plain_loop(train_x, s, device)))
     variants.append(("torch", 1, s, lambda: train_run(config(s, args.threads, "torch"), tmp / "torch", device,
-                                                      False, force=True)))
-    variants.append(("fast", 1, s, lambda: train_run(config(s, args.threads, "fast"), tmp / "fast", device, False,
-                                                     force=True)))
-    variants.append(("fast-nolog", 1, s, lambda: fast_nolog(config(s, args.threads, "fast"), tmp, device)))
+                                                      False, force=True) and None))
+    variants.append(("fast", 1, s, lambda: whole_run(one, [tmp / "fast"], device)))
+    if cuda:
+        variants.append(("fast-eager", 1, s, lambda: whole_run(one, [tmp / "fast-eager"], device, False)))
+    variants.append(("fast-nolog", 1, s, lambda: bare_step(one, tmp, device)))
     for m in stacks:
         sm = max(200, s * 8 // m) if m > 8 else s
         cfgs = [config(sm, args.threads, "fast", seed, stack=m) for seed in range(m)]
         dirs = [tmp / f"stack{m}" / f"s{i}" for i in range(m)]
-        variants.append((f"stack-{m}", m, sm, lambda cfgs=cfgs, dirs=dirs: train_group(cfgs, dirs, device, False,
-                                                                                         force=True)))
+        if m in loop_stacks:
+            variants.append((f"stack-{m}", m, sm, lambda cfgs=cfgs, dirs=dirs: whole_run(cfgs, dirs, device)))
+        if cuda:
+            variants.append((f"stack-{m}-step", m, sm, lambda cfgs=cfgs: bare_step(cfgs, tmp, device)))
+            if m in (1, stacks[-1]):
+                variants.append((f"stack-{m}-step-eager", m, sm, lambda cfgs=cfgs: bare_step(cfgs, tmp, device, False)))
     for m in [int(g) for g in args.generic.split(",") if g]:
         cfgs = [config(s, args.threads, "fast", seed, stack=m) for seed in range(m)]
         dirs = [tmp / f"generic{m}" / f"s{i}" for i in range(m)]
         variants.append((f"generic-{m}", m, s, lambda cfgs=cfgs, dirs=dirs: generic_group(cfgs, dirs, device)))
     Overhead.install()
     plain_loop(train_x, 20, device)  # warm-up: first-call costs stay out of every variant
-    best: dict[str, dict] = {}
-    for r in range(args.repeat):  # round-robin, best of the rounds: a shared machine's noise hits all alike
-        for variant, runs, steps, fn in variants:
+    rounds: dict[str, list[dict]] = {}
+    for r in range(args.repeat):  # round-robin: a shared machine's noise hits all variants alike
+        plain = None
+        for variant, nruns, steps, fn in variants:
             with Memory(device) as mem:
                 sync(device)
                 Overhead.seconds = 0.0
                 t0 = time.perf_counter()
-                fn()
+                captured = fn()
                 sync(device)
                 total = time.perf_counter() - t0
             secs = total - Overhead.seconds
-            row = {"variant": variant, "runs": runs, "steps": steps, "seconds": round(secs, 3),
-                   "overhead_s": round(Overhead.seconds, 3),
-                   "updates_per_s": round(steps / secs, 1), "aggregate_updates_per_s": round(steps * runs / secs, 1),
-                   "whole_run_aggregate_updates_per_s": round(steps * runs / total, 1),
-                   "peak_mb": round(mem.peak_mb, 1), "device": name, "threads": args.threads}
-            if variant not in best or row["seconds"] < best[variant]["seconds"]:
-                best[variant] = row | {"peak_mb": max(row["peak_mb"], best.get(variant, row)["peak_mb"])}
-            print(f"round {r + 1}: {variant:>10} {row['updates_per_s']:>9.1f} upd/s", file=sys.stderr, flush=True)
-    rows = list(best.values())
-    plain = best["plain"]["aggregate_updates_per_s"]
-    log = best["fast"]["seconds"] / best["fast-nolog"]["seconds"] - 1
-    for row in rows:
-        row["ratio_to_plain"] = round(row["aggregate_updates_per_s"] / plain, 2)
-        print(f"{row['variant']:>12}  runs {row['runs']:>5}  {row['updates_per_s']:>9.1f} upd/s  aggregate "
-              f"{row['aggregate_updates_per_s']:>11.1f}  x{row['ratio_to_plain']:<6}  peak {row['peak_mb']:.1f} MB")
+            row = {"variant": variant, "runs": nruns, "steps": steps, "seconds": secs, "overhead_s": Overhead.seconds,
+                   "updates_per_s": steps / secs, "aggregate_updates_per_s": steps * nruns / secs,
+                   "whole_run_aggregate_updates_per_s": steps * nruns / total, "peak_mb": mem.peak_mb,
+                   "captured": captured}
+            plain = row["aggregate_updates_per_s"] if variant == "plain" else plain
+            row["ratio_to_plain"] = row["aggregate_updates_per_s"] / plain
+            rounds.setdefault(variant, []).append(row)
+            print(f"round {r + 1}: {variant:>22} {row['aggregate_updates_per_s']:>12.1f} aggregate upd/s "
+                  f"x{row['ratio_to_plain']:.2f}", file=sys.stderr, flush=True)
+    rows = []
+    for variant, rs in rounds.items():
+        def med(k):
+            return statistics.median(x[k] for x in rs)
+        row = {"variant": variant, "runs": rs[0]["runs"], "steps": rs[0]["steps"], "repeats": len(rs)}
+        for k in ("updates_per_s", "aggregate_updates_per_s", "ratio_to_plain"):
+            row[k] = round(med(k), 2)
+            row[k + "_min"] = round(min(x[k] for x in rs), 2)
+            row[k + "_max"] = round(max(x[k] for x in rs), 2)
+        row |= {"seconds": round(med("seconds"), 3), "overhead_s": round(med("overhead_s"), 3),
+                "whole_run_aggregate_updates_per_s": round(med("whole_run_aggregate_updates_per_s"), 1),
+                "peak_mb": round(max(x["peak_mb"] for x in rs), 1), "captured": rs[0]["captured"],
+                "device": name, "threads": args.threads, "torch": torch.__version__, "machine": machine,
+                "load_before": " ".join(f"{x:.2f}" for x in load)}
+        rows.append(row)
+        print(f"{variant:>22}  runs {row['runs']:>5}  {row['updates_per_s']:>9.1f} upd/s  aggregate "
+              f"{row['aggregate_updates_per_s']:>11.1f}  x{row['ratio_to_plain']:<7} ({row['ratio_to_plain_min']}-"
+              f"{row['ratio_to_plain_max']})  peak {row['peak_mb']:.1f} MB  captured {row['captured']}")
+    fast = statistics.median(x["seconds"] for x in rounds["fast"])
+    log = fast / statistics.median(x["seconds"] for x in rounds["fast-nolog"]) - 1
     print(f"logging cost (fast run's loop vs its bare step: metric buffer, parquet parts, validation every "
           f"100 updates, checkpoints): {100 * log:.1f}%")
     shutil.rmtree(tmp, ignore_errors=True)

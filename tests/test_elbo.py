@@ -122,3 +122,5 @@ def test_grouped_softplus_sum_equals_torch(d):
     want = (F.softplus(l.double()) - l.double().clamp(min=0)).sum(-1)
     got = elbo.sum_log1p_exp_neg_(l.abs())
     torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-4)
+    by_sigmoid = elbo.sum_log1p_exp_neg_by_sigmoid_(l.abs())  # the evaluator's two-pass form
+    torch.testing.assert_close(by_sigmoid.double(), want, rtol=1e-6, atol=1e-4)

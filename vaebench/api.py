@@ -119,13 +119,14 @@ def report(path: str | Path = "results", out: str | Path | None = None, force: b
 
 
 def evaluate(path: str | Path = "results", k: int = 5000, split: str = "test", device: str = "auto",
-             batch: int | None = None, force: bool = False, on_result=None,
-             imports: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
+             batch: int | None = None, force: bool = False, on_result=None, threads: int | None = None,
+             progress: bool | None = False, imports: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
     """Evaluate every done run under ``path`` (a run or a study) on ``split`` with ``k`` importance
     samples per image, into each run's eval.json; runs with that (split, k) already are skipped
     unless ``force``. Returns one row per run: run, state (evaluated / skipped / not done), the
-    split's numbers. ``on_result(row)`` is called after each run. Each run's own plugins are
-    imported before its model is built; ``imports`` adds more."""
+    split's numbers. ``on_result(row)`` is called after each run. threads: torch threads (default
+    one); progress: a bar of images done and time left per run (None: on a terminal only). Each run's
+    own plugins are imported before its model is built; ``imports`` adds more."""
     from .evaluation import SPLITS, evaluate_run, has_eval, resolve_device
 
     import_plugins(imports)
@@ -151,7 +152,8 @@ def evaluate(path: str | Path = "results", k: int = 5000, split: str = "test", d
         elif has_eval(run_dir, split, k) and not force:
             row |= {"state": "skipped", **runs.read_json(run_dir / runs.EVAL)[split]}
         else:
-            row |= {"state": "evaluated", **evaluate_run(run_dir, k=k, split=split, device=device, batch=batch)}
+            row |= {"state": "evaluated", **evaluate_run(run_dir, k=k, split=split, device=device, batch=batch,
+                                                             threads=threads, progress=progress)}
         row.pop("kl_per_dim", None)
         rows.append(row)
         if on_result:

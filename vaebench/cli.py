@@ -52,7 +52,7 @@ def cli() -> None:
               help="Results folder; each run writes OUT/<name>/<varied values>-<id>/.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
-              help="Runs at once (default: one per core; threads per run = cores / jobs).")
+              help="Runs at once (default: one per core; one torch thread each unless train.threads).")
 @click.option("--executor", default="local", show_default=True,
               help="local (a process pool) or ray (tasks on a Ray instance; pip install 'vaebench[ray]').")
 @click.option("--ray-address", default=None, metavar="ADDR",
@@ -209,10 +209,12 @@ def compare_command(path: str, metric: str | None, reference: str | None) -> Non
               help="test (all 10,000 test images), val or train (the run's own splits).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Images per batch (default: by k).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Torch threads (default 1: a second one buys little and loses much on a shared machine).")
 @click.option("--force", is_flag=True, help="Evaluate again runs that already have this split and k.")
 @_imports
-def eval_command(path: str, k: int, split: str, device: str, batch: int | None, force: bool,
-                 imports: tuple[str, ...]) -> None:
+def eval_command(path: str, k: int, split: str, device: str, batch: int | None, threads: int | None,
+                 force: bool, imports: tuple[str, ...]) -> None:
     """Importance-weighted log p(x), ELBO, active units and KL per dimension of every done run under
     RUN_OR_STUDY, into each run's eval.json (vaebench ls shows them)."""
     from .api import evaluate
@@ -225,7 +227,8 @@ def eval_command(path: str, k: int, split: str, device: str, batch: int | None, 
                        f"± {row['iw_ll_se']:.2f} (k={row['k']}), ELBO {row['elbo']:.2f} ± {row['elbo_se']:.2f}, "
                        f"{row['active_units']} active units, {row['seconds']:.1f}s")
 
-    evaluate(path, k=k, split=split, device=device, batch=batch, force=force, on_result=line, imports=imports)
+    evaluate(path, k=k, split=split, device=device, batch=batch, force=force, on_result=line, threads=threads,
+             progress=None, imports=imports)
 
 
 @cli.command(name="config")

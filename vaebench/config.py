@@ -141,7 +141,7 @@ class TrainConfig(_Section):
                               "flush interval (updates)", numbers=False)
     checkpoint_every: PosInt = key(2_000, "updates between checkpoints", "checkpoint interval (updates)",
                                    numbers=False)
-    threads: Optional[PosInt] = key(None, "torch intra-op threads; null: torch's default", "threads",
+    threads: Optional[PosInt] = key(None, "torch intra-op threads; null: one (vaebench.devices.set_threads)", "threads",
                                     numbers=False)
     engine: Literal["auto", "torch", "fast"] = key(
         "auto", "fast: the stacked hand-written step; torch: the autograd Trainer; auto: fast when it supports "

@@ -18,3 +18,21 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
     return dev
+
+
+# Torch threads of a run or an evaluation when none is asked for (train.threads, eval --threads).
+DEFAULT_THREADS = 1
+
+
+def set_threads(requested: int | None = None) -> int:
+    """Set torch's intra-op threads: ``requested``, else DEFAULT_THREADS; returns the number.
+
+    Why one: at this model size (ops on 10^4 to 10^6 numbers) a second thread buys about 10% on an
+    idle machine, and as soon as another process keeps a core busy every op waits at a barrier for
+    the thread the scheduler put aside: 2x slower training, up to 10x slower evaluation
+    (benchmarks/threads.py). Cores are used by running one run per core (vaebench run -j), and a run
+    with a busy neighbour then takes what it takes alone."""
+    n = int(requested or DEFAULT_THREADS)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n

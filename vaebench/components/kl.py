@@ -22,8 +22,9 @@ def monte_carlo(mu: torch.Tensor, sigma: torch.Tensor, z: torch.Tensor) -> torch
     return elbo.kl_monte_carlo(z, mu, sigma)
 
 
-# The fused engine's kernels: (mu (B, L), sigma (B, L), z (K, B, L), k) -> the KL per example (B,)
-# and its gradient in mu, sigma and z, each holding the other two fixed (z: None when it is 0).
+# The fused engine's kernels: (mu (..., B, L), sigma (..., B, L), z (K, ..., B, L), k) -> the KL
+# per example (..., B) and its gradient in mu, sigma and z, each holding the other two fixed (z:
+# None when it is 0). The leading dims are runs: on CUDA the engine passes a block of runs at once.
 def _analytic_fused(mu, sigma, z, k):
     return elbo.kl_analytic(mu, sigma), mu, sigma - 1.0 / sigma, None
 

@@ -54,7 +54,7 @@ def _log_weights_fused(body, last: nn.Linear, x: torch.Tensor, mu: torch.Tensor,
     linear = torch.bmm(h.view(b, s, -1), v.unsqueeze(-1)).squeeze(-1) + c.unsqueeze(-1)
     a = torch.addmm(last.bias, h, last.weight.t(), out=buf[: b * s]).abs_()
     half_abs = 0.5 * a.sum(-1)
-    log1p_term = elbo.sum_log1p_exp_neg_(a)
+    log1p_term = elbo.sum_log1p_exp_neg_by_sigmoid_(a)
     return linear - (half_abs + log1p_term).view(b, s) + prior_ratio
 
 
@@ -69,8 +69,10 @@ def _log_weights_generic(model, x: torch.Tensor, mu: torch.Tensor, sigma: torch.
 @torch.inference_mode()
 def iw_log_likelihood(model, x: torch.Tensor, k: int, generator: torch.Generator | None = None,
                       batch: int | None = None, chunk: int | None = None,
-                      fused: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                      fused: bool = True, progress: Callable[[int], None] | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image (IW estimate of log p(x), ELBO estimate = mean log weight), each (N,) float64.
+    ``progress(images)`` is called after each batch with the number of images it finished.
 
     Noise: for each batch of images, then each chunk of samples, eps ~ N(0, I) of shape
     (batch, chunk, latent) from ``generator``; results depend on batch and chunk sizes only
@@ -100,6 +102,8 @@ def iw_log_likelihood(model, x: torch.Tensor, k: int, generator: torch.Generator
             total += w.sum(1)
         iw[i:i + batch] = (torch.logsumexp(torch.stack(lse), dim=0) - math.log(k)).cpu()
         mean_w[i:i + batch] = (total / k).cpu()
+        if progress is not None:
+            progress(len(xb))
     return iw, mean_w
 
 

@@ -14,7 +14,7 @@ from filelock import FileLock
 
 from .. import runs
 from ..data import BINARIZERS, load_splits
-from ..devices import resolve_device
+from ..devices import resolve_device, set_threads
 from ..errors import ConfigError, VaebenchError
 from .estimates import active_units, iw_log_likelihood, mean_and_se, posterior_stats
 
@@ -39,11 +39,13 @@ def split_images(data_cfg: dict[str, Any], split: str, device: torch.device | st
     return x.to(device)
 
 
-def evaluate_model(model, x: torch.Tensor, k: int, seed: int = NOISE_SEED, batch: int | None = None) -> dict[str, Any]:
-    """The eval.json entry of one split: IW log p(x) and ELBO with standard errors, latent diagnostics."""
+def evaluate_model(model, x: torch.Tensor, k: int, seed: int = NOISE_SEED, batch: int | None = None,
+                   progress=None) -> dict[str, Any]:
+    """The eval.json entry of one split: IW log p(x) and ELBO with standard errors, latent diagnostics.
+    ``progress(images)``: called as batches of images finish."""
     start = time.perf_counter()
     gen = torch.Generator(x.device).manual_seed(seed)
-    iw, w = iw_log_likelihood(model, x, k, gen, batch=batch)
+    iw, w = iw_log_likelihood(model, x, k, gen, batch=batch, progress=progress)
     mu, kl = posterior_stats(model, x)
     iw_ll, iw_se = mean_and_se(iw)
     elbo, elbo_se = mean_and_se(w)
@@ -58,8 +60,11 @@ def has_eval(run_dir: str | Path, split: str, k: int) -> bool:
 
 
 def evaluate_run(run_dir: str | Path, k: int = 5000, split: str = "test", device: str | torch.device = "auto",
-                 batch: int | None = None) -> dict[str, Any]:
-    """Evaluate a run's checkpoint on ``split`` with ``k`` samples per image; merge into its eval.json."""
+                 batch: int | None = None, threads: int | None = None,
+                 progress: bool | None = False) -> dict[str, Any]:
+    """Evaluate a run's checkpoint on ``split`` with ``k`` samples per image; merge into its eval.json.
+    threads: torch threads (default one: vaebench.devices.set_threads); progress: a bar of images
+    done and the time left (None: on a terminal only)."""
     if k < 1:
         raise ConfigError(f"k must be at least 1, got {k}")
     run_dir = Path(run_dir)
@@ -68,7 +73,18 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, split: str = "test", device
     dev = resolve_device(device)
     model = runs.load_model(run_dir, device=str(dev))
     x = split_images(runs.read_config(run_dir)["data"], split, dev)
-    entry = evaluate_model(model, x, k, batch=batch)
+    from tqdm.auto import tqdm
+
+    before = torch.get_num_threads()
+    used = set_threads(threads)
+    bar = tqdm(total=len(x), unit="img", desc=f"{run_dir.name} {split} k={k}", dynamic_ncols=True, leave=False,
+               disable=None if progress is None else not progress)
+    try:
+        entry = evaluate_model(model, x, k, batch=batch, progress=bar.update)
+    finally:
+        bar.close()
+        torch.set_num_threads(before)
+    entry["threads"] = used
     with FileLock(run_dir / EVAL_LOCK):  # two evaluations of one run must not drop each other's split
         doc = runs.read_json(run_dir / runs.EVAL) or {}
         doc[split] = entry

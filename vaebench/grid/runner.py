@@ -15,6 +15,7 @@ import pandas as pd
 import yaml
 
 from .. import runs
+from ..devices import DEFAULT_THREADS
 from ..errors import ConfigError
 from .executors import EXECUTORS, ExecOptions, available_cores
 from .jobs import Job, execute
@@ -161,7 +162,7 @@ def run_study(study: Study, out: str | Path = "results", device: str = "auto", j
     index: dict[Path, int] = {run_dirs[i]: i for i in todo}
     for group in groups:
         cfg = study.runs[todo[group[0]]].config
-        threads = cfg.train.threads or (1 if executor == "ray" else max(1, cores // workers))
+        threads = cfg.train.threads or DEFAULT_THREADS  # one run per core, one thread each (devices.set_threads)
         job_list.append(Job(tuple(study.runs[todo[g]].config for g in group),
                             tuple(run_dirs[todo[g]] for g in group), device, threads, force, progress))
 

@@ -61,6 +61,24 @@ class Engine:
         member's mean (rec, kl, elbo) into ``out`` (M, 3). No host sync."""
         raise NotImplementedError
 
+    # A CUDA graph may replay the step (vaebench.training.graphs) of an engine whose
+    # graph_unsupported() is None. Such an engine's step is count(t) then counted_step(idx, t, out):
+    # count writes t into the device tensors the step reads, and counted_step has fixed shapes,
+    # preallocated buffers, no host sync and no host value besides graph_key(t) that changes with t.
+    def graph_unsupported(self) -> str | None:
+        """Why a CUDA graph cannot replay this engine's step (None: it can)."""
+        return f"the {self.name} engine's step is not declared capturable"
+
+    def graph_key(self, t: int):
+        """The host values update t bakes into its kernels: a graph replays only updates with its key."""
+        raise NotImplementedError
+
+    def count(self, t: int) -> None:
+        raise NotImplementedError
+
+    def counted_step(self, idx: torch.Tensor, t: int, out: torch.Tensor) -> None:
+        raise NotImplementedError
+
     def save(self, j: int, stack: list[str] | None = None) -> None:
         """Write member j's checkpoint (the engine first brings its state into the member); with
         ``stack`` (the members' folders), as the pending checkpoint of a two-phase write."""

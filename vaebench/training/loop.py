@@ -28,6 +28,7 @@ from ..config import RunConfig
 from ..devices import resolve_device
 from ..errors import ConfigError, VaebenchError, reason
 from .engine import Engine, stack_key as _stack_key
+from .graphs import Stepper, record
 from .generic import GenericStack, generic_unsupported
 from .stacked import FusedStack, fused_unsupported
 from .trainer import RunResult, TorchEngine, Trainer
@@ -95,6 +96,7 @@ def train_members(engine: Engine, progress: Any = None) -> list[RunResult]:
     buf = torch.zeros((tc.flush_every, len(members), 3), device=dev, dtype=torch.float32)
     results: dict[int, RunResult] = {}
     ids = list(range(len(members)))  # engine member j is members[ids[j]]
+    run_step = Stepper(engine)  # a CUDA graph replay where the engine and device allow, else engine.step
 
     def sync() -> None:
         for j, t in enumerate(engine.members):
@@ -116,7 +118,7 @@ def train_members(engine: Engine, progress: Any = None) -> list[RunResult]:
                 pos = 0
             idx = perms[:, pos:pos + b].to(dev, non_blocking=True)
             pos += b
-            engine.step(idx, step + 1, buf[step - flushed])
+            run_step(idx, step + 1, buf[step - flushed])
             step += 1
             if step % tc.eval_every == 0:
                 sync()
@@ -160,6 +162,8 @@ def train_members(engine: Engine, progress: Any = None) -> list[RunResult]:
         raise
     finally:
         bar.close()
+        for t in members:
+            record(t.dir, run_step.info())  # env.json: cuda_graph, and why not
     for j, t in enumerate(engine.members):
         results[ids[j]] = RunResult(t.dir, "done", step, final=t.finish())
     return [results[i] for i in range(len(members))]

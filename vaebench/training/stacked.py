@@ -8,11 +8,20 @@ activation's, posterior's, likelihood's and KL estimator's kernel, and the optim
 update. Nothing here names a component or holds one of its constants.
 
 A run's numbers do not depend on the stack it is in: the matmuls are per run (one matrix of the
-batch each), and every elementwise kernel runs on one run's contiguous block, as it would alone
-(a kernel over the whole stack would put a run's elements in other SIMD lanes or the scalar tail,
-which moves the last bit). So a run trained alone, in any stack, or resumed in another stack has
-bit for bit the same numbers on one machine with the same thread count; against the torch engine
-it agrees up to float reassociation (tests/test_speed.py, tests/test_engines.py).
+batch each), and on CPU every elementwise kernel runs on one run's contiguous block, as it would
+alone (a kernel over the whole stack would put a run's elements in other SIMD lanes or the scalar
+tail, which moves the last bit). On CUDA a kernel computes each element the same way whatever the
+tensor's size, so there the elementwise kernels run over blocks of up to the whole stack (runs next
+to each other with the same kernels and hyperparameters), one launch instead of M. So on CPU a
+run trained alone, in any stack, or resumed in another stack has bit for bit the same numbers on
+one machine with the same thread count; against the torch engine it agrees up to float
+reassociation (tests/test_speed.py, tests/test_engines.py). On CUDA cuBLAS and the reductions
+choose their algorithm by the stack's shape, so there a run in a stack agrees with the run alone
+up to float rounding only (benchmarks/gpu_check.py; hence exact_alone is False on CUDA).
+
+On CUDA the loop replays the step from a CUDA graph (vaebench.training.graphs): the step has fixed
+shapes, preallocated buffers and no host sync; the update count lives in a device tensor
+(``count``), and the host values a step bakes in (learning rates, KL weights) are its graph_key.
 """
 
 from __future__ import annotations
@@ -60,6 +69,26 @@ def fused_unsupported(model, objective, optimizer) -> str | None:
     return None
 
 
+def _same(component) -> tuple:
+    """What decides a component's kernel's numbers: its class and its attributes."""
+    return type(component), repr(sorted(vars(component).items())) if hasattr(component, "__dict__") else None
+
+
+def _blocks(keys: list, limit: int) -> list[tuple[int, int]]:
+    """[s, e) ranges of neighbouring equal keys, at most ``limit`` long."""
+    out, s = [], 0
+    for j in range(1, len(keys) + 1):
+        if j == len(keys) or keys[j] != keys[s] or j - s == limit:
+            out.append((s, j))
+            s = j
+    return out
+
+
+def block_size(device: torch.device, runs: int) -> int:
+    """Runs one elementwise launch covers: one on CPU (see the module docstring), any on CUDA."""
+    return 1 if device.type == "cpu" else runs
+
+
 class FusedStack(Engine):
     name = "fused"
 
@@ -72,6 +101,9 @@ class FusedStack(Engine):
 
     def __init__(self, members: list, device: torch.device):
         super().__init__(members, device)
+        # on CUDA the batched matmuls and reductions pick their algorithm by the stack's shape, so a
+        # run's last bits depend on its stack there (benchmarks/gpu_check.py): checkpoints in two phases
+        self.exact_alone = device.type == "cpu"
         cfg = members[0].cfg
         self.k, self.b, self.latent = cfg.objective.k, cfg.train.batch_size, cfg.model.latent
         model = members[0].model
@@ -123,6 +155,10 @@ class FusedStack(Engine):
         self.lik_k = [kernel(t.model.likelihood, "fused_log_prob", "log_prob") for t in members]
         self.kl_k = [kernel(t.objective.kl, "fused") for t in members]
         self.optim_k = [kernel(t.optimizer_factory, "fused") for t in members]
+        self.block = block_size(dev, M)
+        self.blocks = _blocks([(_same(t.model.posterior), _same(t.model.likelihood), _same(t.objective))
+                               for t in members], self.block)
+        self._host_t, self._host = None, None
         B, K, D = self.b, self.k, members[0].train_x.shape[1]
         self.x = torch.empty((M, B, D), device=dev)
         self.noise = torch.empty((M, K, B, L), device=dev)
@@ -159,8 +195,8 @@ class FusedStack(Engine):
             if hidden_only or i < len(layers) - 1:
                 act = acts[i]
                 torch.baddbmm(bias, a, Wt, beta=act.scale, alpha=act.scale, out=out)
-                for j in range(out.shape[0]):  # per run: see the module docstring
-                    act.forward_(out[j])
+                for s in range(0, out.shape[0], self.block):  # per run on CPU: see the module docstring
+                    act.forward_(out[s:s + self.block])
             else:
                 torch.baddbmm(bias, a, Wt, out=out)
             a = out
@@ -174,13 +210,47 @@ class FusedStack(Engine):
             torch.sum(dy, 1, out=gb)
             if i or need_input_grad:
                 da = torch.bmm(dy, W)
-                dy = torch.stack([acts[i - 1].backward(da[j], a[j]) for j in range(da.shape[0])]) if i else da
+                if i:
+                    n = self.block
+                    parts = [acts[i - 1].backward(da[s:s + n], a[s:s + n]) for s in range(0, da.shape[0], n)]
+                    dy = parts[0] if len(parts) == 1 else torch.cat(parts)
+                else:
+                    dy = da
         return dy
 
+    # -- the host values of a step, and the CUDA graph interface (training.graphs) ----------------
+    def graph_unsupported(self) -> str | None:
+        return None
+
+    def host(self, t: int) -> tuple[list[float], list[tuple]]:
+        """What update t computes on the host: each run's KL weight / B and its optimizer's (kernel,
+        lr at t, betas, eps, weight decay)."""
+        if self._host_t != t:
+            B = self.b
+            kw = [tr.objective.kl_weight(t - 1) / B for tr in self.members]
+            opt = [(self.optim_k[j], tr.cfg.optim.lr * tr.schedule(t - 1, tr.cfg.train.steps),
+                    tuple(tr.cfg.optim.betas), tr.cfg.optim.eps, tr.cfg.optim.weight_decay)
+                   for j, tr in enumerate(self.members)]
+            self._host_t, self._host = t, (kw, opt)
+        return self._host
+
+    def graph_key(self, t: int):
+        kw, opt = self.host(t)
+        return tuple(kw), tuple(o[1:] for o in opt)
+
+    def count(self, t: int) -> None:
+        self.opt_step.fill_(t)
+
     def step(self, x_idx: torch.Tensor, t: int, out: torch.Tensor) -> None:
+        self.count(t)
+        self.counted_step(x_idx, t, out)
+
+    def counted_step(self, x_idx: torch.Tensor, t: int, out: torch.Tensor) -> None:
+        """step() once count(t) is done: what a CUDA graph captures."""
         M, B, K, L = len(self.members), self.b, self.k, self.latent
         members = self.members
         train_x = members[0].train_x
+        kw, opt = self.host(t)
         if self.dynamic:
             for j, tr in enumerate(members):
                 self.x[j] = tr.binarizer.sample(train_x[x_idx[j]], tr.noise_gen)
@@ -195,41 +265,42 @@ class FusedStack(Engine):
         mu = torch.baddbmm(b_mu, hid, Wt_mu, out=self.mu)
         raw = torch.baddbmm(b_raw, hid, Wt_raw, out=self.raw)
         sigmas = []
-        for j in range(M):
-            sigma, dsig = self.sigma_k[j](raw[j])
+        for s, e in self.blocks:
+            sigma, dsig = self.sigma_k[s](raw[s:e])
             sigmas.append(sigma)
-            self.dsig_draw[j] = dsig
-            torch.addcmul(mu[j], sigma, eps[j], out=self.z[j])
+            self.dsig_draw[s:e] = dsig
+            torch.addcmul(mu[s:e].unsqueeze(1), sigma.unsqueeze(1), eps[s:e], out=self.z[s:e])
         z = self.z
         logits = self._forward(self.dec, z.view(M, K * B, L), self.dec_out, self.dec_acts).view(M, K, B, -1)
         kls = []
-        for j in range(M):
-            rec, dlog = self.lik_k[j](logits[j], x[j], 1.0 / (B * K))
-            self.dlog[j] = dlog.view(K * B, -1)
-            kl = self.kl_k[j](mu[j], sigmas[j], z[j], K)
+        for (s, e), sigma in zip(self.blocks, sigmas):
+            # x as (n, 1, B, D): each run's images against its K samples; z as (K, n, B, L)
+            rec, dlog = self.lik_k[s](logits[s:e], x[s:e].unsqueeze(1), 1.0 / (B * K))
+            self.dlog[s:e] = dlog.view(e - s, K * B, -1)
+            kl = self.kl_k[s](mu[s:e], sigma, z[s:e].transpose(0, 1), K)
             kls.append(kl)
-            r, k_ = rec.mean(0).mean(), kl[0].mean()
-            torch.stack([r, k_, r - k_], out=out[j])
+            r, k_ = rec.mean(1).mean(-1), kl[0].mean(-1)
+            torch.stack([r, k_, r - k_], dim=1, out=out[s:e])
 
-        # backward of loss = mean_b(-rec + w * kl), per run (w: the objective's KL weight at this step)
+        # backward of loss = mean_b(-rec + w * kl), per block of runs (w: the KL weight at this step)
         dz = self._backward(self.dec, z.view(M, K * B, L), self.dec_out, self.dlog, self.dec_acts, True)
         dz = dz.view(M, K, B, L)
-        for j, tr in enumerate(members):
-            bg = tr.objective.kl_weight(t - 1) / B
-            _, dmu_kl, dsig_kl, dz_kl = kls[j]
-            dzj = dz[j] if dz_kl is None else dz[j].add(dz_kl, alpha=bg)
-            dmu, dsig = (dzj[0], dzj[0] * eps[j, 0]) if K == 1 else (dzj.sum(0), (dzj * eps[j]).sum(0))
-            torch.add(dmu, dmu_kl, alpha=bg, out=self.dh[j, :, :L])
-            torch.mul(dsig.add_(dsig_kl, alpha=bg), self.dsig_draw[j], out=self.dh[j, :, L:])
+        for (s, e), (_, dmu_kl, dsig_kl, dz_kl) in zip(self.blocks, kls):
+            bg = kw[s]
+            dzb = dz[s:e] if dz_kl is None else dz[s:e].add(dz_kl.transpose(0, 1), alpha=bg)
+            dmu, dsig = ((dzb[:, 0], dzb[:, 0] * eps[s:e, 0]) if K == 1
+                         else (dzb.sum(1), (dzb * eps[s:e]).sum(1)))
+            torch.add(dmu, dmu_kl, alpha=bg, out=self.dh[s:e, :, :L])
+            torch.mul(dsig.add_(dsig_kl, alpha=bg), self.dsig_draw[s:e], out=self.dh[s:e, :, L:])
         self._backward(self.enc, x, self.enc_out, self.dh, self.enc_acts, False)
         self.update(t)
 
     def update(self, t: int) -> None:
-        """Each run's optimizer kernel on its row of the (M, P) stack, with its learning rate at this
-        step (schedule included)."""
-        self.opt_step.fill_(t)
-        for j, tr in enumerate(self.members):
-            o = tr.cfg.optim
-            self.optim_k[j]([self.flat[j]], [self.grad[j]], [self.m[j]], [self.v[j]], self.opt_step,
-                           lr=o.lr * tr.schedule(t - 1, tr.cfg.train.steps), betas=o.betas, eps=o.eps,
-                           weight_decay=o.weight_decay)
+        """Each run's optimizer kernel on its row of the (M, P) stack (on CUDA: on blocks of runs with
+        equal hyperparameters), with its learning rate at this step (schedule included); the update
+        count is in self.opt_step (count)."""
+        _, opt = self.host(t)
+        for s, e in _blocks(opt, self.block):
+            k, lr, betas, eps, wd = opt[s]
+            k([self.flat[s:e]], [self.grad[s:e]], [self.m[s:e]], [self.v[s:e]], self.opt_step,
+              lr=lr, betas=betas, eps=eps, weight_decay=wd)

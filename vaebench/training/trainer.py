@@ -22,6 +22,7 @@ from .. import runs
 from ..components import OBJECTIVES, OPTIMIZERS, SCHEDULES, build_model
 from ..config import RunConfig
 from ..data import BINARIZERS, load_splits
+from ..devices import set_threads
 from ..errors import ConfigError, VaebenchError
 from .engine import Engine
 
@@ -67,8 +68,7 @@ class Trainer:
     def __init__(self, cfg: RunConfig, run_dir: Path, device: torch.device):
         self.cfg, self.dir, self.device = cfg, Path(run_dir), device
         tc = cfg.train
-        if tc.threads:
-            torch.set_num_threads(tc.threads)
+        set_threads(tc.threads)  # train.threads, else one (vaebench.devices.set_threads says why)
         d = cfg.data
         self.binarizer = BINARIZERS.get(d.binarize)()
         self.train_x, self.val_x = load_data(d, device)
