@@ -214,3 +214,19 @@ def test_every_run_ends_with_test_metrics_unless_disabled(tmp_path, tiny_overrid
     assert "-" not in ls.stdout.splitlines()[-1].split()[-1]
     table = vaebench.summary(tmp_path / "res")
     assert {"test_elbo_mean", "test_iw_ll_mean"} <= set(table.columns)
+
+
+def test_a_run_cut_during_its_end_of_run_evaluation_is_evaluated_by_the_rerun(tmp_path, tiny_overrides):
+    """Training done, evaluation cut (eval.json missing): the same command evaluates it, trains nothing."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: t\n")
+    sets = [f"--set={o}" for o in tiny_overrides if not o.startswith("eval.")] + ["--set=eval.k=4"]
+    first = run_cli("run", str(cfg), "--out", str(tmp_path / "res"), *sets)
+    assert first.returncode == 0, first.stderr
+    run_dir = runs.find_runs(tmp_path / "res")[0]
+    metrics = (run_dir / runs.METRICS).read_bytes()
+    (run_dir / runs.EVAL).unlink()  # as if killed between final.json and eval.json
+    again = run_cli("run", str(cfg), "--out", str(tmp_path / "res"), *sets)
+    assert again.returncode == 0, again.stderr
+    assert (run_dir / runs.EVAL).is_file() and (run_dir / runs.METRICS).read_bytes() == metrics
+    assert "test IW log p(x)" in again.stdout

@@ -89,6 +89,13 @@ def _todo(states: list[str], force: bool, retry_failed: bool) -> list[int]:
     return [i for i, s in enumerate(states) if s != "running" and (force or s in wanted)]
 
 
+def _eval_missing(cfg, run_dir: Path) -> bool:
+    """A done run whose end-of-run evaluation was cut (or never ran): the rerun evaluates it."""
+    from ..evaluation import has_eval
+
+    return cfg.eval.enabled and any(not has_eval(run_dir, split, cfg.eval.k) for split in cfg.eval.splits)
+
+
 def _check_inputs(study: Study, todo: list[int], device: str) -> None:
     """Fail before anything runs on what would fail every run: no data, no such device."""
     from ..data import load_splits
@@ -145,6 +152,8 @@ def run_study(study: Study, out: str | Path = "results", device: str = "auto", j
     states = [b.state for b in before]
     result = StudyResult(study, root, run_dirs, states, before)
     todo = _todo(states, force, retry_failed)
+    todo = sorted(todo + [i for i, (s, spec, d) in enumerate(zip(states, study.runs, run_dirs))
+                          if s == "done" and i not in todo and _eval_missing(spec.config, d)])
     if dry_run or not todo:
         return result
     _check_inputs(study, todo, device)
