@@ -133,9 +133,13 @@ def test_permission_denied(tmp_path, config):
     if os.geteuid() == 0:  # root passes permission checks: run as nobody
         os.chmod(tmp_path, 0o755)
         config.chmod(0o644)
-        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *VAEBENCH, "run",
-                            str(config), "--out", str(locked / "res")], cwd="/", capture_output=True, text=True,
-                           env=dict(os.environ, PYTHONPATH=str(REPO), HOME="/tmp"), timeout=300)
+        nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        env = dict(os.environ, PYTHONPATH=str(REPO), HOME="/tmp")
+        probe = subprocess.run([*nobody, *VAEBENCH, "--help"], cwd="/", capture_output=True, env=env, timeout=120)
+        if probe.returncode != 0:  # e.g. a checkout under a 0700 folder: nobody cannot reach vaebench
+            pytest.skip("the user nobody cannot run vaebench from this checkout (a folder above it is private)")
+        r = subprocess.run([*nobody, *VAEBENCH, "run", str(config), "--out", str(locked / "res")], cwd="/",
+                           capture_output=True, text=True, env=env, timeout=300)
     else:
         locked.chmod(0o555)
         r = vb("run", str(config), "--out", str(locked / "res"), cwd=tmp_path)
