@@ -566,15 +566,16 @@ def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None =
     return resolve(read_yaml(path), overrides, source=str(path), base=Path(path).parent, imports=imports)
 
 
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists become strings so they fit in a DataFrame column."""
+def flatten(d: dict[str, Any], prefix: str = "", tuples: bool = False) -> dict[str, Any]:
+    """{"a": {"b": [1]}} -> {"a.b": "[1]"}: dotted keys; lists become JSON strings (comparable
+    across runs), or with ``tuples`` tuples (readable and hashable, for categorical columns)."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
+            out.update(flatten(v, key + ".", tuples))
         elif isinstance(v, (list, tuple)):
-            out[key] = json.dumps(list(v))
+            out[key] = tuple(v) if tuples else json.dumps(list(v))
         else:
             out[key] = v
     return out

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import runs
-from .config import is_execution_key, key_info
+from .config import flatten, is_execution_key, key_info
 from .errors import VaebenchError
 
 
@@ -63,18 +63,6 @@ def study_order(run_dirs: list[Path]) -> tuple[list[Path], dict[Path, dict[str, 
     labels = {d: {k: v for k, v in grids[d.parent].get(d.name, {}).items() if "." not in k and k != "seed"}
               for d in run_dirs}
     return ordered, labels
-
-
-def _flat_config(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": [1]}} -> {"a.b": (1,)}: dotted keys, lists as tuples (readable and hashable)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat_config(v, key + "."))
-        else:
-            out[key] = tuple(v) if isinstance(v, list) else v
-    return out
 
 
 def _sort_key(v: Any) -> tuple:
@@ -147,7 +135,7 @@ def load(path: str | Path = "results", final: bool = False, split: str | list[st
     run_dirs, names = study_order(runs.find_runs(root))
     if not run_dirs:
         raise VaebenchError(f"no runs found under {root}")
-    configs = [_flat_config(runs.read_config(d)) for d in run_dirs]
+    configs = [flatten(runs.read_config(d), tuples=True) for d in run_dirs]
     states = [runs.run_state(d) for d in run_dirs]
     labels = [_run_label(d, root) for d in run_dirs]
     studies = [_study_label(d, root) for d in run_dirs]
