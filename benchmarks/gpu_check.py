@@ -13,12 +13,13 @@ Then trains some members of the stacks alone (captured) and compares them with t
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+
+from bench_io import write_csv  # benchmarks/bench_io.py (scripts run from benchmarks/)
 
 import numpy as np
 import torch
@@ -92,11 +93,7 @@ def main(argv=None) -> None:
         rows.append(row)
         print(row, flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(args.out, rows)
     ok = all(r["max_abs_metric_diff"] == 0 and r["max_abs_param_diff"] == 0 and r["noise_gen_equal"]
              and r["env_captured"] is True and r["env_eager"] is (r["case"].startswith("solo"))
              for r in rows)

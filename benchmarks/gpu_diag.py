@@ -7,12 +7,13 @@ registered generator) against the GPU's time per replay, for stacks of M runs.
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench_io import write_csv  # benchmarks/bench_io.py (scripts run from benchmarks/)
 
 import torch
 
@@ -67,10 +68,7 @@ def main(argv=None) -> None:
         print(row, flush=True)
         del step, stack, ts
         torch.cuda.empty_cache()
-    with open(args.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(args.out, rows)
 
 
 if __name__ == "__main__":

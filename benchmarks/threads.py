@@ -13,7 +13,6 @@ load average before the start. The policy's target: busy / idle <= 1.25 for the 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 import statistics
@@ -22,6 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench_io import write_csv  # benchmarks/bench_io.py (scripts run from benchmarks/)
 
 ROOT = Path(__file__).resolve().parents[1]
 SPIN = "while True: pass"
@@ -83,11 +84,7 @@ def main(argv=None) -> None:
             print(f"{kind:6s} threads {threads:7s}: idle {statistics.median(x['idle_s'] for x in sel):6.1f} s, "
                   f"busy {statistics.median(x['busy_s'] for x in sel):6.1f} s, busy/idle median "
                   f"{statistics.median(q):.2f} (range {min(q):.2f}-{max(q):.2f})")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(args.out, rows)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ before the start. captured: whether the fast engine's step ran as a CUDA graph r
 from __future__ import annotations
 
 import argparse
-import csv
 import gc
 import os
 import platform
@@ -35,6 +34,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench_io import write_csv  # benchmarks/bench_io.py (scripts run from benchmarks/)
 
 import torch
 import torch.nn.functional as F
@@ -278,11 +279,7 @@ def main(argv=None) -> None:
     print(f"logging cost (fast run's loop vs its bare step: metric buffer, parquet parts, validation every "
           f"100 updates, checkpoints): {100 * log:.1f}%")
     shutil.rmtree(tmp, ignore_errors=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out, rows)
     print(f"wrote {out}")
 
 

@@ -13,7 +13,6 @@ median and range of the ratio, the machine and the load average before the start
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 import statistics
@@ -22,6 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench_io import write_csv  # benchmarks/bench_io.py (scripts run from benchmarks/)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,11 +64,7 @@ def main(argv=None) -> None:
     ratios = [r["ratio"] for r in rows]
     print(f"plain (best threads) / vaebench run, whole processes: median {statistics.median(ratios):.2f}x "
           f"(range {min(ratios):.2f}-{max(ratios):.2f})")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(args.out, rows)
 
 
 if __name__ == "__main__":
