@@ -18,7 +18,6 @@ A run's state is derived here, one way, for everything that shows it (``run_stat
 from __future__ import annotations
 
 import datetime as _dt
-import errno
 import json
 import os
 import platform

@@ -4,7 +4,6 @@ numbers, deep nesting, aliases, duplicate keys)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

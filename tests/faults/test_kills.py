@@ -3,7 +3,6 @@ instant, a short metrics file, honest states, a worker killed from outside."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

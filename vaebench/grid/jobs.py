@@ -16,8 +16,6 @@ from .. import plugins, runs
 from ..config import RunConfig
 from ..errors import reason
 
-LOCK = runs.LOCK
-is_locked = runs.is_locked  # kept here for callers of vaebench.grid.jobs
 _slot = 0  # this worker's progress-bar row (set by init_worker in pool workers)
 _interrupted = False
 
@@ -87,7 +85,7 @@ def execute(job: Job) -> list:
     results: dict[int, Any] = {}
     locks: list[tuple[int, FileLock]] = []
     for i, run_dir in enumerate(map(Path, job.run_dirs)):
-        lock = FileLock(run_dir / LOCK)
+        lock = FileLock(run_dir / runs.LOCK)
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             lock.acquire(timeout=0)
