@@ -1,6 +1,8 @@
 """On a CUDA device: the captured step (vaebench.training.graphs) gives the same numbers as the eager
 step, bit for bit, for a single run and for a mixed stack, and a run in a stack (elementwise kernels
-over the whole stack on CUDA) the same numbers as alone; env.json says which path ran.
+over the whole stack, counter-based noise, batched validation) the numbers it gets alone up to float
+rounding (cuBLAS picks its algorithm by the stack's shape: at most SOLO_TOL); env.json says which
+path ran.
 
     python benchmarks/gpu_check.py [--steps 300] [--out CSV]
 
@@ -40,6 +42,7 @@ CASES = {
     "warmup-iwae-schedule": [{"seed": 4, "objective.warmup": 40, "optim.schedule": "iwae"},
                              {"seed": 5, "objective.warmup": 40, "optim.schedule": "iwae"}],
 }
+SOLO_TOL = 1e-3  # nats or parameter units: float rounding over 300 updates, far below any effect
 SOLO = [("stack-mixed-4", 1), ("stack-mixed-4", 3), ("stack-8-dynamic", 0), ("stack-8-dynamic", 6)]
 
 
@@ -65,7 +68,8 @@ def compare(a: Path, b: Path) -> dict:
     return {"rows": len(ma), "max_abs_metric_diff": dm, "max_abs_param_diff": dp, "noise_gen_equal": gen,
             "env_eager": runs.read_json(a / runs.ENV).get("cuda_graph"),
             "env_captured": runs.read_json(b / runs.ENV).get("cuda_graph"),
-            "reason_captured": runs.read_json(b / runs.ENV).get("cuda_graph_reason", "")}
+            "reason_captured": runs.read_json(b / runs.ENV).get("cuda_graph_reason", ""),
+            "noise": runs.read_json(b / runs.ENV).get("noise", "")}
 
 
 def main(argv=None) -> None:
@@ -94,10 +98,13 @@ def main(argv=None) -> None:
         print(row, flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
     write_csv(args.out, rows)
-    ok = all(r["max_abs_metric_diff"] == 0 and r["max_abs_param_diff"] == 0 and r["noise_gen_equal"]
-             and r["env_captured"] is True and r["env_eager"] is (r["case"].startswith("solo"))
-             for r in rows)
-    print(f"captured == eager, bit for bit, env.json right: {ok}; wrote {args.out}")
+    def right(r):
+        tol = SOLO_TOL if r["case"].startswith("solo") else 0.0
+        return (r["max_abs_metric_diff"] <= tol and r["max_abs_param_diff"] <= tol and r["noise_gen_equal"]
+                and r["env_captured"] is True and r["env_eager"] is r["case"].startswith("solo"))
+
+    ok = all(right(r) for r in rows)
+    print(f"captured == eager bit for bit, solo == stack within {SOLO_TOL}, env.json right: {ok}; wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -76,6 +76,20 @@ class Engine:
     def count(self, t: int) -> None:
         raise NotImplementedError
 
+    def validate(self) -> None:
+        """Each member's validation terms at its step (Trainer.eval_val; an engine may batch them)."""
+        for t in self.members:
+            t.eval_val()
+
+    def generators(self) -> list[torch.Generator]:
+        """The torch generators the step draws from: a CUDA graph registers them, so that a replay
+        draws and advances them as an eager step would."""
+        return [t.noise_gen for t in self.members]
+
+    def info(self) -> dict:
+        """What env.json records about the path this engine took (besides its name)."""
+        return {}
+
     def counted_step(self, idx: torch.Tensor, t: int, out: torch.Tensor) -> None:
         raise NotImplementedError
 

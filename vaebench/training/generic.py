@@ -16,6 +16,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from .engine import Engine
+from .trainer import EVAL_BATCH, EVAL_SEED
 
 PROBE_RUNS, PROBE_BATCH = 2, 3
 
@@ -37,6 +38,25 @@ def _vmapped(loss: _Loss):
         return functional_call(loss, params, (x, eps))
 
     return vmap(grad_and_value(f, has_aux=True))
+
+
+@torch.no_grad()
+def evaluate_stack(model: nn.Module, objective, params: dict[str, torch.Tensor], x: torch.Tensor, binarizer,
+                   seed: int = EVAL_SEED) -> torch.Tensor:
+    """vaebench.training.trainer.evaluate for n runs of ``model``'s structure at once (``params``: name
+    -> (n, ...) stacked): the same draws (one generator, shared, as each run's evaluate draws them),
+    the objective vmapped over the runs. (n, 3) mean (rec, kl, elbo), equal to n evaluate() calls up
+    to float reassociation."""
+    fn = vmap(lambda p, xb, eps: functional_call(_Loss(model, objective), p, (xb, eps))[1], in_dims=(0, None, None))
+    args = {"model." + name: p for name, p in params.items()}
+    gen = torch.Generator(x.device).manual_seed(seed)
+    n = next(iter(params.values())).shape[0]
+    total = torch.zeros((n, 3), device=x.device, dtype=torch.float64)
+    for i in range(0, len(x), EVAL_BATCH):
+        xb = binarizer.sample(x[i:i + EVAL_BATCH], gen)
+        eps = torch.randn(objective.eps_shape(len(xb), model.latent), generator=gen, device=x.device)
+        total += fn(args, xb, eps).double() * len(xb)
+    return total / len(x)
 
 
 def generic_unsupported(model, objective, optimizer) -> str | None:

@@ -8,7 +8,7 @@ static buffer and the update count into the engine's own (Engine.count) before a
 metrics come out of one after. The host values a step bakes in (the learning rate at this step,
 the KL weight) are its graph_key: a step whose key differs from the graph's runs eagerly, and a
 key that holds two steps in a row is captured anew (a schedule's next stage, the end of a KL
-warmup). Each run's noise generator is registered with the graph
+warmup). Each torch generator the step draws from (Engine.generators) is registered with the graph
 (CUDAGraph.register_generator_state): a replay draws from it what an eager step would draw and
 advances it as far, so a run's numbers, checkpoints and resumes do not depend on whether its step
 was captured. Which path ran is recorded in each run's env.json (``cuda_graph``).
@@ -91,8 +91,8 @@ class Stepper:
         self.out = torch.empty(out.shape, dtype=out.dtype, device=en.device)
         graph = torch.cuda.CUDAGraph()
         try:
-            for m in en.members:
-                graph.register_generator_state(m.noise_gen)
+            for gen in en.generators():
+                graph.register_generator_state(gen)
             with torch.cuda.graph(graph):
                 en.counted_step(self.idx, t, self.out)  # the count: read from the engine's tensors
         except Exception as e:  # noqa: BLE001 - any capture failure: train on, eagerly, and say so

@@ -81,6 +81,14 @@ def stack_key(cfg: RunConfig) -> str:
 
 
 # -- the loop -----------------------------------------------------------------------------------
+def _to_device(perms: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    """An epoch's data order on the device in one asynchronous copy (a step then slices it there,
+    so the host never waits on a copy while the GPU works)."""
+    if dev.type == "cpu":
+        return perms
+    return perms.pin_memory().to(dev, non_blocking=True)
+
+
 def train_members(engine: Engine, progress: Any = None) -> list[RunResult]:
     """Train the engine's members (restored Trainers at one step) to their last step; one
     RunResult each, in order."""
@@ -91,7 +99,8 @@ def train_members(engine: Engine, progress: Any = None) -> list[RunResult]:
     tc, dev = first.cfg.train, first.device
     step, pos = first.step, first.pos
     n, b = len(first.perm), tc.batch_size
-    perms = torch.stack([t.perm for t in members])
+    perms = torch.stack([t.perm for t in members])  # the data order on the host (checkpoints hold it)
+    perms_dev = _to_device(perms, dev)
     flushed = step
     buf = torch.zeros((tc.flush_every, len(members), 3), device=dev, dtype=torch.float32)
     results: dict[int, RunResult] = {}
@@ -110,20 +119,19 @@ def train_members(engine: Engine, progress: Any = None) -> list[RunResult]:
     try:
         if step == 0:
             sync()
-            for t in engine.members:
-                t.eval_val()
+            engine.validate()
         while step < tc.steps and engine.members:
             if pos + b > n:
                 perms = torch.stack([torch.randperm(n, generator=t.order_gen) for t in engine.members])
+                perms_dev = _to_device(perms, dev)
                 pos = 0
-            idx = perms[:, pos:pos + b].to(dev, non_blocking=True)
+            idx = perms_dev[:, pos:pos + b]
             pos += b
             run_step(idx, step + 1, buf[step - flushed])
             step += 1
             if step % tc.eval_every == 0:
                 sync()
-                for t in engine.members:
-                    t.eval_val()
+                engine.validate()
             if step % refresh == 0:
                 bar.update(step - bar.n)
                 if not bar.disable:
@@ -132,8 +140,9 @@ def train_members(engine: Engine, progress: Any = None) -> list[RunResult]:
             if step % tc.flush_every == 0 or checkpoint:
                 sync()
                 keep = []
+                terms = buf[: step - flushed].cpu()  # one copy from the device for the whole stack
                 for j, t in enumerate(engine.members):
-                    bad = t.flush(buf[: step - flushed, j])
+                    bad = t.flush(terms[:, j])
                     if bad is None:
                         keep.append(j)
                         continue
@@ -144,6 +153,7 @@ def train_members(engine: Engine, progress: Any = None) -> list[RunResult]:
                 flushed = step
                 if len(keep) < len(engine.members):
                     ids, perms = [ids[j] for j in keep], perms[keep]
+                    perms_dev = _to_device(perms, dev)
                     engine.drop(keep)
                     buf = torch.zeros((tc.flush_every, len(keep), 3), device=dev, dtype=torch.float32)
                     sync()
@@ -163,7 +173,7 @@ def train_members(engine: Engine, progress: Any = None) -> list[RunResult]:
     finally:
         bar.close()
         for t in members:
-            record(t.dir, run_step.info())  # env.json: cuda_graph, and why not
+            record(t.dir, run_step.info() | engine.info())  # env.json: cuda_graph (and why not), noise
     for j, t in enumerate(engine.members):
         results[ids[j]] = RunResult(t.dir, "done", step, final=t.finish())
     return [results[i] for i in range(len(members))]

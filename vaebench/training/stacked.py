@@ -22,6 +22,8 @@ up to float rounding only (benchmarks/gpu_check.py; hence exact_alone is False o
 On CUDA the loop replays the step from a CUDA graph (vaebench.training.graphs): the step has fixed
 shapes, preallocated buffers and no host sync; the update count lives in a device tensor
 (``count``), and the host values a step bakes in (learning rates, KL weights) are its graph_key.
+There the reparameterization noise of every run comes from one batched counter-based draw
+(vaebench.training.noise) instead of M torch generators; env.json records which (``noise``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ import torch
 from torch import nn
 
 from ..components.kernels import kernel
+from . import noise
 from .engine import Engine, EngineRefused
+from .generic import evaluate_stack
 
 
 def _layers(net: nn.Module) -> tuple[list[nn.Linear], list] | str:
@@ -82,6 +86,11 @@ def _blocks(keys: list, limit: int) -> list[tuple[int, int]]:
             out.append((s, j))
             s = j
     return out
+
+
+def counter_noise(device: torch.device) -> bool:
+    """Draw the stack's noise from vaebench.training.noise (on CUDA), else from each run's generator."""
+    return device.type == "cuda"
 
 
 def block_size(device: torch.device, runs: int) -> int:
@@ -158,7 +167,18 @@ class FusedStack(Engine):
         self.block = block_size(dev, M)
         self.blocks = _blocks([(_same(t.model.posterior), _same(t.model.likelihood), _same(t.objective))
                                for t in members], self.block)
+        # members whose host values (KL weight, optimizer settings and schedule) are equal at every step
+        sig = [(_same(t.objective), self.optim_k[j], repr(t.cfg.optim), t.cfg.train.steps) for j, t in enumerate(members)]
+        firsts = {k: j for j, k in reversed(list(enumerate(sig)))}
+        self.host_of = [firsts[k] for k in sig]  # member j's host values are member host_of[j]'s
+        self.host_firsts = sorted(set(self.host_of))
+        self.opt_blocks = _blocks(self.host_of, self.block)
         self._host_t, self._host = None, None
+        # the noise: one counter-based draw for the stack on CUDA, each run's torch generator on the CPU
+        self.noise_keys = None
+        if counter_noise(dev):
+            self.noise_keys = torch.tensor([noise.run_key(t.cfg.seed) for t in members], dtype=torch.int64, device=dev)
+            self.t_dev = torch.zeros((), dtype=torch.int64, device=dev)
         B, K, D = self.b, self.k, members[0].train_x.shape[1]
         self.x = torch.empty((M, B, D), device=dev)
         self.noise = torch.empty((M, K, B, L), device=dev)
@@ -171,6 +191,20 @@ class FusedStack(Engine):
         self.mu, self.raw = torch.empty((M, B, L), device=dev), torch.empty((M, B, L), device=dev)
         self.dec_out = [torch.empty((M, K * B, W.shape[1]), device=dev) for W, *_ in self.dec]
         self.opt_step = torch.zeros((), device=dev)
+
+    def validate(self) -> None:
+        """On the CPU each run's own evaluate (its numbers as alone, bit for bit); on CUDA, where a
+        run's numbers depend on its stack by float rounding anyway, each block of runs in one
+        vmapped evaluation (generic.evaluate_stack): one launch sequence instead of M."""
+        if self.exact_alone or len(self.members) == 1:
+            return super().validate()
+        for s, e in self.blocks:
+            first = self.members[s]
+            names = [n for n, _ in first.model.named_parameters()]
+            terms = evaluate_stack(first.model, first.objective, dict(zip(names, self._views(self.flat[s:e]))),
+                                   first.val_x, first.binarizer)
+            for j in range(s, e):
+                self.members[j].val_rows.append((self.members[j].step, terms[j - s]))
 
     def drop(self, keep: list[int]) -> None:
         idx = torch.tensor(keep, device=self.device)
@@ -222,24 +256,38 @@ class FusedStack(Engine):
     def graph_unsupported(self) -> str | None:
         return None
 
-    def host(self, t: int) -> tuple[list[float], list[tuple]]:
-        """What update t computes on the host: each run's KL weight / B and its optimizer's (kernel,
-        lr at t, betas, eps, weight decay)."""
+    def host(self, t: int) -> tuple[dict[int, float], dict[int, tuple]]:
+        """What update t computes on the host, by member j in host_firsts (member i's values are
+        member host_of[i]'s): the KL weight / B, and the optimizer's (kernel, lr at t, betas, eps,
+        weight decay). Computed once per distinct setting: a stack of 1,024 seeds asks once."""
         if self._host_t != t:
-            B = self.b
-            kw = [tr.objective.kl_weight(t - 1) / B for tr in self.members]
-            opt = [(self.optim_k[j], tr.cfg.optim.lr * tr.schedule(t - 1, tr.cfg.train.steps),
-                    tuple(tr.cfg.optim.betas), tr.cfg.optim.eps, tr.cfg.optim.weight_decay)
-                   for j, tr in enumerate(self.members)]
+            kw, opt = {}, {}
+            for j in self.host_firsts:
+                tr = self.members[j]
+                kw[j] = tr.objective.kl_weight(t - 1) / self.b
+                opt[j] = (self.optim_k[j], tr.cfg.optim.lr * tr.schedule(t - 1, tr.cfg.train.steps),
+                          tuple(tr.cfg.optim.betas), tr.cfg.optim.eps, tr.cfg.optim.weight_decay)
             self._host_t, self._host = t, (kw, opt)
         return self._host
 
     def graph_key(self, t: int):
         kw, opt = self.host(t)
-        return tuple(kw), tuple(o[1:] for o in opt)
+        return tuple(kw.values()), tuple(o[1:] for o in opt.values())
+
+    def generators(self) -> list[torch.Generator]:
+        """The torch generators a step draws from (a CUDA graph registers them)."""
+        if self.noise_keys is None or self.dynamic:
+            return [t.noise_gen for t in self.members]
+        return []
+
+    def info(self) -> dict:
+        """What env.json records about this engine's path."""
+        return {"noise": noise.NAME if self.noise_keys is not None else "torch generator per run"}
 
     def count(self, t: int) -> None:
         self.opt_step.fill_(t)
+        if self.noise_keys is not None:
+            self.t_dev.fill_(t)
 
     def step(self, x_idx: torch.Tensor, t: int, out: torch.Tensor) -> None:
         self.count(t)
@@ -256,8 +304,11 @@ class FusedStack(Engine):
                 self.x[j] = tr.binarizer.sample(train_x[x_idx[j]], tr.noise_gen)
         else:
             torch.index_select(train_x, 0, x_idx.reshape(-1), out=self.x.view(M * B, -1))
-        for j, tr in enumerate(members):
-            torch.randn((K, B, L), generator=tr.noise_gen, out=self.noise[j])
+        if self.noise_keys is not None:
+            noise.normal(self.noise_keys, self.t_dev, K * B * L, out=self.noise)
+        else:
+            for j, tr in enumerate(members):
+                torch.randn((K, B, L), generator=tr.noise_gen, out=self.noise[j])
         x, eps = self.x, self.noise
 
         hid = self._forward(self.enc[:-1], x, self.enc_out, self.enc_acts, hidden_only=True)
@@ -286,7 +337,7 @@ class FusedStack(Engine):
         dz = self._backward(self.dec, z.view(M, K * B, L), self.dec_out, self.dlog, self.dec_acts, True)
         dz = dz.view(M, K, B, L)
         for (s, e), (_, dmu_kl, dsig_kl, dz_kl) in zip(self.blocks, kls):
-            bg = kw[s]
+            bg = kw[self.host_of[s]]
             dzb = dz[s:e] if dz_kl is None else dz[s:e].add(dz_kl.transpose(0, 1), alpha=bg)
             dmu, dsig = ((dzb[:, 0], dzb[:, 0] * eps[s:e, 0]) if K == 1
                          else (dzb.sum(1), (dzb * eps[s:e]).sum(1)))
@@ -300,7 +351,7 @@ class FusedStack(Engine):
         equal hyperparameters), with its learning rate at this step (schedule included); the update
         count is in self.opt_step (count)."""
         _, opt = self.host(t)
-        for s, e in _blocks(opt, self.block):
-            k, lr, betas, eps, wd = opt[s]
+        for s, e in self.opt_blocks:
+            k, lr, betas, eps, wd = opt[self.host_of[s]]
             k([self.flat[s:e]], [self.grad[s:e]], [self.m[s:e]], [self.v[s:e]], self.opt_step,
               lr=lr, betas=betas, eps=eps, weight_decay=wd)
