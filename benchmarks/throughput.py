@@ -191,6 +191,8 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads, the same for every variant")
     ap.add_argument("--stacks", default=None, help="comma-separated M (default 1,8,32 on CPU; 1,8,32,256,1024 on CUDA)")
     ap.add_argument("--generic", default="1,8", help="comma-separated M for the generic engine")
+    ap.add_argument("--stack-steps", type=int, default=None,
+                    help="updates per run of the stacks over 8 runs (default: max(200, steps * 8 / M))")
     ap.add_argument("--loop-stacks", default=None, help="the M whose whole training loop is timed (default: all)")
     ap.add_argument("--repeat", type=int, default=3, help="rounds (median and range over them)")
     ap.add_argument("--out", default=None, help="CSV path (default benchmarks/results/throughput-<device>.csv)")
@@ -220,7 +222,7 @@ def main(argv=None) -> None:
         variants.append(("fast-eager", 1, s, lambda: whole_run(one, [tmp / "fast-eager"], device, False)))
     variants.append(("fast-nolog", 1, s, lambda: bare_step(one, tmp, device)))
     for m in stacks:
-        sm = max(200, s * 8 // m) if m > 8 else s
+        sm = (args.stack_steps or max(200, s * 8 // m)) if m > 8 else s
         cfgs = [config(sm, args.threads, "fast", seed, stack=m) for seed in range(m)]
         dirs = [tmp / f"stack{m}" / f"s{i}" for i in range(m)]
         if m in loop_stacks:

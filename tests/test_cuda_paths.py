@@ -88,3 +88,21 @@ def test_a_stacks_batched_validation_equals_each_runs_own(tmp_path):
         want = torch.stack([evaluate(t.model, t.objective, t.val_x, t.binarizer) for t in ts])
         assert got.shape == (3, 3) and torch.allclose(got, want, rtol=0, atol=1e-4), (got - want).abs().max()
         assert not torch.allclose(want[0], want[1])
+
+
+def test_a_big_stacks_files_written_on_threads_equal_those_written_in_turn(tmp_path, monkeypatch):
+    from vaebench.training import loop
+
+    over = {"data.per_class": 20, "data.val_size": 20, "train.steps": 30, "train.eval_every": 10,
+            "train.flush_every": 10, "train.checkpoint_every": 20, "train.engine": "fast", "eval.enabled": False}
+    cfgs = [resolve({"name": "p"}, over | {"seed": s}) for s in range(3)]
+    turn = [tmp_path / "turn" / str(s) for s in range(3)]
+    train_group(cfgs, turn, "cpu", False)
+    monkeypatch.setattr(loop, "POOL_FROM", 2)
+    pooled = [tmp_path / "pool" / str(s) for s in range(3)]
+    res = train_group(cfgs, pooled, "cpu", False)
+    assert [r.state for r in res] == ["done"] * 3
+    for a, b in zip(turn, pooled):
+        assert runs.read_metrics(a).equals(runs.read_metrics(b))
+        assert runs.read_json(a / runs.FINAL) == runs.read_json(b / runs.FINAL)
+        assert runs.read_status(b)["state"] == "done" and (b / runs.CHECKPOINT).is_file()

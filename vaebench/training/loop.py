@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +83,19 @@ def stack_key(cfg: RunConfig) -> str:
 
 
 # -- the loop -----------------------------------------------------------------------------------
+POOL_FROM = 16  # members from which a stack's per-run files are written by a thread pool
+
+
+def each(fn, items: list) -> list:
+    """[fn(x) for x in items]; for a big stack on threads, since each run writes its own folder and
+    pyarrow and file writes release the GIL (1,024 runs' parquet parts and checkpoints otherwise cost
+    more than their updates on a GPU)."""
+    if len(items) < POOL_FROM:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(fn, items))
+
+
 def _to_device(perms: torch.Tensor, dev: torch.device) -> torch.Tensor:
     """An epoch's data order on the device in one asynchronous copy (a step then slices it there,
     so the host never waits on a copy while the GPU works)."""
@@ -141,8 +156,8 @@ def train_members(engine: Engine, progress: Any = None) -> list[RunResult]:
                 sync()
                 keep = []
                 terms = buf[: step - flushed].cpu()  # one copy from the device for the whole stack
-                for j, t in enumerate(engine.members):
-                    bad = t.flush(terms[:, j])
+                bads = each(lambda jt: jt[1].flush(terms[:, jt[0]]), list(enumerate(engine.members)))
+                for j, (t, bad) in enumerate(zip(engine.members, bads)):
                     if bad is None:
                         keep.append(j)
                         continue
@@ -160,8 +175,7 @@ def train_members(engine: Engine, progress: Any = None) -> list[RunResult]:
                 if checkpoint:
                     save_checkpoints(engine)
                 if step < tc.steps:
-                    for t in engine.members:
-                        t.write_status("running")  # status.json: the last flushed step
+                    each(lambda t: t.write_status("running"), engine.members)  # status.json: the last flushed step
     except KeyboardInterrupt:
         for t in engine.members:
             t.write_status("running", INTERRUPTED, step=flushed)  # the last step on disk
@@ -172,10 +186,10 @@ def train_members(engine: Engine, progress: Any = None) -> list[RunResult]:
         raise
     finally:
         bar.close()
-        for t in members:
-            record(t.dir, run_step.info() | engine.info())  # env.json: cuda_graph (and why not), noise
-    for j, t in enumerate(engine.members):
-        results[ids[j]] = RunResult(t.dir, "done", step, final=t.finish())
+        path = run_step.info() | engine.info()
+        each(lambda t: record(t.dir, path), members)  # env.json: cuda_graph (and why not), noise
+    for j, final in enumerate(each(lambda t: t.finish(), engine.members)):
+        results[ids[j]] = RunResult(engine.members[j].dir, "done", step, final=final)
     return [results[i] for i in range(len(members))]
 
 
@@ -185,14 +199,11 @@ def save_checkpoints(engine: Engine) -> None:
     each becomes checkpoint.pt, so that a cut anywhere leaves its members resuming at one step
     (Trainer.restore settles a cut between the phases)."""
     if engine.exact_alone or len(engine.members) == 1:
-        for j in range(len(engine.members)):
-            engine.save(j)
+        each(engine.save, list(range(len(engine.members))))
         return
     stack = [str(t.dir) for t in engine.members]
-    for j in range(len(engine.members)):
-        engine.save(j, stack)
-    for t in engine.members:
-        runs.commit_checkpoint(t.dir)
+    each(lambda j: engine.save(j, stack), list(range(len(engine.members))))
+    each(lambda t: runs.commit_checkpoint(t.dir), engine.members)
 
 
 # -- entry points -------------------------------------------------------------------------------
