@@ -32,6 +32,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -90,10 +91,13 @@ class Memory:
 
 
 class Overhead:
-    """Seconds spent outside the training loop (building trainers, run folders, final evaluation),
-    so that loop throughput compares with the plain loop, which has none of them."""
+    """Wall seconds spent outside the training loop (building trainers, run folders, final evaluation),
+    so that loop throughput compares with the plain loop, which has none of them. Calls that overlap
+    (a big stack finishes its runs on threads) count once."""
 
     seconds = 0.0
+    active, since = 0, 0.0
+    lock = threading.Lock()
 
     @classmethod
     def install(cls) -> None:
@@ -104,11 +108,17 @@ class Overhead:
     @classmethod
     def timed(cls, fn):
         def wrapper(*a, **k):
-            t0 = time.perf_counter()
+            with cls.lock:
+                if cls.active == 0:
+                    cls.since = time.perf_counter()
+                cls.active += 1
             try:
                 return fn(*a, **k)
             finally:
-                cls.seconds += time.perf_counter() - t0
+                with cls.lock:
+                    cls.active -= 1
+                    if cls.active == 0:
+                        cls.seconds += time.perf_counter() - cls.since
         return wrapper
 
 

@@ -37,6 +37,14 @@ def test_a_runs_draw_depends_on_its_key_and_the_update_only():
     assert not torch.equal(noise.normal(keys, torch.tensor(42), 1600), stack)
 
 
+def test_a_draw_of_several_updates_equals_the_updates_one_by_one():
+    keys = torch.tensor([noise.run_key(s) for s in range(3)])
+    ahead = noise.normal(keys, 40, 1600, steps=5)
+    assert ahead.shape == (3, 5, 1600)
+    for s in range(5):
+        assert torch.equal(ahead[:, s], noise.normal(keys, torch.tensor(40 + s), 1600))
+
+
 def test_draws_are_standard_normal_and_uncorrelated():
     keys = torch.tensor([noise.run_key(s) for s in range(4)])
     a = noise.normal(keys, torch.tensor(0), 100_000).double()
@@ -53,7 +61,7 @@ def counter_on_cpu(monkeypatch):
     monkeypatch.setattr(stacked, "counter_noise", lambda device: True)
 
 
-def test_with_counter_noise_a_run_in_a_stack_equals_the_run_alone(tmp_path, counter_on_cpu):
+def test_with_counter_noise_a_run_in_a_stack_equals_the_run_alone(tmp_path, counter_on_cpu, monkeypatch):
     """What the fused engine does on CUDA, on the CPU (where a stack is exact): no generator state,
     so a run's numbers do not depend on its stack, and env.json says which noise ran."""
     over = {"data.per_class": 20, "data.val_size": 20, "train.steps": 30, "train.eval_every": 10,
@@ -67,6 +75,11 @@ def test_with_counter_noise_a_run_in_a_stack_equals_the_run_alone(tmp_path, coun
     assert len(a) == 30 + 1 + 3 and a.equals(b)
     assert not a.equals(runs.read_metrics(stack_dirs[0]))
     assert runs.read_json(alone / runs.ENV)["noise"] == noise.NAME
+    stack_dirs[0].parent.rename(tmp_path / "ahead")  # drawn ahead (default) vs one update at a time
+    monkeypatch.setattr(stacked, "NOISE_BYTES", 1)
+    train_group(cfgs, stack_dirs, "cpu", False)
+    for s in range(3):
+        assert runs.read_metrics(stack_dirs[s]).equals(runs.read_metrics(tmp_path / "ahead" / str(s)))
 
 
 def test_a_stacks_batched_validation_equals_each_runs_own(tmp_path):

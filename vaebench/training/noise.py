@@ -6,8 +6,9 @@ per draw, and a CUDA graph replay refreshes each registered generator from the h
 run's key and the update count, in the manner of SplitMix64 (Steele, Lea & Flood, OOPSLA 2014):
 element i of update t of a run with key k is mix(k + (t * n + i) * GAMMA), where mix is SplitMix64's
 finalizer and n the elements per update; the 64 bits give two 24-bit uniforms and Box-Muller one
-normal. So the draw is one chain of elementwise kernels over the whole stack, inside the graph,
-and nothing needs saving for a resume: update t draws the same numbers however the run got there.
+normal. So a draw is one chain of elementwise kernels over the whole stack, for several updates
+at once (the engine draws ahead and each update copies its slice), and nothing needs saving for a
+resume: update t draws the same numbers however the run got there.
 
 The fused engine uses it on CUDA (recorded in env.json as ``noise``); on the CPU each run keeps its
 torch generator, whose numbers the stored fixture pins (tests/test_numbers.py).
@@ -51,17 +52,19 @@ def mix(z: torch.Tensor) -> torch.Tensor:
     return z.bitwise_xor_(_shr(z, 31))
 
 
-def normal(keys: torch.Tensor, t: torch.Tensor, n: int, out: torch.Tensor | None = None) -> torch.Tensor:
-    """(M, n) standard normals, row j for the run with key ``keys[j]`` at update ``t`` (int64 tensors
-    on one device; t a 0-dim tensor so a CUDA graph reads it at replay)."""
-    idx = torch.arange(n, device=keys.device, dtype=torch.int64)
-    ctr = (t * n + idx).mul_(GAMMA)  # (n,)
-    z = mix(keys.view(-1, 1) + ctr)  # (M, n)
+def normal(keys: torch.Tensor, t: int | torch.Tensor, n: int, steps: int = 1,
+           out: torch.Tensor | None = None) -> torch.Tensor:
+    """Standard normals for the runs with keys ``keys`` (M,) at updates t .. t + steps - 1, n per run
+    and update: (M, n), or (M, steps, n) when steps > 1. Element (j, s, i) depends on keys[j],
+    t + s and i only, so a draw of many updates at once equals the updates drawn one by one."""
+    ctr = (torch.arange(steps * n, device=keys.device, dtype=torch.int64) + t * n).mul_(GAMMA)
+    z = mix(keys.view(-1, 1) + ctr)  # (M, steps * n)
     # two 24-bit uniforms in (0, 1) from the high and the low half, exact in float32
     u1 = _shr(z, 40).to(torch.float32).add_(0.5).mul_(2.0 ** -24)
     u2 = torch.bitwise_and(z, (1 << 24) - 1).to(torch.float32).add_(0.5).mul_(2.0 ** -24)
     r = u1.log_().mul_(-2.0).sqrt_()
     res = u2.mul_(2.0 * math.pi).cos_().mul_(r)
+    res = res.view(len(keys), steps, n) if steps > 1 else res
     if out is not None:
         out.copy_(res.view(out.shape))
         return out

@@ -88,6 +88,9 @@ def _blocks(keys: list, limit: int) -> list[tuple[int, int]]:
     return out
 
 
+NOISE_BYTES = 64 * 2**20
+
+
 def counter_noise(device: torch.device) -> bool:
     """Draw the stack's noise from vaebench.training.noise (on CUDA), else from each run's generator."""
     return device.type == "cuda"
@@ -175,11 +178,14 @@ class FusedStack(Engine):
         self.opt_blocks = _blocks(self.host_of, self.block)
         self._host_t, self._host = None, None
         # the noise: one counter-based draw for the stack on CUDA, each run's torch generator on the CPU
-        self.noise_keys = None
-        if counter_noise(dev):
-            self.noise_keys = torch.tensor([noise.run_key(t.cfg.seed) for t in members], dtype=torch.int64, device=dev)
-            self.t_dev = torch.zeros((), dtype=torch.int64, device=dev)
         B, K, D = self.b, self.k, members[0].train_x.shape[1]
+        self.noise_keys = None
+        if counter_noise(dev):  # drawn NOISE_BYTES ahead (up to 64 updates), a copy per update
+            self.noise_keys = torch.tensor([noise.run_key(t.cfg.seed) for t in members], dtype=torch.int64, device=dev)
+            self.noise_steps = max(1, min(64, NOISE_BYTES // (M * K * B * L * 4)))
+            self.noise_ahead = torch.empty((M, self.noise_steps, K * B * L), device=dev)
+            self.noise_slot = torch.zeros(1, dtype=torch.int64, device=dev)
+            self.noise_from = None  # the first update noise_ahead holds
         self.x = torch.empty((M, B, D), device=dev)
         self.noise = torch.empty((M, K, B, L), device=dev)
         self.z = torch.empty((M, K, B, L), device=dev)
@@ -287,7 +293,11 @@ class FusedStack(Engine):
     def count(self, t: int) -> None:
         self.opt_step.fill_(t)
         if self.noise_keys is not None:
-            self.t_dev.fill_(t)
+            S = self.noise_steps
+            if self.noise_from is None or not self.noise_from <= t < self.noise_from + S:
+                noise.normal(self.noise_keys, t, self.noise_ahead.shape[2], S, out=self.noise_ahead)
+                self.noise_from = t
+            self.noise_slot.fill_(t - self.noise_from)
 
     def step(self, x_idx: torch.Tensor, t: int, out: torch.Tensor) -> None:
         self.count(t)
@@ -305,7 +315,7 @@ class FusedStack(Engine):
         else:
             torch.index_select(train_x, 0, x_idx.reshape(-1), out=self.x.view(M * B, -1))
         if self.noise_keys is not None:
-            noise.normal(self.noise_keys, self.t_dev, K * B * L, out=self.noise)
+            torch.index_select(self.noise_ahead, 1, self.noise_slot, out=self.noise.view(M, 1, -1))
         else:
             for j, tr in enumerate(members):
                 torch.randn((K, B, L), generator=tr.noise_gen, out=self.noise[j])
