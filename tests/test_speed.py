@@ -222,7 +222,7 @@ def test_the_cuda_block_path_gives_the_same_numbers_on_cpu(tmp_path, alone, monk
     that path computes each run's numbers as the per-run path does, up to float rounding."""
     from vaebench.training import stacked as stacked_mod
 
-    monkeypatch.setattr(stacked_mod, "block_size", lambda device, runs: runs)
+    monkeypatch.setattr(stacked_mod, "block_size", lambda device, runs, sizes=(): runs)
     extras = [GROUP[0], {"seed": 10}, {"seed": 11}, *GROUP[1:]]  # runs 0-2: one block for every kernel
     cfgs = [cfg(i, extra) for i, extra in enumerate(extras)]
     dirs = [tmp_path / f"b{i}" for i in range(len(extras))]
@@ -230,3 +230,23 @@ def test_the_cuda_block_path_gives_the_same_numbers_on_cpu(tmp_path, alone, monk
     for i, d in zip((0, 1, 2, 3), (dirs[0], dirs[3], dirs[4], dirs[5])):
         assert_same_metrics(d, alone / f"r{i}")
         assert_same_final(d, alone / f"r{i}")
+
+
+def test_aligned_shapes_train_a_cpu_stack_with_whole_stack_kernels_bit_for_bit(tmp_path):
+    """Where each run's block of every buffer is a whole number of vectorized loop steps (batch 64,
+    K = 2: 64 x 8, 2 x 64 x 196, ...), the CPU kernels run over the whole stack (one launch, not M)
+    and each run still computes what it computes alone, bit for bit."""
+    from vaebench.training.stacked import FusedStack
+    from vaebench.training.trainer import Trainer
+
+    shape = {"train.batch_size": 64, "train.steps": 120}
+    extras = [{"seed": 20}, {"seed": 21}, {"seed": 22}, GROUP[1], GROUP[2]]
+    cfgs = [cfg(i, extra, **shape) for i, extra in enumerate(extras)]
+    probe = FusedStack([Trainer(c, tmp_path / "probe" / str(i), torch.device("cpu")) for i, c in enumerate(cfgs)],
+                       torch.device("cpu"))
+    assert probe.block == len(cfgs) and probe.blocks[0] == (0, 3)  # the three seeds: one launch
+    dirs = [tmp_path / "stack" / str(i) for i in range(len(cfgs))]
+    assert [r.state for r in train_group(cfgs, dirs, "cpu", progress=False)] == ["done"] * len(cfgs)
+    for i, c in enumerate(cfgs):
+        train_group([c], [tmp_path / "alone" / str(i)], "cpu", progress=False)
+        assert_identical(dirs[i], tmp_path / "alone" / str(i))

@@ -8,9 +8,13 @@ activation's, posterior's, likelihood's and KL estimator's kernel, and the optim
 update. Nothing here names a component or holds one of its constants.
 
 A run's numbers do not depend on the stack it is in: the matmuls are per run (one matrix of the
-batch each), and on CPU every elementwise kernel runs on one run's contiguous block, as it would
-alone (a kernel over the whole stack would put a run's elements in other SIMD lanes or the scalar
-tail, which moves the last bit). On CUDA a kernel computes each element the same way whatever the
+batch each), and on CPU an elementwise kernel computes each of a run's elements in the SIMD lane
+it has alone. A kernel over the whole stack does that only when each run's block of every buffer
+the kernels write is a whole number of torch's vectorized loop steps (ALIGN floats) and one thread
+runs it (two threads split a tensor where they like); otherwise the elementwise kernels run per
+run, which is slower by M launches (a run's elements in other lanes, or in the scalar tail, move
+the last bit: measured, tests/test_speed.py). The optimizer's kernel runs per run on CPU (a run's
+parameter row is rarely a whole number of steps). On CUDA a kernel computes each element the same way whatever the
 tensor's size, so there the elementwise kernels run over blocks of up to the whole stack (runs next
 to each other with the same kernels and hyperparameters), one launch instead of M. So on CPU a
 run trained alone, in any stack, or resumed in another stack has bit for bit the same numbers on
@@ -96,9 +100,17 @@ def counter_noise(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-def block_size(device: torch.device, runs: int) -> int:
-    """Runs one elementwise launch covers: one on CPU (see the module docstring), any on CUDA."""
-    return 1 if device.type == "cpu" else runs
+ALIGN = 32  # floats: a step of torch's vectorized CPU loops (two vectors of 16 on AVX-512)
+
+
+def block_size(device: torch.device, runs: int, per_run_sizes: tuple[int, ...] = ()) -> int:
+    """Runs one elementwise launch covers: any on CUDA; on CPU all of them where every buffer's
+    block per run (``per_run_sizes``, in floats) is a multiple of ALIGN and torch runs one thread,
+    else one (see the module docstring)."""
+    if device.type != "cpu":
+        return runs
+    aligned = per_run_sizes and all(n % ALIGN == 0 for n in per_run_sizes)
+    return runs if aligned and torch.get_num_threads() == 1 else 1
 
 
 class FusedStack(Engine):
@@ -167,15 +179,11 @@ class FusedStack(Engine):
         self.lik_k = [kernel(t.model.likelihood, "fused_log_prob", "log_prob") for t in members]
         self.kl_k = [kernel(t.objective.kl, "fused") for t in members]
         self.optim_k = [kernel(t.optimizer_factory, "fused") for t in members]
-        self.block = block_size(dev, M)
-        self.blocks = _blocks([(_same(t.model.posterior), _same(t.model.likelihood), _same(t.objective))
-                               for t in members], self.block)
         # members whose host values (KL weight, optimizer settings and schedule) are equal at every step
         sig = [(_same(t.objective), self.optim_k[j], repr(t.cfg.optim), t.cfg.train.steps) for j, t in enumerate(members)]
         firsts = {k: j for j, k in reversed(list(enumerate(sig)))}
         self.host_of = [firsts[k] for k in sig]  # member j's host values are member host_of[j]'s
         self.host_firsts = sorted(set(self.host_of))
-        self.opt_blocks = _blocks(self.host_of, self.block)
         self._host_t, self._host = None, None
         # the noise: one counter-based draw for the stack on CUDA, each run's torch generator on the CPU
         B, K, D = self.b, self.k, members[0].train_x.shape[1]
@@ -197,6 +205,12 @@ class FusedStack(Engine):
         self.mu, self.raw = torch.empty((M, B, L), device=dev), torch.empty((M, B, L), device=dev)
         self.dec_out = [torch.empty((M, K * B, W.shape[1]), device=dev) for W, *_ in self.dec]
         self.opt_step = torch.zeros((), device=dev)
+        written = [self.noise, self.z, self.dsig_draw, self.dh, self.dlog, self.dz, self.mu, self.raw,
+                   *self.enc_out, *self.dec_out]
+        self.block = block_size(dev, M, tuple(b[0].numel() for b in written))
+        self.blocks = _blocks([(_same(t.model.posterior), _same(t.model.likelihood), _same(t.objective))
+                               for t in members], self.block)
+        self.opt_blocks = _blocks(self.host_of, 1 if dev.type == "cpu" else self.block)
 
     def validate(self) -> None:
         """On the CPU each run's own evaluate (its numbers as alone, bit for bit); on CUDA, where a
@@ -235,7 +249,7 @@ class FusedStack(Engine):
             if hidden_only or i < len(layers) - 1:
                 act = acts[i]
                 torch.baddbmm(bias, a, Wt, beta=act.scale, alpha=act.scale, out=out)
-                for s in range(0, out.shape[0], self.block):  # per run on CPU: see the module docstring
+                for s in range(0, out.shape[0], self.block):  # per run unless aligned: see the module docstring
                     act.forward_(out[s:s + self.block])
             else:
                 torch.baddbmm(bias, a, Wt, out=out)
