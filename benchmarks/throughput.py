@@ -9,6 +9,7 @@ Variants (the seed's model: 196-128-16 / 8-128-196 tanh, batch 100, Adam, 10,000
   fast-nolog       the fast engine's step alone: no metric buffer, evaluation, parquet or checkpoints
   fast-eager       (CUDA) the fast run with CUDA graph capture off (VAEBENCH_CUDA_GRAPH=0)
   stack-M          M runs (seeds 0..M-1) as one stack on the fused engine; aggregate = M x updates/s
+  stack-M-per-run  (CPU) the same with every elementwise kernel run per run (the path of unaligned shapes)
   stack-M-step     (CUDA) the step of a stack of M alone, as fast-nolog; stack-M-step-eager: not captured
   generic-M        the same M runs on the generic stacked engine (torch.func: functional_call + vmap + grad),
                    the path of components that declare no fused kernels (a user's own activation, ...)
@@ -50,6 +51,7 @@ from vaebench.training import loop as loop_mod  # noqa: E402
 from vaebench.training import train_group, train_run  # noqa: E402
 from vaebench.training import trainer as trainer_mod  # noqa: E402
 from vaebench.training.generic import GenericStack  # noqa: E402
+from vaebench.training import stacked as stacked_mod  # noqa: E402
 from vaebench.training.stacked import FusedStack  # noqa: E402
 from vaebench.training.trainer import Trainer, load_data  # noqa: E402
 from vaebench.training.graphs import Stepper  # noqa: E402
@@ -127,8 +129,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+K = 1  # z samples per image, for every variant (--k)
+
+
 def plain_loop(train: torch.Tensor, steps: int, device: torch.device) -> None:
-    """The reference: the seed's VAE trained the plain way."""
+    """The reference: the seed's VAE trained the plain way (K samples, as benchmarks/plain_vae.py)."""
     torch.manual_seed(0)
     enc = nn.Sequential(nn.Linear(196, 128), nn.Tanh(), nn.Linear(128, 16)).to(device)
     dec = nn.Sequential(nn.Linear(8, 128), nn.Tanh(), nn.Linear(128, 196)).to(device)
@@ -141,8 +146,8 @@ def plain_loop(train: torch.Tensor, steps: int, device: torch.device) -> None:
         pos += BATCH
         h = enc(x)
         mu, sigma = h[:, :8], F.softplus(h[:, 8:]) + 1e-4
-        z = mu + sigma * torch.randn_like(mu)
-        rec = -F.binary_cross_entropy_with_logits(dec(z), x, reduction="none").sum(-1)
+        z = mu + sigma * torch.randn((K, *mu.shape), device=device)
+        rec = -F.binary_cross_entropy_with_logits(dec(z), x.expand(K, -1, -1), reduction="none").sum(-1).mean(0)
         kl = 0.5 * (mu**2 + sigma**2 - 1 - 2 * torch.log(sigma)).sum(-1)
         loss = -(rec - kl).mean()
         opt.zero_grad()
@@ -153,7 +158,8 @@ def plain_loop(train: torch.Tensor, steps: int, device: torch.device) -> None:
 
 def config(steps: int, threads: int, engine: str, seed: int = 0, stack="auto"):
     return resolve({"name": f"s{seed}"}, {"seed": seed, "train.steps": steps, "train.batch_size": BATCH,
-                                          "train.threads": threads, "train.engine": engine, "train.stack": stack})
+                                          "train.threads": threads, "train.engine": engine, "train.stack": stack,
+                                          "objective.k": K})
 
 
 def bare_step(cfgs, tmp: Path, device: torch.device, capture: bool = True) -> bool:
@@ -186,6 +192,16 @@ def whole_run(cfgs, dirs, device: torch.device, capture: bool = True) -> bool:
     return bool((runs.read_json(Path(dirs[0]) / runs.ENV) or {}).get("cuda_graph", False))
 
 
+def per_run_kernels(fn, *args):
+    """fn(*args) with the fused engine's CPU elementwise kernels one run at a time."""
+    orig = stacked_mod.block_size
+    stacked_mod.block_size = lambda device, runs, sizes=(): 1
+    try:
+        return fn(*args)
+    finally:
+        stacked_mod.block_size = orig
+
+
 def generic_group(cfgs, dirs, device: torch.device) -> None:
     """M runs through the loop on the generic engine (the built-in components would take the fused one)."""
     trainers = [Trainer(c, d, device) for c, d in zip(cfgs, dirs)]
@@ -201,12 +217,15 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads, the same for every variant")
     ap.add_argument("--stacks", default=None, help="comma-separated M (default 1,8,32 on CPU; 1,8,32,256,1024 on CUDA)")
     ap.add_argument("--generic", default="1,8", help="comma-separated M for the generic engine")
+    ap.add_argument("--k", type=int, default=1, help="z samples per image (the baseline's is 2)")
     ap.add_argument("--stack-steps", type=int, default=None,
                     help="updates per run of the stacks over 8 runs (default: max(200, steps * 8 / M))")
     ap.add_argument("--loop-stacks", default=None, help="the M whose whole training loop is timed (default: all)")
     ap.add_argument("--repeat", type=int, default=3, help="rounds (median and range over them)")
     ap.add_argument("--out", default=None, help="CSV path (default benchmarks/results/throughput-<device>.csv)")
     args = ap.parse_args(argv)
+    global K
+    K = args.k
     load = os.getloadavg()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -216,7 +235,7 @@ def main(argv=None) -> None:
     out = Path(args.out or Path(__file__).parent / "results" / f"throughput-{device.type}.csv")
     name = torch.cuda.get_device_name(device) if cuda else "cpu"
     machine = f"{platform.node()} {platform.processor() or platform.machine()} {os.cpu_count()} cpus"
-    print(f"device {name}, torch {torch.__version__}, {args.threads} threads, {args.steps} steps, "
+    print(f"device {name}, torch {torch.__version__}, {args.threads} threads, {args.steps} steps, K = {K}, "
           f"load before {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     tmp = Path(tempfile.mkdtemp(prefix="vaebench-bench-"))
     cfg0 = config(args.steps, args.threads, "torch")
@@ -237,6 +256,9 @@ def main(argv=None) -> None:
         dirs = [tmp / f"stack{m}" / f"s{i}" for i in range(m)]
         if m in loop_stacks:
             variants.append((f"stack-{m}", m, sm, lambda cfgs=cfgs, dirs=dirs: whole_run(cfgs, dirs, device)))
+            if not cuda and m > 1:  # the same with the elementwise kernels forced per run (the unaligned path)
+                variants.append((f"stack-{m}-per-run", m, sm,
+                                 lambda cfgs=cfgs, dirs=dirs: per_run_kernels(whole_run, cfgs, dirs, device)))
         if cuda:
             variants.append((f"stack-{m}-step", m, sm, lambda cfgs=cfgs: bare_step(cfgs, tmp, device)))
             if m in (1, stacks[-1]):
@@ -280,7 +302,7 @@ def main(argv=None) -> None:
         row |= {"seconds": round(med("seconds"), 3), "overhead_s": round(med("overhead_s"), 3),
                 "whole_run_aggregate_updates_per_s": round(med("whole_run_aggregate_updates_per_s"), 1),
                 "peak_mb": round(max(x["peak_mb"] for x in rs), 1), "captured": rs[0]["captured"],
-                "device": name, "threads": args.threads, "torch": torch.__version__, "machine": machine,
+                "device": name, "threads": args.threads, "k": K, "torch": torch.__version__, "machine": machine,
                 "load_before": " ".join(f"{x:.2f}" for x in load)}
         rows.append(row)
         print(f"{variant:>22}  runs {row['runs']:>5}  {row['updates_per_s']:>9.1f} upd/s  aggregate "
