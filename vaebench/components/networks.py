@@ -21,38 +21,39 @@ def tanh_from_sigmoid_(y2: torch.Tensor) -> torch.Tensor:
 
 
 # The activations with fused kernels (vaebench.training.stacked): torch's modules, plus the kernel;
-# ``inplace``: the module's own function in place, elementwise (the held-out evaluator's kernel).
+# ``forward_``: the module's own function in place, elementwise (the held-out evaluator's kernel).
 @ACTIVATIONS.register("tanh")
 class Tanh(nn.Tanh):
     fused = Activation(2.0, tanh_from_sigmoid_, torch.ops.aten.tanh_backward)
-    inplace = staticmethod(torch.tanh_)
+    forward_ = staticmethod(torch.tanh_)
 
 
 @ACTIVATIONS.register("relu")
 class ReLU(nn.ReLU):
     fused = Activation(1.0, torch.relu_, lambda g, y: torch.ops.aten.threshold_backward(g, y, 0))
-    inplace = staticmethod(torch.relu_)
+    forward_ = staticmethod(torch.relu_)
 
 
 @ACTIVATIONS.register("sigmoid")
 class Sigmoid(nn.Sigmoid):
     fused = Activation(1.0, torch.sigmoid_, torch.ops.aten.sigmoid_backward)
-    inplace = staticmethod(torch.sigmoid_)
+    forward_ = staticmethod(torch.sigmoid_)
 
 
 for _name, _cls in {"elu": nn.ELU, "softplus": nn.Softplus, "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU}.items():
     ACTIVATIONS.register(_name)(_cls)
 
 
+@torch.no_grad()
 def forward_columns(net: nn.Sequential, h_t: torch.Tensor, out: torch.Tensor) -> torch.Tensor | None:
     """``net`` on the columns of ``h_t`` (features + 1, rows), whose last row is ones, written to
     ``out`` (features_out, rows), without autograd; None (nothing written) unless ``net`` is
-    Linears and activations that declare an ``inplace`` kernel. Rows last: the held-out
+    Linears and activations that declare a ``forward_`` kernel. Rows last: the held-out
     evaluator's layout, where the next matmul then runs over contiguous samples; the ones row
     carries the first layer's bias inside its matmul."""
     mods = list(net)
     if not mods or not isinstance(mods[0], nn.Linear) or any(
-            kernel(m, "inplace", "forward") is None for m in mods if not isinstance(m, nn.Linear)):
+            kernel(m, "forward_", "forward") is None for m in mods if not isinstance(m, nn.Linear)):
         return None
     last_linear = max(i for i, m in enumerate(mods) if isinstance(m, nn.Linear))
     for i, m in enumerate(mods):
@@ -64,7 +65,7 @@ def forward_columns(net: nn.Sequential, h_t: torch.Tensor, out: torch.Tensor) ->
             h_t = (torch.mm(m.weight, h_t, **dst) if m.bias is None
                    else torch.addmm(m.bias.unsqueeze(1), m.weight, h_t, **dst))
         else:
-            h_t = kernel(m, "inplace", "forward")(h_t)
+            h_t = kernel(m, "forward_", "forward")(h_t)
     return h_t
 
 
