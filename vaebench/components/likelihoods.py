@@ -51,9 +51,7 @@ class Bernoulli:
             if key not in bufs:
                 bufs.clear()
                 bufs[key] = torch.empty(key, device=h.device, dtype=h.dtype)
-            m = bufs[key]
-            for i in range(b):  # h[i] may be a strided view of a (K, B * S) block: mm takes its stride
-                torch.mm(signed[i], h[i], out=m[i])
+            m = torch.bmm(signed, h, out=bufs[key])  # h may be a view of a (K, B * S) block: bmm takes its strides
             prods = torch.exp_(m).add_(1.0).view(b, d // g, g, s).prod(2)  # (B, D / g, S)
             high = prods.amax(1) > 1e30
             out = prods.log_().sum(1).neg_()
