@@ -83,6 +83,9 @@ def test_bernoulli_linear_kernel_equals_its_log_prob(d, dtype):
     assert got.shape == (b, s) and torch.isfinite(got).all()
     tol = {"rtol": 1e-6, "atol": 1e-4} if dtype == torch.float32 else {}
     torch.testing.assert_close(got, want, **tol)
+    grey = torch.rand((b, d), generator=g, dtype=dtype)  # not 0/1: the sign fold does not hold
+    want = Bernoulli().log_prob(torch.einsum("dk,bks->bsd", w, h), grey.unsqueeze(1))
+    torch.testing.assert_close(Bernoulli().linear_log_prob(grey, w)(h), want, **tol)
 
 
 @pytest.mark.parametrize("act", ["tanh", "relu", "sigmoid", "elu"])

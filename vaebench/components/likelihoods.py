@@ -38,8 +38,11 @@ class Bernoulli:
         image one matmul, no x.l term), and the sum of logs is the log of the product of each group
         of <= 28 factors: one exp per pixel (twice as fast as a sigmoid on CPU), one log per group.
         A sample with a group's product over 1e30 (under -69 nats on those pixels, where float32
-        could overflow) is recomputed from its logits with logsigmoid.
+        could overflow) is recomputed from its logits with logsigmoid. Images that are not all 0/1
+        go through ``log_prob`` itself.
         """
+        if not bool(((x == 0) | (x == 1)).all()):
+            return lambda h: self.log_prob(torch.matmul(weight, h).transpose(1, 2), x.unsqueeze(1))
         signed = weight * (1.0 - 2.0 * x).unsqueeze(-1)  # (B, D, K)
         d = weight.shape[0]
         g = max(c for c in range(1, min(d, 28) + 1) if d % c == 0)
