@@ -12,7 +12,9 @@ from vaebench import elbo, runs
 from vaebench.components import OBJECTIVES, SCHEDULES, VAE
 from vaebench.components.objectives import kl_weight
 from vaebench.config import resolve
-from vaebench.evaluation import active_units, evaluate_model, iw_log_likelihood, posterior_stats
+from vaebench.components.likelihoods import Bernoulli
+from vaebench.components.networks import MLP, forward_columns
+from vaebench.evaluation import active_units, estimator_path, evaluate_model, iw_log_likelihood, posterior_stats
 
 from conftest import run_cli
 
@@ -62,6 +64,62 @@ def test_fused_path_matches_the_generic_one_and_the_logsumexp_by_hand():
         w = _log_weights_by_hand(model, x, eps)
     torch.testing.assert_close(fused[0], torch.logsumexp(w, 1) - math.log(k))
     torch.testing.assert_close(fused[1], w.mean(1))
+
+
+@pytest.mark.parametrize("d", [196, 197, 7])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bernoulli_linear_kernel_equals_its_log_prob(d, dtype):
+    """The evaluator's kernel against log_prob of the same logits: groups of 28 pixels (196), of one
+    (a prime), logits of +-300 (the overflow guard's exact recomputation) and exactly 0."""
+    g = _gen(5)
+    b, k, s = 3, 9, 40
+    x = torch.bernoulli(torch.full((b, d), 0.3, dtype=dtype), generator=g)
+    w = torch.randn((d, k), generator=g, dtype=dtype) * 3
+    h = torch.randn((b, k, s), generator=g, dtype=dtype)
+    h[0, :, 1] = 100.0  # logits of hundreds: one group's product overflows
+    h[1, :, 2] = 0.0  # every logit 0: each factor exactly 2
+    want = Bernoulli().log_prob(torch.einsum("dk,bks->bsd", w, h), x.unsqueeze(1))
+    got = Bernoulli().linear_log_prob(x, w)(h.clone())
+    assert got.shape == (b, s) and torch.isfinite(got).all()
+    tol = {"rtol": 1e-6, "atol": 1e-4} if dtype == torch.float32 else {}
+    torch.testing.assert_close(got, want, **tol)
+    grey = torch.rand((b, d), generator=g, dtype=dtype)  # not 0/1: the sign fold does not hold
+    want = Bernoulli().log_prob(torch.einsum("dk,bks->bsd", w, h), grey.unsqueeze(1))
+    torch.testing.assert_close(Bernoulli().linear_log_prob(grey, w)(h), want, **tol)
+
+
+@pytest.mark.parametrize("act", ["tanh", "relu", "sigmoid", "elu"])
+def test_decoder_body_on_columns_equals_the_module(act):
+    torch.manual_seed(0)
+    net = MLP(3, [16, 8], 5, activation=act).eval()
+    z = torch.randn(11, 3)
+    z1 = torch.cat([z, torch.ones(11, 1)], 1).t()  # (features + 1, rows): the ones row carries the bias
+    out = torch.empty(5, 11)
+    got = forward_columns(net, z1, out)
+    if act == "elu":  # declares no forward_ (in-place) kernel: the caller runs the module itself
+        assert got is None
+    else:
+        torch.testing.assert_close(out, net(z).detach().t())
+
+
+class _MyBernoulli(Bernoulli):
+    def log_prob(self, logits, x):  # new math, no kernel for it: the evaluator must use it
+        return super().log_prob(logits, x) - 1.0
+
+
+def test_fused_path_only_where_the_components_declare_it():
+    model, x = _model(data_dim=12, hidden=16, dtype=torch.float64), _data(7, 12, dtype=torch.float64)
+    assert estimator_path(model) == "fused" and estimator_path(model, fused=False) == "generic"
+    base = iw_log_likelihood(model, x, 20, _gen(4))
+    model.likelihood = _MyBernoulli()
+    assert estimator_path(model) == "generic"
+    torch.testing.assert_close(iw_log_likelihood(model, x, 20, _gen(4))[0], base[0] - 1.0)
+    deep = VAE(12, 2, {"name": "mlp", "hidden": [8]}, {"name": "mlp", "hidden": [16, 8], "activation": "elu"})
+    deep = deep.double().eval()  # an activation without an in-place kernel: the body runs as the module
+    assert estimator_path(deep) == "fused"
+    torch.testing.assert_close(iw_log_likelihood(deep, x, 30, _gen(1), chunk=7),
+                               iw_log_likelihood(deep, x, 30, _gen(1), chunk=7, fused=False))
+    assert evaluate_model(deep, x, k=3)["estimator"] == "fused"
 
 
 def test_estimate_grows_with_k_in_expectation():

@@ -20,28 +20,6 @@ def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
 
 
-def sum_log1p_exp_neg_(a: torch.Tensor, group: int = 120) -> torch.Tensor:
-    """sum over the last dim of log(1 + exp(-a)) for a >= 0, overwriting ``a``.
-
-    The softplus part of a Bernoulli log-likelihood, softplus(l) = max(l, 0) + log(1 + exp(-|l|)),
-    as one exp per element and one log per group of at most ``group`` elements (a product of
-    up to 120 factors in (1, 2] fits in float32): torch's softplus and logsigmoid are ~3x slower
-    than its exp on CPU.
-    """
-    d = a.shape[-1]
-    g = max(c for c in range(1, min(d, group) + 1) if d % c == 0)
-    return a.neg_().exp_().add_(1.0).view(*a.shape[:-1], d // g, g).prod(-1).log_().sum(-1)
-
-
-def sum_log1p_exp_neg_by_sigmoid_(a: torch.Tensor, group: int = 120) -> torch.Tensor:
-    """sum_log1p_exp_neg_ in two passes instead of four, overwriting ``a`` (a >= 0):
-    log(1 + exp(-a)) = -log sigmoid(a), and a product of up to 120 sigmoids of a >= 0, each in
-    [1/2, 1), fits in float32. The evaluator's hot loop (it runs over billions of logits)."""
-    d = a.shape[-1]
-    g = max(c for c in range(1, min(d, group) + 1) if d % c == 0)
-    return torch.sigmoid_(a).view(*a.shape[:-1], d // g, g).prod(-1).log_().sum(-1).neg_()
-
-
 def gaussian_log_prob(z: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """log N(z; mu, diag(sigma^2)) summed over the last dim."""
     return (-0.5 * ((z - mu) / sigma) ** 2 - torch.log(sigma) - 0.5 * LOG_2PI).sum(-1)

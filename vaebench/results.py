@@ -41,7 +41,7 @@ def _final_row(run_dir: Path) -> dict[str, Any]:
         for split, terms in doc.items():
             if isinstance(terms, dict):
                 for term, v in terms.items():
-                    if not isinstance(v, (dict, list)):
+                    if not isinstance(v, (dict, list, str)):  # numbers only (eval.json's "estimator" is not)
                         key = f"{split}_{term}"
                         row[f"{split}_{source}{term}" if key in row else key] = v
     return row

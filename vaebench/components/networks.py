@@ -20,41 +20,53 @@ def tanh_from_sigmoid_(y2: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid_(y2).mul_(2.0).sub_(1.0)
 
 
-# The activations with fused kernels (vaebench.training.stacked): torch's modules, plus the kernel.
+# The activations with fused kernels (vaebench.training.stacked): torch's modules, plus the kernel;
+# ``forward_``: the module's own function in place, elementwise (the held-out evaluator's kernel).
 @ACTIVATIONS.register("tanh")
 class Tanh(nn.Tanh):
     fused = Activation(2.0, tanh_from_sigmoid_, torch.ops.aten.tanh_backward)
+    forward_ = staticmethod(torch.tanh_)
 
 
 @ACTIVATIONS.register("relu")
 class ReLU(nn.ReLU):
     fused = Activation(1.0, torch.relu_, lambda g, y: torch.ops.aten.threshold_backward(g, y, 0))
+    forward_ = staticmethod(torch.relu_)
 
 
 @ACTIVATIONS.register("sigmoid")
 class Sigmoid(nn.Sigmoid):
     fused = Activation(1.0, torch.sigmoid_, torch.ops.aten.sigmoid_backward)
+    forward_ = staticmethod(torch.sigmoid_)
 
 
 for _name, _cls in {"elu": nn.ELU, "softplus": nn.Softplus, "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU}.items():
     ACTIVATIONS.register(_name)(_cls)
 
 
-def fast_forward(net: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
-    """``net(h)`` without autograd, a Linear followed by Tanh as one scaled addmm and
-    tanh_from_sigmoid_ (for held-out evaluation, where the decoder runs billions of rows)."""
+@torch.no_grad()
+def forward_columns(net: nn.Sequential, h_t: torch.Tensor, out: torch.Tensor) -> torch.Tensor | None:
+    """``net`` on the columns of ``h_t`` (features + 1, rows), whose last row is ones, written to
+    ``out`` (features_out, rows), without autograd; None (nothing written) unless ``net`` is
+    Linears and activations that declare a ``forward_`` kernel. Rows last: the held-out
+    evaluator's layout, where the next matmul then runs over contiguous samples; the ones row
+    carries the first layer's bias inside its matmul."""
     mods = list(net)
-    i = 0
-    while i < len(mods):
-        m = mods[i]
-        if (isinstance(m, nn.Linear) and m.bias is not None and i + 1 < len(mods)
-                and kernel(mods[i + 1], "fused", "forward") is Tanh.fused and h.dim() == 2):
-            h = tanh_from_sigmoid_(torch.addmm(m.bias, h, m.weight.t(), beta=2.0, alpha=2.0))
-            i += 2
+    if not mods or not isinstance(mods[0], nn.Linear) or any(
+            kernel(m, "forward_", "forward") is None for m in mods if not isinstance(m, nn.Linear)):
+        return None
+    last_linear = max(i for i, m in enumerate(mods) if isinstance(m, nn.Linear))
+    for i, m in enumerate(mods):
+        dst = {"out": out} if i == last_linear else {}
+        if i == 0:
+            w = m.weight if m.bias is None else torch.cat([m.weight, m.bias.unsqueeze(1)], 1)
+            h_t = torch.mm(w, h_t if m.bias is not None else h_t[:-1], **dst)
+        elif isinstance(m, nn.Linear):
+            h_t = (torch.mm(m.weight, h_t, **dst) if m.bias is None
+                   else torch.addmm(m.bias.unsqueeze(1), m.weight, h_t, **dst))
         else:
-            h = m(h)
-            i += 1
-    return h
+            h_t = kernel(m, "forward_", "forward")(h_t)
+    return h_t
 
 
 @NETWORKS.register("mlp")

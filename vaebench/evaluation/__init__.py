@@ -3,8 +3,8 @@
 Imports components, data, runs and elbo only; never the trainer, the grid or the CLI.
 """
 
-from .estimates import active_units, iw_log_likelihood, mean_and_se, posterior_stats
+from .estimates import active_units, estimator_path, iw_log_likelihood, mean_and_se, posterior_stats
 from .run import SPLITS, evaluate_model, evaluate_run, has_eval, resolve_device, split_images
 
-__all__ = ["SPLITS", "active_units", "evaluate_model", "evaluate_run", "has_eval", "iw_log_likelihood",
+__all__ = ["SPLITS", "active_units", "estimator_path", "evaluate_model", "evaluate_run", "has_eval", "iw_log_likelihood",
            "mean_and_se", "posterior_stats", "resolve_device", "split_images"]

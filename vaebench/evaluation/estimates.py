@@ -16,46 +16,69 @@ import torch
 from torch import nn
 
 from .. import elbo
-from ..components.likelihoods import Bernoulli
-from ..components.networks import fast_forward
+from ..components.kernels import kernel
+from ..components.networks import forward_columns
 
 # Rows (images x samples) of decoder work per chunk, and samples per chunk: on CPU 4,000 to
 # 16,000 rows ran equally fast (README, Evaluation) and fewer pay Python overhead per chunk;
-# a GPU wants far more rows to be busy.
+# a GPU wants far more rows to be busy. They also decide which noise draw goes to which image.
 CHUNK_ROWS = {"cpu": 8_192, "cuda": 262_144}
 CHUNK_SAMPLES = 1_024
 
 
-def _split_decoder(model) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Linear] | None:
-    """(everything but the last layer, the last Linear) for a Sequential decoder, else None."""
+def _fused_parts(model) -> tuple[nn.Sequential, nn.Linear, Callable] | None:
+    """(decoder body, last Linear, the likelihood's linear_log_prob kernel) when the model declares
+    what the fused path needs (decode as the VAE writes it, a Sequential decoder ending in a Linear,
+    a likelihood kernel for logits from a linear layer); None: the generic path."""
     dec = model.decoder
-    if isinstance(dec, nn.Sequential) and len(dec) and isinstance(dec[-1], nn.Linear):
-        return nn.Sequential(*list(dec)[:-1]), dec[-1]
-    return None
+    if (kernel(model, "fused_vae", "decode") is None or not isinstance(dec, nn.Sequential) or not len(dec)
+            or not isinstance(dec[-1], nn.Linear)):
+        return None
+    lik = kernel(model.likelihood, "linear_log_prob", "log_prob")
+    return None if lik is None else (nn.Sequential(*list(dec)[:-1]), dec[-1], lik)
 
 
-def _log_weights_fused(body, last: nn.Linear, x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor,
-                       eps: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
-    """log p(x, z) - log q(z|x) for z = mu + sigma * eps, shape (B, S) for eps (B, S, L).
+def estimator_path(model, fused: bool = True) -> str:
+    """Which path iw_log_likelihood runs for this model: "fused" or "generic"."""
+    return "fused" if fused and _fused_parts(model) is not None else "generic"
 
-    Bernoulli with logits l: log p(x|z) = x.l - sum softplus(l), and softplus(l) = (l + |l|)/2
-    + log(1 + exp(-|l|)). The linear parts need no logits: x.l - sum(l)/2 = h.(x W - sum_d W_d/2)
-    + x.b - sum(b)/2, one matvec per image. What needs the (rows, D) logits is sum |l| and
-    log prod (1 + exp(-|l|)) over groups of at most 120 pixels (each factor is in (1, 2]): four
-    memory-bound passes instead of torch's softplus, which is twice as slow on CPU.
-    log p(z) - log q(z|x) = sum(eps^2 - z^2)/2 + sum log sigma: the 2 pi terms cancel.
+
+class _FusedWeights:
+    """log p(x, z) - log q(z|x) for a batch of images, from the components' kernels, samples last.
+
+    The decoder body runs on columns (features, B * S) into a block whose extra last row is ones, so
+    the last layer's bias is one more column of its weight and per image log p(x|z) is one matmul
+    over contiguous samples plus the likelihood's kernel (Bernoulli.linear_log_prob).
+    log p(z) - log q(z|x) = sum (eps^2 - z^2) / 2 + sum log sigma: the 2 pi terms cancel.
     """
-    b, s, lat = eps.shape
-    z = torch.addcmul(mu.unsqueeze(1), sigma.unsqueeze(1), eps)
-    prior_ratio = 0.5 * (eps.square() - z.square()).sum(-1) + torch.log(sigma).sum(-1, keepdim=True)
-    h = fast_forward(body, z.view(b * s, lat))
-    v = x @ last.weight - 0.5 * last.weight.sum(0)  # (B, H)
-    c = x @ last.bias - 0.5 * last.bias.sum()  # (B,)
-    linear = torch.bmm(h.view(b, s, -1), v.unsqueeze(-1)).squeeze(-1) + c.unsqueeze(-1)
-    a = torch.addmm(last.bias, h, last.weight.t(), out=buf[: b * s]).abs_()
-    half_abs = 0.5 * a.sum(-1)
-    log1p_term = elbo.sum_log1p_exp_neg_by_sigmoid_(a)
-    return linear - (half_abs + log1p_term).view(b, s) + prior_ratio
+
+    def __init__(self, body: nn.Sequential, last: nn.Linear, lik: Callable):
+        self.body, self.lik = body, lik
+        self.hidden = last.weight.shape[1]
+        self.bias = last.bias is not None
+        self.weight = torch.cat([last.weight, last.bias.unsqueeze(1)], 1) if self.bias else last.weight
+        self.block: torch.Tensor | None = None  # (K, rows): the body's output, then ones for the bias
+        self.z: torch.Tensor | None = None  # (rows, latent + 1): z, then ones for the first bias
+
+    def batch(self, x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor):
+        log_px = self.lik(x, self.weight)
+        log_sigma = torch.log(sigma).sum(-1, keepdim=True)
+
+        def weights(eps: torch.Tensor) -> torch.Tensor:
+            b, s, lat = eps.shape
+            rows = b * s
+            if self.block is None or self.block.shape[1] != rows:
+                self.block = torch.empty((self.weight.shape[1], rows), device=eps.device, dtype=eps.dtype)
+                self.block[self.hidden:] = 1.0
+                self.z = torch.ones((rows, lat + 1), device=eps.device, dtype=eps.dtype)
+            z = torch.addcmul(mu.unsqueeze(1), sigma.unsqueeze(1), eps, out=self.z[:, :lat].view(b, s, lat))
+            prior = 0.5 * ((eps - z) * (eps + z)).sum(-1) + log_sigma
+            h = self.block[: self.hidden]
+            if forward_columns(self.body, self.z.t(), h) is None:
+                h.copy_(self.body(z.reshape(rows, lat)).t())
+            return log_px(self.block.view(-1, b, s).permute(1, 0, 2)) + prior
+
+        return weights
 
 
 def _log_weights_generic(model, x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor,
@@ -73,6 +96,7 @@ def iw_log_likelihood(model, x: torch.Tensor, k: int, generator: torch.Generator
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image (IW estimate of log p(x), ELBO estimate = mean log weight), each (N,) float64.
     ``progress(images)`` is called after each batch with the number of images it finished.
+    ``fused``: the components' kernels where they declare them (estimator_path says which ran).
 
     Noise: for each batch of images, then each chunk of samples, eps ~ N(0, I) of shape
     (batch, chunk, latent) from ``generator``; results depend on batch and chunk sizes only
@@ -83,20 +107,18 @@ def iw_log_likelihood(model, x: torch.Tensor, k: int, generator: torch.Generator
     n, lat = len(x), model.latent
     chunk = chunk or min(k, CHUNK_SAMPLES)
     batch = batch or max(1, CHUNK_ROWS.get(x.device.type, CHUNK_ROWS["cpu"]) // chunk)
-    split = _split_decoder(model) if fused and isinstance(model.likelihood, Bernoulli) else None
-    buf = torch.empty((batch * chunk, x.shape[1]), device=x.device, dtype=x.dtype) if split else None
+    parts = _fused_parts(model) if fused else None
+    engine = _FusedWeights(*parts) if parts else None
     iw, mean_w = torch.empty(n, dtype=torch.float64), torch.empty(n, dtype=torch.float64)
     for i in range(0, n, batch):
         xb = x[i:i + batch]
         mu, sigma = model.encode(xb)
+        weights = engine.batch(xb, mu, sigma) if engine else None
         lse, total = [], torch.zeros(len(xb), dtype=torch.float64, device=x.device)
         for j in range(0, k, chunk):
             eps = torch.randn((len(xb), min(chunk, k - j), lat), generator=generator, device=x.device,
                               dtype=x.dtype)
-            if split:
-                w = _log_weights_fused(*split, xb, mu, sigma, eps, buf)
-            else:
-                w = _log_weights_generic(model, xb, mu, sigma, eps)
+            w = weights(eps) if weights else _log_weights_generic(model, xb, mu, sigma, eps)
             w = w.double()
             lse.append(torch.logsumexp(w, dim=1))
             total += w.sum(1)

@@ -16,7 +16,7 @@ from .. import runs
 from ..data import BINARIZERS, load_splits
 from ..devices import resolve_device, set_threads
 from ..errors import ConfigError, VaebenchError
-from .estimates import active_units, iw_log_likelihood, mean_and_se, posterior_stats
+from .estimates import active_units, estimator_path, iw_log_likelihood, mean_and_se, posterior_stats
 
 SPLITS = ("test", "val", "train")
 # Fixed seeds: the same run, split and k always give the same numbers on the same device.
@@ -41,7 +41,8 @@ def split_images(data_cfg: dict[str, Any], split: str, device: torch.device | st
 
 def evaluate_model(model, x: torch.Tensor, k: int, seed: int = NOISE_SEED, batch: int | None = None,
                    progress=None) -> dict[str, Any]:
-    """The eval.json entry of one split: IW log p(x) and ELBO with standard errors, latent diagnostics.
+    """The eval.json entry of one split: IW log p(x) and ELBO with standard errors, latent diagnostics,
+    and the estimator that ran ("fused": the components' kernels, or "generic").
     ``progress(images)``: called as batches of images finish."""
     start = time.perf_counter()
     gen = torch.Generator(x.device).manual_seed(seed)
@@ -50,7 +51,7 @@ def evaluate_model(model, x: torch.Tensor, k: int, seed: int = NOISE_SEED, batch
     iw_ll, iw_se = mean_and_se(iw)
     elbo, elbo_se = mean_and_se(w)
     return {"iw_ll": iw_ll, "iw_ll_se": iw_se, "elbo": elbo, "elbo_se": elbo_se, "k": int(k), "n": len(x),
-            "active_units": active_units(mu), "kl_per_dim": kl.mean(0).tolist(),
+            "active_units": active_units(mu), "kl_per_dim": kl.mean(0).tolist(), "estimator": estimator_path(model),
             "seconds": round(time.perf_counter() - start, 3)}
 
 
