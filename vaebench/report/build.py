@@ -354,7 +354,7 @@ def build_report(path: str | Path = "results", out: str | Path | None = None, fo
     report.summary.to_csv(out / "summary.csv.tmp", index=False)
     os.replace(out / "summary.csv.tmp", out / "summary.csv")
     runs.atomic_write(out / "summary.md", summary_markdown(report.summary))
-    runs.atomic_write(report.index, _index_html(root, final, views, study_figs, new_runs, report.summary))
+    runs.atomic_write(report.index, _index_html(root, final, views, study_figs, new_runs, report.summary, titles))
     runs.write_json(out / MANIFEST, {"version": _FORMAT_VERSION, "runs": new_runs, "studies": new_studies})
     report.seconds["write"] = time.perf_counter() - start - report.seconds["read"] - report.seconds["draw"]
     return report
@@ -442,17 +442,20 @@ def _figure_html(rel_stem: str, caption: str) -> str:
             f'<figcaption>{html.escape(caption)} · <a href="{svg}">SVG</a></figcaption></figure>')
 
 
+_YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml's: the same text, 7x faster on 100 configs
+
+
 def _config_html(root: Path, label: str) -> str:
     run_dir = run_path(root, label)
     try:
-        text = yaml.safe_dump(runs.read_config(run_dir), sort_keys=False)
+        text = yaml.dump(runs.read_config(run_dir), Dumper=_YAML_DUMPER, sort_keys=False)
     except VaebenchError:
         text = "(config.yaml unreadable)"
     return f"<details><summary>config</summary><pre>{html.escape(text)}</pre></details>"
 
 
 def _index_html(root: Path, final: pd.DataFrame, views: dict[str, StudyView], study_figs: dict[str, list],
-                run_info: dict, table: pd.DataFrame) -> str:
+                run_info: dict, table: pd.DataFrame, titles: dict[str, tuple[str, str]]) -> str:
     h = ["<!doctype html><html><head><meta charset='utf-8'>",
          f"<title>vaebench report: {html.escape(str(root))}</title><style>{_CSS}</style></head><body>",
          f"<h1>vaebench report: {html.escape(str(root))}</h1>",
@@ -477,7 +480,6 @@ def _index_html(root: Path, final: pd.DataFrame, views: dict[str, StudyView], st
                      f"{int(r['step']):,}{' — ' + html.escape(reason) if reason else ''}"
                      f"{' — missing figures: ' + html.escape(figs) if figs else ''}</li>")
         h.append("</ul>")
-    titles = run_titles(views)
     for name, view in views.items():
         h.append(f"<h2>Study {html.escape(name)}</h2>")
         figs = study_figs.get(name, [])

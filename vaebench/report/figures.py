@@ -14,16 +14,19 @@ from __future__ import annotations
 import json
 import textwrap
 from contextlib import contextmanager
-from typing import Iterable, Sequence
+from functools import lru_cache
+from typing import TYPE_CHECKING, Iterable, Sequence
 
-import matplotlib as mpl
 import numpy as np
 import pandas as pd
-import seaborn as sns
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 
 from .stats import mean_ci, t975
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+# matplotlib and seaborn are imported where a figure is drawn, not here: a report with nothing to
+# redraw (and load, compare, the study tables) never needs them, and they are half a second to import.
 
 SPLIT_COLORS = {"train": "#1f77b4", "val": "#ff7f0e", "test": "#2ca02c"}
 SPLIT_LABELS = {"train": "train", "val": "validation", "test": "test"}
@@ -38,6 +41,9 @@ UPDATES = "weight updates"
 
 @contextmanager
 def _style(rc: dict | None = None):
+    import matplotlib as mpl
+    import seaborn as sns
+
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85), mpl.rc_context(rc or {}):
         yield
 
@@ -53,6 +59,8 @@ def _figure(width: float, height: float, ncols: int = 1, title: str = "", images
     lines = textwrap.wrap(title, width=int(width * 11)) if title else []
     extra_bottom = 0.2 * (xlabel_lines - 1)
     height += 0.22 * len(lines) + extra_bottom
+    from matplotlib.figure import Figure
+
     with _style({"axes.titley": 1.0} if images else None):
         fig = Figure(figsize=(width, height))
         axes = fig.subplots(1, ncols, squeeze=False)[0]
@@ -343,6 +351,8 @@ def plot_curves_by_value(df: pd.DataFrame, axis: str | Sequence[str], split: str
 def value_palette(n: int) -> list:
     """Colours for ``n`` axis values in order: up to three from viridis (ordered, distinct), more
     from a qualitative palette whose neighbours are easy to tell apart (seaborn's colorblind)."""
+    import seaborn as sns
+
     if n <= 3:
         ends = sns.color_palette("viridis", 3)
         return ends if n == 3 else [ends[0], ends[2]][:n]
@@ -430,6 +440,8 @@ def plot_forest(table: pd.DataFrame, title: str = "") -> Figure:
     what = {"iw_ll": "IW log p(x)"}.get(term, TERM_LABELS.get(term, term).split(" E_q")[0])
     ax.set_xlabel(f"{SPLIT_LABELS.get(split, split)} {what} minus the reference's, paired by seed ({NATS})")
     fig.subplots_adjust(right=1 - 1.0 / fig.get_figwidth())
+    from matplotlib.lines import Line2D
+
     handles = [Line2D([], [], color="0.35", lw=3.2, label="95% CI (Student t)"),
                Line2D([], [], color="0.35", lw=1.1, label="95% CI (bootstrap)")]
     ax.legend(handles=handles, fontsize="x-small", loc="lower left", bbox_to_anchor=(0, 1), ncol=2, frameon=False,
@@ -437,7 +449,12 @@ def plot_forest(table: pd.DataFrame, title: str = "") -> Figure:
     return fig
 
 
-DIGIT_COLORS = sns.color_palette("tab10", 10)  # ten digits, ten colours that neighbours tell apart
+@lru_cache(maxsize=1)
+def digit_colors() -> list:
+    """Ten digits, ten colours that neighbours tell apart (seaborn's tab10)."""
+    import seaborn as sns
+
+    return sns.color_palette("tab10", 10)
 
 
 def leading_directions(mu: np.ndarray) -> tuple[np.ndarray, str]:
@@ -464,7 +481,7 @@ def _digit_density(xy: np.ndarray, labels: np.ndarray, bins: int = 150) -> tuple
     flat = ij[:, 1] * bins + ij[:, 0]
     counts = np.stack([np.bincount(flat[labels == d], minlength=bins * bins) for d in range(10)], axis=1)
     total = counts.sum(1, keepdims=True)
-    mix = counts @ np.asarray(DIGIT_COLORS) / np.maximum(total, 1)
+    mix = counts @ np.asarray(digit_colors()) / np.maximum(total, 1)
     alpha = np.minimum(1.0, 0.35 + 0.65 * total / max(1.0, np.percentile(total[total > 0], 90)))
     alpha[total == 0] = 0.0
     rgb = 1 - alpha * (1 - mix)  # over white
@@ -481,7 +498,7 @@ def plot_latent(mu: np.ndarray, labels: np.ndarray, title: str = "") -> Figure:
     img, extent = _digit_density(xy, labels)
     ax.imshow(img, origin="lower", interpolation="nearest", aspect="auto", extent=extent)
     for d in range(10):
-        ax.plot([], [], "s", ms=6, color=DIGIT_COLORS[d], label=str(d))
+        ax.plot([], [], "s", ms=6, color=digit_colors()[d], label=str(d))
     ax.legend(title="digit", loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small", title_fontsize="small",
               frameon=False, handletextpad=0.1)
     if kind == "z":
