@@ -80,7 +80,7 @@ def main(argv=None) -> None:
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--jobs", type=int, default=None, help="drawing processes (default: one per core)")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "report-speed.csv"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "report-speed-cpu.csv"))
     args = ap.parse_args(argv)
     load = load_text()
     machine = f"{platform.node()} {platform.processor() or platform.machine()} {os.cpu_count()} cpus"
