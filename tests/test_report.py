@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ import vaebench
 from vaebench import runs
 from vaebench.report import build_report, plot_curves_by_value, plot_final_by_value, plot_terms, plot_train_val
 from vaebench.report.build import RUN_FIGURES
+from vaebench.report.figures import curve_bands
 from vaebench.report.stats import mean_ci, t975
 
 from conftest import REPO, run_cli
@@ -169,6 +171,42 @@ def test_rerun_redraws_only_what_changed_and_never_touches_runs(results, tmp_pat
         (changed / runs.EVAL).unlink()
     label = changed.relative_to(results).as_posix()
     assert third.drawn == [label, "study st"]
+
+
+def test_a_rerun_draws_nothing_until_a_run_changes(results, tmp_path):
+    """The rerun path on one run (fast): nothing changed draws nothing and rewrites no figure; new
+    metrics redraw that run's figures from them."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs.find_runs(results / "single")[0], run_dir)
+    out = tmp_path / "r"
+    first = build_report(run_dir, out=out)
+    assert len(first.drawn) == 1 and set(first.seconds) == {"read", "draw", "write"}
+    pngs = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*.png")}
+    again = build_report(run_dir, out=out)
+    assert again.drawn == [] and again.reused == first.drawn
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*.png")} == pngs
+
+    table = pq.read_table(run_dir / runs.METRICS)  # the run's KL doubled, as if it had trained on
+    table = table.set_column(table.schema.get_field_index("kl"), "kl", pc.multiply(table["kl"], 2.0))
+    pq.write_table(table, run_dir / runs.METRICS)
+    changed = build_report(run_dir, out=out)
+    assert changed.drawn == first.drawn
+    terms = out / "runs" / first.drawn[0] / "terms.png"
+    assert terms.read_bytes() != pngs[terms][1]
+
+
+def test_curve_bands_are_mean_ci_per_value_and_step():
+    df = pd.DataFrame({"split": "val", "term": "elbo", "step": [1, 1, 1, 2, 2, 3, 4, 4],
+                       "run": list("abcabaab"), "value": [1.0, 2.0, 4.0, float("nan"), 3.0, 5.0, float("inf"), 2.0],
+                       "objective.k": [1, 1, 1, 1, 1, 1, 2, 2]})
+    bands = curve_bands(df, "objective.k")
+    assert list(bands["value"]) == ["1", "1", "1", "2"] and list(bands["runs"]) == [3, 2, 1, 2]
+    for (_, b), vals in zip(bands.iterrows(), ([1.0, 2.0, 4.0], [float("nan"), 3.0], [5.0], [float("inf"), 2.0])):
+        mean, ci = mean_ci(vals)
+        assert b["mean"] == pytest.approx(mean) and (b["ci"] == pytest.approx(ci) or math.isnan(ci) and math.isnan(b["ci"]))
 
 
 @pytest.mark.slow

@@ -14,15 +14,19 @@ from __future__ import annotations
 import json
 import textwrap
 from contextlib import contextmanager
-from typing import Iterable, Sequence
+from functools import lru_cache
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-import seaborn as sns
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 
-from .stats import mean_ci
+from .stats import mean_ci, t975
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+# matplotlib and seaborn are imported where a figure is drawn, not here: a report with nothing to
+# redraw (and load, compare, the study tables) never needs them, and they are half a second to import.
 
 SPLIT_COLORS = {"train": "#1f77b4", "val": "#ff7f0e", "test": "#2ca02c"}
 SPLIT_LABELS = {"train": "train", "val": "validation", "test": "test"}
@@ -36,8 +40,11 @@ UPDATES = "weight updates"
 
 
 @contextmanager
-def _style():
-    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85):
+def _style(rc: dict | None = None):
+    import matplotlib as mpl
+    import seaborn as sns
+
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85), mpl.rc_context(rc or {}):
         yield
 
 
@@ -45,11 +52,16 @@ def _figure(width: float, height: float, ncols: int = 1, title: str = "", images
             xlabel_lines: int = 1) -> tuple[Figure, list]:
     """A figure with fixed margins in inches (constrained layout would double the drawing time of
     a 100-run report), its title wrapped to the width; ``images`` drops the axis margins;
-    ``xlabel_lines`` makes room below the axes for taller tick labels and x labels."""
+    ``xlabel_lines`` makes room below the axes for taller tick labels and x labels.
+
+    Image axes have no tick labels that a title could collide with, so their titles sit at the
+    top edge (titley = 1, where matplotlib would measure every tick label to put them anyway)."""
     lines = textwrap.wrap(title, width=int(width * 11)) if title else []
     extra_bottom = 0.2 * (xlabel_lines - 1)
     height += 0.22 * len(lines) + extra_bottom
-    with _style():
+    from matplotlib.figure import Figure
+
+    with _style({"axes.titley": 1.0} if images else None):
         fig = Figure(figsize=(width, height))
         axes = fig.subplots(1, ncols, squeeze=False)[0]
     if lines:
@@ -209,9 +221,25 @@ def axis_label(axis: str | Sequence[str], width: int = 0) -> str:
 def axis_values(df: pd.DataFrame, axis: str | Sequence[str]) -> pd.Series:
     """One label per row for the axis (several keys that vary together are joined)."""
     cols = [axis] if isinstance(axis, str) else list(axis)
-    per_key = [[format_value(v) for v in df[c].astype(object)] for c in cols]
+    per_key = [_formatted(df[c]) for c in cols]
     joined = [vals[0] if len(set(vals)) == 1 else ", ".join(vals) for vals in zip(*per_key)]
     return pd.Series(joined, index=df.index, dtype=object)
+
+
+def _formatted(column: pd.Series) -> list[str]:
+    """format_value of each entry, computed once per distinct value (a study's curves repeat a
+    run's config values on each of its thousands of rows)."""
+    seen: dict = {}
+    out = []
+    for v in column.astype(object):
+        try:
+            text = seen.get((type(v), v))
+            if text is None:
+                text = seen[(type(v), v)] = format_value(v)
+        except TypeError:  # unhashable, e.g. a list
+            text = format_value(v)
+        out.append(text)
+    return out
 
 
 def format_value(v) -> str:
@@ -283,12 +311,14 @@ def plot_final_by_value(final: pd.DataFrame, axis: str | Sequence[str],
 def curve_bands(df: pd.DataFrame, axis: str | Sequence[str], split: str = "val", term: str = "elbo") -> pd.DataFrame:
     """Per axis value and step: the mean over runs (seeds), the 95% CI half-width, and the run count."""
     d = df[(df["split"] == split) & (df["term"] == term)]
-    d = d.assign(_value=axis_values(d, axis))
-    rows = []
-    for (value, step), g in d.groupby(["_value", "step"], observed=True, sort=True):
-        mean, ci = mean_ci(g["value"])
-        rows.append((value, step, mean, ci, g["run"].nunique()))
-    return pd.DataFrame(rows, columns=["value", "step", "mean", "ci", "runs"])
+    v = d["value"].astype(float)
+    d = d.assign(_value=axis_values(d, axis), _finite=v.where(np.isfinite(v)))
+    g = d.groupby(["_value", "step"], observed=True, sort=True)
+    out = g["_finite"].agg(["mean", "std", "count"]).join(g["run"].nunique().rename("runs")).reset_index()
+    t = out["count"].map(lambda n: t975(int(n) - 1))  # mean_ci's interval, one group at a time in a loop before
+    ci = t * out["std"] / np.sqrt(out["count"].where(out["count"] > 1))
+    return pd.DataFrame({"value": out["_value"].tolist(), "step": out["step"], "mean": out["mean"],
+                         "ci": ci.astype(float), "runs": out["runs"]})
 
 
 def plot_curves_by_value(df: pd.DataFrame, axis: str | Sequence[str], split: str = "val",
@@ -321,6 +351,8 @@ def plot_curves_by_value(df: pd.DataFrame, axis: str | Sequence[str], split: str
 def value_palette(n: int) -> list:
     """Colours for ``n`` axis values in order: up to three from viridis (ordered, distinct), more
     from a qualitative palette whose neighbours are easy to tell apart (seaborn's colorblind)."""
+    import seaborn as sns
+
     if n <= 3:
         ends = sns.color_palette("viridis", 3)
         return ends if n == 3 else [ends[0], ends[2]][:n]
@@ -342,21 +374,34 @@ def _show_every_curve(ax, bands: pd.DataFrame) -> None:
         ax.set_xlim(b["step"].min() * 0.9, b["step"].max() * 1.1)
 
 
+PNG_COMPRESSION = 3  # zlib level: as fast as level 1 on these flat-coloured figures, files ~9% over level 6
+
+
 def save(fig: Figure, stem, formats: Sequence[str] = ("png", "svg"), dpi: int = 110) -> list[str]:
     """Write ``stem.png`` and ``stem.svg`` (PNG to look at, SVG to put in a paper); return the names."""
+    import io
     from pathlib import Path
 
     from ..runs import atomic_write
-    import io
 
     names = []
     for fmt in formats:
         buf = io.BytesIO()
-        fig.savefig(buf, format=fmt, dpi=dpi)
+        fig.savefig(buf, format=fmt, dpi=dpi, **({"pil_kwargs": {"compress_level": PNG_COMPRESSION}}
+                                                 if fmt == "png" else {}))
         path = Path(f"{stem}.{fmt}")
         atomic_write(path, buf.getvalue())
         names.append(path.name)
+        _keep_title_positions(fig)
     return names
+
+
+def _keep_title_positions(fig: Figure) -> None:
+    """After the first format is drawn, titles stay where it placed them: matplotlib would otherwise
+    measure every tick label again, for each format, to find the same place."""
+    for ax in fig.axes:
+        if getattr(ax, "_autotitlepos", None):  # matplotlib's own flag (set_title(y=...) clears it too)
+            ax._autotitlepos = False
 
 
 VERDICT_COLORS = {"better": "#1b7f3a", "worse": "#b00020", "no detectable difference": "0.35",
@@ -395,6 +440,8 @@ def plot_forest(table: pd.DataFrame, title: str = "") -> Figure:
     what = {"iw_ll": "IW log p(x)"}.get(term, TERM_LABELS.get(term, term).split(" E_q")[0])
     ax.set_xlabel(f"{SPLIT_LABELS.get(split, split)} {what} minus the reference's, paired by seed ({NATS})")
     fig.subplots_adjust(right=1 - 1.0 / fig.get_figwidth())
+    from matplotlib.lines import Line2D
+
     handles = [Line2D([], [], color="0.35", lw=3.2, label="95% CI (Student t)"),
                Line2D([], [], color="0.35", lw=1.1, label="95% CI (bootstrap)")]
     ax.legend(handles=handles, fontsize="x-small", loc="lower left", bbox_to_anchor=(0, 1), ncol=2, frameon=False,
@@ -402,7 +449,12 @@ def plot_forest(table: pd.DataFrame, title: str = "") -> Figure:
     return fig
 
 
-DIGIT_COLORS = sns.color_palette("tab10", 10)  # ten digits, ten colours that neighbours tell apart
+@lru_cache(maxsize=1)
+def digit_colors() -> list:
+    """Ten digits, ten colours that neighbours tell apart (seaborn's tab10)."""
+    import seaborn as sns
+
+    return sns.color_palette("tab10", 10)
 
 
 def leading_directions(mu: np.ndarray) -> tuple[np.ndarray, str]:
@@ -429,7 +481,7 @@ def _digit_density(xy: np.ndarray, labels: np.ndarray, bins: int = 150) -> tuple
     flat = ij[:, 1] * bins + ij[:, 0]
     counts = np.stack([np.bincount(flat[labels == d], minlength=bins * bins) for d in range(10)], axis=1)
     total = counts.sum(1, keepdims=True)
-    mix = counts @ np.asarray(DIGIT_COLORS) / np.maximum(total, 1)
+    mix = counts @ np.asarray(digit_colors()) / np.maximum(total, 1)
     alpha = np.minimum(1.0, 0.35 + 0.65 * total / max(1.0, np.percentile(total[total > 0], 90)))
     alpha[total == 0] = 0.0
     rgb = 1 - alpha * (1 - mix)  # over white
@@ -446,7 +498,7 @@ def plot_latent(mu: np.ndarray, labels: np.ndarray, title: str = "") -> Figure:
     img, extent = _digit_density(xy, labels)
     ax.imshow(img, origin="lower", interpolation="nearest", aspect="auto", extent=extent)
     for d in range(10):
-        ax.plot([], [], "s", ms=6, color=DIGIT_COLORS[d], label=str(d))
+        ax.plot([], [], "s", ms=6, color=digit_colors()[d], label=str(d))
     ax.legend(title="digit", loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small", title_fontsize="small",
               frameon=False, handletextpad=0.1)
     if kind == "z":
