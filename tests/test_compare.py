@@ -90,3 +90,23 @@ def test_forest_plot_for_a_two_and_a_five_value_axis(tmp_path, values):
     assert len(t) == values
     names = save(plot_forest(t, title=f"forest plot, {values} values"), tmp_path / f"forest{values}", ("png",))
     assert (tmp_path / names[0]).stat().st_size > 5_000
+
+
+def test_a_reports_study_table_is_kept_until_the_study_numbers_change(tmp_path, monkeypatch):
+    """The report keeps each study's comparison as parquet under a hash of its numbers: a rerun reads
+    it back (no bootstrap, no scipy.stats import) and a changed number computes it anew."""
+    from vaebench.report import build
+    from vaebench.report.studies import study_views
+
+    calls = []
+    real = build.compare
+    monkeypatch.setattr(build, "compare", lambda *a, **k: calls.append(1) or real(*a, **k))
+    [view] = study_views(frame())
+    first = build.study_comparison(view, tmp_path)
+    again = build.study_comparison(view, tmp_path)
+    assert len(calls) == 1 and again.equals(first) and again.equals(real(view.final, "test_iw_ll"))
+    [changed] = study_views(frame(shift_k10=3.0))
+    assert build.study_comparison(changed, tmp_path).set_index("value").loc["10", "verdict"] == "better"
+    assert len(calls) == 2 and len(list(tmp_path.glob("compare-*.parquet"))) == 1
+    (next(tmp_path.glob("compare-*.parquet"))).write_bytes(b"not parquet")  # a damaged cache: computed again
+    assert build.study_comparison(changed, tmp_path).equals(real(changed.final, "test_iw_ll")) and len(calls) == 3

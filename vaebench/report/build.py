@@ -22,6 +22,7 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 import yaml
+from pyarrow import ArrowException
 
 from .. import __version__, plugins, runs
 from ..errors import VaebenchError
@@ -256,12 +257,27 @@ def _study_curves(view: StudyView, root: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def study_comparison(view: StudyView) -> pd.DataFrame | None:
-    """``vaebench.compare`` of one study on its test IW log p(x), else its final validation ELBO."""
+def study_comparison(view: StudyView, cache: Path | None = None) -> pd.DataFrame | None:
+    """``vaebench.compare`` of one study on its test IW log p(x), else its final validation ELBO.
+    With ``cache`` (a folder of the report), the table is kept there as parquet under a hash of the
+    study's final numbers and read back while they are unchanged: a rerun then needs no bootstrap
+    (nor scipy.stats, a second of imports)."""
     metric = default_metric(view.final)
     if not view.axes or metric not in view.final or view.final[metric].notna().sum() == 0:
         return None
-    return compare(view.final, metric)
+    if cache is None:
+        return compare(view.final, metric)
+    key = hashlib.sha256(f"{__version__}\n{metric}\n{view.final.to_csv()}".encode()).hexdigest()[:20]
+    path = cache / f"compare-{_slug(view.name)}-{key}.parquet"
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError, ArrowException):
+        pass
+    table = compare(view.final, metric)
+    for old in cache.glob(f"compare-{_slug(view.name)}-*.parquet"):
+        old.unlink(missing_ok=True)
+    runs.atomic_write(path, table.to_parquet())
+    return table
 
 
 def draw_study(view: StudyView, root: Path, fig_dir: Path) -> list[tuple[str, str]]:
@@ -354,7 +370,8 @@ def build_report(path: str | Path = "results", out: str | Path | None = None, fo
     report.summary.to_csv(out / "summary.csv.tmp", index=False)
     os.replace(out / "summary.csv.tmp", out / "summary.csv")
     runs.atomic_write(out / "summary.md", summary_markdown(report.summary))
-    runs.atomic_write(report.index, _index_html(root, final, views, study_figs, new_runs, report.summary, titles))
+    runs.atomic_write(report.index, _index_html(root, final, views, study_figs, new_runs, report.summary, titles,
+                                                out / ".cache"))
     runs.write_json(out / MANIFEST, {"version": _FORMAT_VERSION, "runs": new_runs, "studies": new_studies})
     report.seconds["write"] = time.perf_counter() - start - report.seconds["read"] - report.seconds["draw"]
     return report
@@ -455,7 +472,8 @@ def _config_html(root: Path, label: str) -> str:
 
 
 def _index_html(root: Path, final: pd.DataFrame, views: dict[str, StudyView], study_figs: dict[str, list],
-                run_info: dict, table: pd.DataFrame, titles: dict[str, tuple[str, str]]) -> str:
+                run_info: dict, table: pd.DataFrame, titles: dict[str, tuple[str, str]],
+                cache: Path | None = None) -> str:
     h = ["<!doctype html><html><head><meta charset='utf-8'>",
          f"<title>vaebench report: {html.escape(str(root))}</title><style>{_CSS}</style></head><body>",
          f"<h1>vaebench report: {html.escape(str(root))}</h1>",
@@ -483,7 +501,7 @@ def _index_html(root: Path, final: pd.DataFrame, views: dict[str, StudyView], st
     for name, view in views.items():
         h.append(f"<h2>Study {html.escape(name)}</h2>")
         figs = study_figs.get(name, [])
-        cmp = study_comparison(view)
+        cmp = study_comparison(view, cache)
         if cmp is not None:
             metric = cmp["metric"].iloc[0]
             h.append(f"<p>Each {'variant' if cmp['axis'].eq('variant').all() else 'axis value'} against its "

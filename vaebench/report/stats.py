@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats
 
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 9_999
@@ -19,7 +18,9 @@ MIN_SEEDS = 3  # fewer paired seeds say nothing reliable about the spread
 
 def t975(df: int) -> float:
     """t_{0.975, df}, the two-sided 95% Student-t quantile."""
-    return float(stats.t.ppf(0.5 + CONFIDENCE / 2, df)) if df >= 1 else math.nan
+    from scipy.special import stdtrit  # what scipy.stats.t.ppf computes, without importing scipy.stats
+
+    return float(stdtrit(df, 0.5 + CONFIDENCE / 2)) if df >= 1 else math.nan
 
 
 def mean_ci(values) -> tuple[float, float]:
@@ -50,6 +51,8 @@ def bootstrap_interval(d) -> tuple[float, float]:
         return math.nan, math.nan
     if np.ptp(d) == 0:
         return float(d[0]), float(d[0])
+    from scipy import stats  # here, not at import: a report rerun needs only the t quantile
+
     res = stats.bootstrap((d,), np.mean, confidence_level=CONFIDENCE, n_resamples=BOOTSTRAP_RESAMPLES,
                           method="percentile", random_state=np.random.default_rng(BOOTSTRAP_SEED))
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
