@@ -16,7 +16,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from .engine import Engine
-from .trainer import EVAL_BATCH, EVAL_SEED
+from .trainer import EVAL_SEED, mean_over_batches
 
 PROBE_RUNS, PROBE_BATCH = 2, 3
 
@@ -49,14 +49,12 @@ def evaluate_stack(model: nn.Module, objective, params: dict[str, torch.Tensor],
     to float reassociation."""
     fn = vmap(lambda p, xb, eps: functional_call(_Loss(model, objective), p, (xb, eps))[1], in_dims=(0, None, None))
     args = {"model." + name: p for name, p in params.items()}
-    gen = torch.Generator(x.device).manual_seed(seed)
-    n = next(iter(params.values())).shape[0]
-    total = torch.zeros((n, 3), device=x.device, dtype=torch.float64)
-    for i in range(0, len(x), EVAL_BATCH):
-        xb = binarizer.sample(x[i:i + EVAL_BATCH], gen)
+
+    def sums(xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         eps = torch.randn(objective.eps_shape(len(xb), model.latent), generator=gen, device=x.device)
-        total += fn(args, xb, eps).double() * len(xb)
-    return total / len(x)
+        return fn(args, xb, eps).double() * len(xb)
+
+    return mean_over_batches(x, binarizer, sums, seed)
 
 
 def generic_unsupported(model, objective, optimizer) -> str | None:

@@ -48,11 +48,21 @@ def derive_seed(seed: int, purpose: int) -> int:
 @torch.no_grad()
 def evaluate(model, objective, x: torch.Tensor, binarizer, seed: int = EVAL_SEED) -> torch.Tensor:
     """Mean (rec, kl, elbo) over ``x`` as a device tensor, with fixed noise."""
+    def sums(xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        t = objective(model, xb, gen)
+        return torch.stack([t.rec.sum(), t.kl.sum(), t.elbo.sum()])
+
+    return mean_over_batches(x, binarizer, sums, seed)
+
+
+def mean_over_batches(x: torch.Tensor, binarizer, sums, seed: int = EVAL_SEED) -> torch.Tensor:
+    """The mean over ``x`` of ``sums(batch, generator)`` (a batch's summed terms, (..., 3)) in
+    float64: the batches and draws every validation shares (EVAL_BATCH images at a time, binarized,
+    from one generator seeded ``seed``), whether of one run or of a stack at once."""
     gen = torch.Generator(x.device).manual_seed(seed)
-    total = torch.zeros(3, device=x.device, dtype=torch.float64)
+    total: torch.Tensor | float = 0.0
     for i in range(0, len(x), EVAL_BATCH):
-        t = objective(model, binarizer.sample(x[i:i + EVAL_BATCH], gen), gen)
-        total += torch.stack([t.rec.sum(), t.kl.sum(), t.elbo.sum()]).double()
+        total = total + sums(binarizer.sample(x[i:i + EVAL_BATCH], gen), gen).double()
     return total / len(x)
 
 
