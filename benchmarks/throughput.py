@@ -170,11 +170,11 @@ def bare_step(cfgs, tmp: Path, device: torch.device, capture: bool = True) -> bo
     stack = FusedStack(ts, device)
     step_fn = Stepper(stack)
     n, pos = len(ts[0].perm), 0
-    perm = loop_mod._to_device(torch.stack([t.perm for t in ts]), device)  # an epoch's order, as the loop has it
+    perm = loop_mod.order_on_device(torch.stack([t.perm for t in ts]), device)  # an epoch's order, as the loop has it
     out = torch.empty((len(ts), 3), device=device)
     for step in range(cfgs[0].train.steps):
         if pos + BATCH > n:
-            perm, pos = loop_mod._to_device(torch.stack([torch.randperm(n, generator=t.order_gen) for t in ts]), device), 0
+            perm, pos = loop_mod.order_on_device(torch.stack([torch.randperm(n, generator=t.order_gen) for t in ts]), device), 0
         step_fn(perm[:, pos:pos + BATCH], step + 1, out)
         pos += BATCH
     sync(device)

@@ -257,6 +257,9 @@ def _study_curves(view: StudyView, root: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+CACHE = ".cache"  # the report's folder of tables kept between builds (study_comparison)
+
+
 def study_comparison(view: StudyView, cache: Path | None = None) -> pd.DataFrame | None:
     """``vaebench.compare`` of one study on its test IW log p(x), else its final validation ELBO.
     With ``cache`` (a folder of the report), the table is kept there as parquet under a hash of the
@@ -280,13 +283,13 @@ def study_comparison(view: StudyView, cache: Path | None = None) -> pd.DataFrame
     return table
 
 
-def draw_study(view: StudyView, root: Path, fig_dir: Path) -> list[tuple[str, str]]:
+def draw_study(view: StudyView, root: Path, fig_dir: Path, cache: Path | None = None) -> list[tuple[str, str]]:
     """The paired differences to the reference (a forest plot), then per axis: final validation terms
     per value (seeds and 95% CI), and learning curves with bands."""
     fig_dir.mkdir(parents=True, exist_ok=True)
     curves = _study_curves(view, root)
     drawn = []
-    table = study_comparison(view)
+    table = study_comparison(view, cache)
     if table is not None and (table["verdict"] != "reference").any():
         metric = table["metric"].iloc[0]
         F.save(F.plot_forest(table, title=f"{view.name}: each {'variant' if table['axis'].eq('variant').all() else 'value'}"
@@ -356,7 +359,7 @@ def build_report(path: str | Path = "results", out: str | Path | None = None, fo
     report.seconds["read"] = time.perf_counter() - start
     drawn_runs, drawn_studies = _draw(
         [(run_dirs[t], out / "runs" / t, *titles[t]) for t in todo],
-        [(views[name], root, out / "studies" / _slug(name)) for name in redraw], jobs)
+        [(views[name], root, out / "studies" / _slug(name), out / CACHE) for name in redraw], jobs)
     for label, missing in zip(todo, drawn_runs):
         new_runs[label] = {"fp": prints[label], "missing": missing}
     report.drawn += todo + [f"study {name}" for name in redraw]
@@ -371,7 +374,7 @@ def build_report(path: str | Path = "results", out: str | Path | None = None, fo
     os.replace(out / "summary.csv.tmp", out / "summary.csv")
     runs.atomic_write(out / "summary.md", summary_markdown(report.summary))
     runs.atomic_write(report.index, _index_html(root, final, views, study_figs, new_runs, report.summary, titles,
-                                                out / ".cache"))
+                                                out / CACHE))
     runs.write_json(out / MANIFEST, {"version": _FORMAT_VERSION, "runs": new_runs, "studies": new_studies})
     report.seconds["write"] = time.perf_counter() - start - report.seconds["read"] - report.seconds["draw"]
     return report
@@ -390,7 +393,7 @@ def run_titles(views: dict[str, StudyView]) -> dict[str, tuple[str, str]]:
     return out
 
 
-def _draw(run_tasks: list[tuple[Path, Path, str, str]], study_tasks: list[tuple[StudyView, Path, Path]],
+def _draw(run_tasks: list[tuple[Path, Path, str, str]], study_tasks: list[tuple[StudyView, Path, Path, Path]],
           jobs: int | None) -> tuple[list[dict[str, str]], list[list[tuple[str, str]]]]:
     """Draw runs' and studies' figures, in worker processes when there are enough runs to pay for
     starting them: the studies first (each is the longest task), then the runs one at a time, so

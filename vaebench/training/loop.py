@@ -96,7 +96,7 @@ def each(fn, items: list) -> list:
         return list(pool.map(fn, items))
 
 
-def _to_device(perms: torch.Tensor, dev: torch.device) -> torch.Tensor:
+def order_on_device(perms: torch.Tensor, dev: torch.device) -> torch.Tensor:
     """An epoch's data order on the device in one asynchronous copy (a step then slices it there,
     so the host never waits on a copy while the GPU works)."""
     if dev.type == "cpu":
@@ -115,7 +115,7 @@ def train_members(engine: Engine, progress: Any = None) -> list[RunResult]:
     step, pos = first.step, first.pos
     n, b = len(first.perm), tc.batch_size
     perms = torch.stack([t.perm for t in members])  # the data order on the host (checkpoints hold it)
-    perms_dev = _to_device(perms, dev)
+    perms_dev = order_on_device(perms, dev)
     flushed = step
     buf = torch.zeros((tc.flush_every, len(members), 3), device=dev, dtype=torch.float32)
     results: dict[int, RunResult] = {}
@@ -138,7 +138,7 @@ def train_members(engine: Engine, progress: Any = None) -> list[RunResult]:
         while step < tc.steps and engine.members:
             if pos + b > n:
                 perms = torch.stack([torch.randperm(n, generator=t.order_gen) for t in engine.members])
-                perms_dev = _to_device(perms, dev)
+                perms_dev = order_on_device(perms, dev)
                 pos = 0
             idx = perms_dev[:, pos:pos + b]
             pos += b
@@ -168,7 +168,7 @@ def train_members(engine: Engine, progress: Any = None) -> list[RunResult]:
                 flushed = step
                 if len(keep) < len(engine.members):
                     ids, perms = [ids[j] for j in keep], perms[keep]
-                    perms_dev = _to_device(perms, dev)
+                    perms_dev = order_on_device(perms, dev)
                     engine.drop(keep)
                     buf = torch.zeros((tc.flush_every, len(keep), 3), device=dev, dtype=torch.float32)
                     sync()
