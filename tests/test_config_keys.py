@@ -51,6 +51,7 @@ def test_the_key_lists_follow_from_the_fields():
                                      "train.threads", "train.engine", "train.stack", "eval.enabled", "eval.k", "eval.splits",
                                      "eval.batch"}
     assert set(per_run_keys()) == {"name", "seed", "optim.lr", "optim.betas", "optim.eps", "optim.weight_decay",
+                                   "optim.momentum", "optim.nesterov",
                                    "objective.beta", "objective.kl", "model.posterior"}
     assert is_execution_key("eval.k") and is_execution_key("eval.some_future_key") and is_execution_key("imports")
     assert not is_execution_key("objective.k") and not is_execution_key("seed") and not is_execution_key("run")

@@ -31,7 +31,7 @@ def test_run_folder_contents(tmp_path, tiny_overrides):
     assert {"vaebench", "torch", "python", "device", "git_commit"} <= set(env)
     # The resolved config has every default filled in and round-trips to the same config.
     cfg = yaml.safe_load((d / "config.yaml").read_text())
-    assert cfg["model"]["encoder"] == {"name": "mlp", "hidden": [128], "activation": "tanh"}
+    assert cfg["model"]["encoder"] == {"name": "mlp", "hidden": [128], "activation": "tanh", "dropout": 0.0}
     assert resolve(cfg).to_dict() == cfg
     m = pq.read_table(d / "metrics.parquet").to_pandas()
     train, val = m[m.split == "train"], m[m.split == "val"]

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from . import plugins, runs
-from .config import RunConfig, component_kinds, key_infos, read_yaml
+from .config import RunConfig, component_keys, component_kinds, flatten, key_infos, read_yaml
 from .errors import ConfigError, VaebenchError
 from .grid import Study, StudyResult, expand
 from .grid import run_study as _run_study
@@ -174,8 +174,12 @@ def components(imports: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
         for name in reg.names():
             module = getattr(reg.get(name), "__module__", "") or ""
             own = module.split(".")[0] in ("vaebench", "torch")
-            rows.append({"kind": kind, "name": name, "keys": keys, "module": "" if own else module})
-    return pd.DataFrame(rows, columns=["kind", "name", "keys", "module"])
+            model = getattr(reg, "config", None)
+            fields = model(name).model_fields if callable(model) else {}
+            hyper = ", ".join(f"{f}={fields[f].default!r}" for f in fields if f != "name")
+            rows.append({"kind": kind, "name": name, "keys": keys, "hyperparameters": hyper,
+                         "module": "" if own else module})
+    return pd.DataFrame(rows, columns=["kind", "name", "keys", "hyperparameters", "module"])
 
 
 def describe_config(config: str | Path | dict[str, Any] | RunConfig,
@@ -189,16 +193,29 @@ def describe_config(config: str | Path | dict[str, Any] | RunConfig,
     what = (f"a study of {len(s.runs)} runs, the first one shown" if len(s.runs) > 1
             else f"run id {s.runs[0].hash}")
     lines: list[tuple[str, str]] = []
+    flats = [flatten(d, tuples=True) for d in dicts]
+    present = {k for f in flats for k in f}
+    comps = component_keys()
     for info in key_infos():
         *parents, name = info.key.split(".")
         indent = "  " * len(parents)
         note = info.description + ("" if info.changes_numbers else " [not in the run id]")
+        below = any(k.startswith(info.key + ".") for k in present)
         if info.section:
-            lines.append((f"{indent}{name}:", note))
+            if below:
+                lines.append((f"{indent}{name}:", note))
             continue
-        shown = list(dict.fromkeys(_yaml_value(_dotted(d, info.key)) for d in dicts))
+        if info.key not in present:
+            continue
+        shown = list(dict.fromkeys(_yaml_value(f.get(info.key)) for f in flats))
         if len(shown) > 1:
             note += f" [varied: {', '.join(shown)}]"
+        if info.key in comps and below:  # a component with hyperparameters: a mapping with its name
+            lines.append((f"{indent}{name}:", note))
+            lines.append((f"{indent}  name: {shown[0]}", f"the {info.registry.kind}"))
+            continue
+        if info.owner:
+            note += f" [{info.owner}]"
         lines.append((f"{indent}{name}: {shown[0]}", note))
     width = max((len(a) for a, _ in lines if len(a) < 40), default=0) + 2  # a long value's note just follows
     body = "\n".join(f"{a:<{width}}# {b}" if len(a) < width else f"{a}  # {b}" for a, b in lines)
@@ -214,4 +231,6 @@ def _dotted(d: dict[str, Any], key: str) -> Any:
 def _yaml_value(v: Any) -> str:
     import yaml
 
+    if isinstance(v, tuple):
+        v = list(v)
     return yaml.safe_dump(v, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()

@@ -18,14 +18,20 @@ import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from . import plugins
-from .components import (ACTIVATIONS, KL_ESTIMATORS, LIKELIHOODS, NETWORKS, OBJECTIVES, OPTIMIZERS, POSTERIORS,
-                         SCHEDULES)
+from .components import (NETWORKS, OBJECTIVES, OPTIMIZERS, ModelConfig, ObjectiveConfig, OptimConfig)
+from .components.optimizers import AdamConfig
 from .data import BINARIZERS, DATASETS
 from .errors import ConfigError
-from .registry import Registry
+from .registry import (ComponentConfig, Registry, Section, component, component_of, current, key,
+                       section)
+
+__all__ = ["RunConfig", "DataConfig", "ModelConfig", "ObjectiveConfig", "OptimConfig", "TrainConfig",
+           "EvalConfig", "KeyInfo", "key", "section", "resolve", "load_config", "key_info", "key_infos",
+           "known_keys", "execution_keys", "per_run_keys", "flatten", "stack_key", "differing_keys"]
 
 
 def registered(registry: Registry) -> AfterValidator:
+    """A plain name of a component of ``registry`` (data sets and binarizers: no hyperparameters)."""
     def check(name: str) -> str:
         if name not in registry:
             raise ValueError(registry.unknown_message(name) + " Your own? Name its file in imports: or --import.")
@@ -33,25 +39,6 @@ def registered(registry: Registry) -> AfterValidator:
 
     check.registry = registry  # type: ignore[attr-defined]  (read by key_info: the key names a component)
     return AfterValidator(check)
-
-
-def key(default: Any, description: str, label: str, *, numbers: bool = True, per_run: bool = False) -> Any:
-    """A config key with its facts, stated once here and derived everywhere else (the run id, stacks,
-    `vaebench config`, report axes): ``numbers``: does it change a run's numbers (and so its id)?
-    ``per_run``: may the runs of one stack differ in it? ``label``: a short name for an axis."""
-    return Field(default, description=description,
-                 json_schema_extra={"label": label, "changes_numbers": numbers, "per_run": per_run})
-
-
-def section(default: Any, description: str, label: str) -> Any:
-    """A section's facts follow from its keys: it changes the numbers if any key does, and may differ
-    within a stack only if every key may."""
-    return Field(default, description=description, json_schema_extra={"label": label})
-
-
-def _name_shorthand(value: Any) -> Any:
-    """Let ``encoder: mlp`` stand for ``encoder: {name: mlp}``."""
-    return {"name": value} if isinstance(value, str) else value
 
 
 def _stack_value(value: Any) -> Any:
@@ -63,80 +50,33 @@ def _stack_value(value: Any) -> Any:
     raise ValueError(f"train.stack must be auto, off or a positive number of runs, got {value!r}")
 
 
-class _Section(BaseModel):
-    # allow_inf_nan=False: .inf or .nan is never a learning rate, a beta or an eps
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
+_Section = Section
 PosInt = Annotated[int, Field(gt=0)]
 Seed = Annotated[int, Field(ge=0)]
 
 
 class DataConfig(_Section):
     dataset: Annotated[str, registered(DATASETS)] = key(
-        "mnist14", "mnist14 (embedded, 14x14) or mnist28 (IDX files from data.root or $VAEBENCH_DATA)", "data set")
+        "mnist14", "mnist14 (embedded, 14x14) or mnist28 (IDX files from data.root or $VAEBENCH_DATA)", "data set",
+        in_id_at_default=True)
     root: Optional[str] = key(None, "folder of the four IDX files; null: the embedded copy or $VAEBENCH_DATA",
-                              "data folder")
+                              "data folder", in_id_at_default=True)
     binarize: Annotated[str, registered(BINARIZERS)] = key(
         "threshold", "threshold (a pixel is 1 when > 128 of 255) or dynamic (a fresh Bernoulli draw each time)",
-        "binarization")
+        "binarization", in_id_at_default=True)
     per_class: Optional[PosInt] = key(1000, "training images per digit; null: the whole train split",
-                                      "images per digit")
-    seed: Seed = key(0, "which training images per digit (the per_class subset)", "data seed")
+                                      "images per digit", in_id_at_default=True)
+    seed: Seed = key(0, "which training images per digit (the per_class subset)", "data seed",
+                     in_id_at_default=True)
     val_size: Optional[PosInt] = key(100, "validation images: the first val_size test images; null: all 10,000",
-                                     "validation images")
-
-
-class NetworkConfig(_Section):
-    name: Annotated[str, registered(NETWORKS)] = key("mlp", "the network (any registered network)", "network")
-    hidden: list[PosInt] = key([128], "widths of the hidden layers, input side first", "hidden width")
-    activation: Annotated[str, registered(ACTIVATIONS)] = key(
-        "tanh", "the nonlinearity after each hidden layer (any registered activation)", "activation")
-
-
-Network = Annotated[NetworkConfig, BeforeValidator(_name_shorthand)]
-
-
-class ModelConfig(_Section):
-    latent: PosInt = key(8, "dimensions of z", "latent dimensions")
-    encoder: Network = section(NetworkConfig(), "x -> the mean and sigma of q(z|x)", "encoder")
-    decoder: Network = section(NetworkConfig(), "z -> the logits of p(x|z)", "decoder")
-    posterior: Annotated[str, registered(POSTERIORS)] = key(
-        "sigma", "how the encoder's second head becomes sigma: sigma (softplus + 1e-4 floor) or log_sigma (exp)",
-        "posterior σ parameterization", per_run=True)
-    likelihood: Annotated[str, registered(LIKELIHOODS)] = key(
-        "bernoulli", "p(x|z) given the decoder's output", "likelihood")
-
-
-class ObjectiveConfig(_Section):
-    name: Annotated[str, registered(OBJECTIVES)] = key(
-        "elbo", "elbo (the ELBO, its terms averaged over k samples) or iwae (the importance-weighted bound)",
-        "objective")
-    k: PosInt = key(1, "z samples per image", "K (samples)")
-    kl: Annotated[str, registered(KL_ESTIMATORS)] = key(
-        "analytic", "analytic (closed form) or monte_carlo (from the same z samples)", "KL estimator", per_run=True)
-    beta: Annotated[float, Field(ge=0)] = key(1.0, "KL weight in the loss (1 is the ELBO)", "β (KL weight)",
-                                              per_run=True)
-    warmup: Annotated[int, Field(ge=0)] = key(0, "updates over which the KL weight ramps from 0 to beta",
-                                              "KL warm-up (updates)")
-
-
-class OptimConfig(_Section):
-    name: Annotated[str, registered(OPTIMIZERS)] = key("adam", "the optimizer", "optimizer")
-    lr: Annotated[float, Field(gt=0)] = key(1e-3, "learning rate", "learning rate", per_run=True)
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = key(
-        (0.9, 0.999), "decay rates of the moment estimates", "Adam β", per_run=True)
-    eps: Annotated[float, Field(gt=0)] = key(1e-8, "added to the denominator", "Adam ε", per_run=True)
-    weight_decay: Annotated[float, Field(ge=0)] = key(0.0, "L2 penalty", "weight decay", per_run=True)
-    schedule: Annotated[str, registered(SCHEDULES)] = key(
-        "none", "learning-rate schedule over train.steps: none or iwae (Burda et al.'s 3^i-epoch stages)",
-        "lr schedule")
+                                     "validation images", in_id_at_default=True)
 
 
 class TrainConfig(_Section):
-    steps: PosInt = key(10_000, "weight updates", "training updates")
-    batch_size: PosInt = key(100, "images per update", "batch size")
-    eval_every: PosInt = key(100, "updates between validation evaluations", "eval interval (updates)")
+    steps: PosInt = key(10_000, "weight updates", "training updates", in_id_at_default=True)
+    batch_size: PosInt = key(100, "images per update", "batch size", in_id_at_default=True)
+    eval_every: PosInt = key(100, "updates between validation evaluations", "eval interval (updates)",
+                             in_id_at_default=True)
     flush_every: PosInt = key(500, "updates between metric writes (at most this much is lost on a kill)",
                               "flush interval (updates)", numbers=False)
     checkpoint_every: PosInt = key(2_000, "updates between checkpoints", "checkpoint interval (updates)",
@@ -169,13 +109,11 @@ class RunConfig(_Section):
     imports: list[str] = key(
         [], "plugins imported before validation: module names, or .py files relative to the config file",
         "plugins", numbers=False)
-    seed: Seed = key(0, "initialization, data order and z noise", "seed", per_run=True)
+    seed: Seed = key(0, "initialization, data order and z noise", "seed", per_run=True, in_id_at_default=True)
     data: DataConfig = section(DataConfig(), "the images", "data")
     model: ModelConfig = section(ModelConfig(), "the VAE", "model")
-    objective: Annotated[ObjectiveConfig, BeforeValidator(_name_shorthand)] = section(
-        ObjectiveConfig(), "the training loss", "objective")
-    optim: Annotated[OptimConfig, BeforeValidator(_name_shorthand)] = section(
-        OptimConfig(), "the optimizer", "optimizer")
+    objective: component(OBJECTIVES, "elbo") = section(ObjectiveConfig(), "the training loss", "objective")
+    optim: component(OPTIMIZERS, "adam") = section(AdamConfig(), "the optimizer", "optimizer")
     train: TrainConfig = section(TrainConfig(), "the training loop", "training")
     eval: EvalConfig = section(EvalConfig(), "an evaluation after training; off with no splits", "evaluation")
 
@@ -183,19 +121,10 @@ class RunConfig(_Section):
         return self.model_dump(mode="json")
 
     def result_dict(self) -> dict[str, Any]:
-        """The config minus the keys that never change a run's numbers (execution_keys()); a section
-        left empty goes too."""
-        d = self.to_dict()
-        for k in execution_keys():
-            *parents, last = k.split(".")
-            nodes = [d]
-            for part in parents:
-                nodes.append(nodes[-1].get(part, {}))
-            nodes[-1].pop(last, None)
-            for node, part in zip(reversed(nodes[:-1]), reversed(parents)):
-                if node.get(part) == {}:
-                    node.pop(part)
-        return d
+        """What the run id hashes: every key that changes the numbers, except keys added since the
+        first schema while they are at their default (``key(in_id_at_default=...)``); a component
+        left with its name alone is its name, a section left empty goes."""
+        return _identity(self)  # type: ignore[return-value]
 
     def run_hash(self) -> str:
         """A short stable id of everything that changes the numbers: the same in every process and
@@ -205,9 +134,60 @@ class RunConfig(_Section):
 
     def stack_key(self) -> str:
         """Runs with equal stack keys may share a stack: every key but the per_run_keys() is equal."""
-        per_run = set(per_run_keys())
-        flat = flatten(self.to_dict())
-        return json.dumps({k: v for k, v in sorted(flat.items()) if k not in per_run}, default=str)
+        return stack_key(self)
+
+    def __reduce__(self):
+        # Pickled as its dict (to a worker process or a Ray task): a plugin's config models exist in
+        # the other process only once its plugins are imported, which _from_pickle does first.
+        return _from_pickle, (self.to_dict(),)
+
+
+def _from_pickle(d: dict[str, Any]) -> "RunConfig":
+    plugins.load(d.get("imports") or [])
+    return schema().model_validate(d)
+
+
+def schema() -> type[RunConfig]:
+    """RunConfig with its component unions built from the registries as they are now."""
+    return current(RunConfig)  # type: ignore[return-value]
+
+
+def _facts(field: Any) -> dict[str, Any]:
+    extra = field.json_schema_extra
+    return extra if isinstance(extra, dict) else {}
+
+
+def _identity(m: BaseModel) -> dict[str, Any] | str:
+    dumped = m.model_dump(mode="json")
+    if isinstance(dumped, str):  # a component without hyperparameters: its name
+        return dumped
+    out: dict[str, Any] = {}
+    for name, field in type(m).model_fields.items():
+        facts, value = _facts(field), getattr(m, name)
+        if facts.get("section"):
+            sub = _identity(value) if isinstance(value, BaseModel) else dumped[name]
+            if sub != {}:
+                out[name] = sub
+            continue
+        if not facts.get("changes_numbers", True):
+            continue
+        if not facts.get("in_id_at_default") and dumped[name] == _default_dump(field):
+            continue
+        out[name] = _identity(value) if isinstance(value, BaseModel) else dumped[name]
+    if isinstance(m, ComponentConfig) and set(out) <= {"name"}:
+        return m.name
+    return out
+
+
+def _default_dump(field: Any) -> Any:
+    """A field's default as it dumps (a component's default name as its config with its defaults)."""
+    default = field.get_default(call_default_factory=True)
+    marker = component_of(field)
+    if marker is not None and not isinstance(default, BaseModel):
+        default = marker.registry.configure(default, marker.default)
+    if isinstance(default, BaseModel):
+        return default.model_dump(mode="json")
+    return json.loads(json.dumps(default, default=list))
 
 
 # -- what each key is: derived from the schema's fields ---------------------------------------------
@@ -225,38 +205,80 @@ class KeyInfo:
     default: Any
     section: bool = False
     registry: Optional[Registry] = None  # the components it names, if it names one
+    component: bool = False  # a key whose value is a component: its name, or a mapping with its hyperparameters
+    owner: str = ""  # the components whose key this is, e.g. "optimizer sgd" (empty: every alternative's)
 
 
-@lru_cache(maxsize=None)
+def _alternatives(marker: Any) -> list[tuple[str, type[BaseModel]]]:
+    """A component field's config models, its default's first."""
+    entries = marker.registry.entries()
+    return sorted(((e.name, e.config) for e in entries), key=lambda ne: ne[0] != marker.default)
+
+
+_INFOS: dict[int, dict[str, KeyInfo]] = {}
+
+
 def _infos() -> dict[str, KeyInfo]:
+    from .registry import VERSION
+
+    if VERSION[0] in _INFOS:
+        return _INFOS[VERSION[0]]
     out: dict[str, KeyInfo] = {}
 
-    def walk(model: type[BaseModel], prefix: str) -> list[KeyInfo]:
+    def add(info: KeyInfo) -> None:
+        if info.key not in out or out[info.key] is None:
+            out[info.key] = info
+
+    def walk(model: type[BaseModel], prefix: str, skip_name: bool = False, owner: str = "",
+             name_registry: Optional[Registry] = None) -> list[KeyInfo]:
         leaves: list[KeyInfo] = []
         for name, field in model.model_fields.items():
-            full, extra = prefix + name, field.json_schema_extra or {}
-            if not isinstance(extra, dict) or "label" not in extra or not field.description:
+            if skip_name and name == "name":
+                continue
+            full, facts = prefix + name, _facts(field)
+            if "label" not in facts or not field.description:
                 raise TypeError(f"config key {full!r} has no description or label: declare it with key()")
-            ann = field.annotation
+            marker = component_of(field)
             default = field.get_default(call_default_factory=True)
-            if isinstance(ann, type) and issubclass(ann, BaseModel):
-                out[full] = None  # type: ignore[assignment]  (keeps schema order: the section before its keys)
-                children = walk(ann, full + ".")
-                out[full] = KeyInfo(full, field.description, str(extra["label"]),
-                                    any(c.changes_numbers for c in children), all(c.per_run for c in children),
-                                    default.model_dump(mode="json"), section=True)
+            shown_default = default.model_dump(mode="json") if isinstance(default, BaseModel) else default
+            alts = _alternatives(marker) if marker else []
+            if facts.get("section"):
+                out.setdefault(full, None)  # type: ignore[arg-type]  (schema order: the section before its keys)
+                models = alts or [("", m) for m in _models(field.annotation)]
+                children: list[KeyInfo] = []
+                for alt, sub in models:
+                    whose = "" if not marker or alt == marker.default else f"{marker.registry.kind} {alt}"
+                    children += walk(sub, full + ".", owner=whose, name_registry=marker.registry if marker else None)
+                add(KeyInfo(full, field.description, str(facts["label"]), any(c.changes_numbers for c in children),
+                            all(c.per_run for c in children), shown_default, section=True,
+                            registry=marker.registry if marker else None))
                 leaves += children
-            else:
-                registry = next((m.func.registry for m in field.metadata if hasattr(getattr(m, "func", None),
-                                                                                    "registry")), None)
-                info = KeyInfo(full, field.description, str(extra["label"]), bool(extra["changes_numbers"]),
-                               bool(extra["per_run"]), default, registry=registry)
-                out[full] = info
-                leaves.append(info)
+                continue
+            registry = marker.registry if marker else next(
+                (m.func.registry for m in field.metadata if hasattr(getattr(m, "func", None), "registry")), None)
+            if name == "name" and name_registry is not None:
+                registry = name_registry
+            info = KeyInfo(full, field.description, str(facts["label"]), bool(facts.get("changes_numbers", True)),
+                           bool(facts.get("per_run", False)), shown_default, registry=registry,
+                           component=marker is not None, owner=owner if name != "name" else "")
+            add(info)
+            leaves.append(info)
+            for alt, sub in alts:
+                leaves += walk(sub, full + ".", skip_name=True, owner=f"{marker.registry.kind} {alt}")
         return leaves
 
-    walk(RunConfig, "")
+    walk(schema(), "")
+    _INFOS.clear()
+    _INFOS[VERSION[0]] = out
     return out
+
+
+def _models(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    import typing
+
+    return [m for a in typing.get_args(annotation) for m in _models(a)]
 
 
 def key_info(key: str) -> KeyInfo:
@@ -268,7 +290,7 @@ def key_info(key: str) -> KeyInfo:
 
 
 def key_infos() -> list[KeyInfo]:
-    """Every key, sections included, in the schema's order."""
+    """Every key, sections included, in the schema's order (every component's keys)."""
     return list(_infos().values())
 
 
@@ -280,6 +302,12 @@ def execution_keys() -> tuple[str, ...]:
 def per_run_keys() -> tuple[str, ...]:
     """Keys in which the runs of one stack may differ; every other key is shared by the stack."""
     return tuple(i.key for i in key_infos() if not i.section and i.per_run)
+
+
+def component_keys() -> frozenset[str]:
+    """Keys whose value is a component given as a name or a mapping (``model.encoder.activation``):
+    flattened, the key holds the name and ``key.<hyperparameter>`` each hyperparameter."""
+    return frozenset(i.key for i in key_infos() if i.component and not i.section)
 
 
 def is_execution_key(key: str) -> bool:
@@ -297,9 +325,27 @@ def component_kinds() -> dict[str, tuple[Registry, list[str]]]:
     """Each kind of component a config names: its registry and the keys that choose one."""
     kinds: dict[str, tuple[Registry, list[str]]] = {}
     for info in key_infos():
-        if info.registry is not None:
+        if info.registry is not None and not info.section:
             kinds.setdefault(info.registry.kind, (info.registry, []))[1].append(info.key)
     return kinds
+
+
+def stack_key(cfg: RunConfig, shared: tuple[str, ...] = ()) -> str:
+    """Runs with equal keys may share a stack: equal in every key but the per-run ones (and equal
+    even in those under the ``shared`` sections). The one place stack compatibility is decided."""
+    allowed = set(per_run_keys())
+    flat = flatten(cfg.to_dict())
+    return json.dumps({k: v for k, v in sorted(flat.items()) if k not in allowed or k.startswith(shared)},
+                      default=str)
+
+
+def differing_keys(cfgs: list[RunConfig], shared: tuple[str, ...] = ()) -> list[str]:
+    """The keys in which ``cfgs`` differ but may not share a stack (stack_key's rule, key by key)."""
+    flats = [flatten(c.to_dict()) for c in cfgs]
+    allowed = set(per_run_keys())
+    keys = sorted({k for f in flats for k in f})
+    return [k for k in keys if (k not in allowed or k.startswith(shared))
+            and len({json.dumps(f.get(k), default=str) for f in flats}) > 1]
 
 
 # Top-level keys of a study file (vaebench.grid); everything else is the base run config.
@@ -441,11 +487,39 @@ def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | list[str] | None) -> dict[str, Any]:
+    """``raw`` with each override set. Setting a component's name (``optim.name=sgd``) replaces the
+    component, as a Hydra config group does: keys of the one before that the new one lacks go
+    (``optim.betas`` of adam); any other key stays, and is checked against the new one."""
     out = json.loads(json.dumps(raw, default=str)) if raw else {}
     items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or [])
+    comps = None
     for key, value in items:
+        path, _, last = key.rpartition(".")
+        if last == "name" and path:
+            comps = comps if comps is not None else {i.key: i for i in key_infos()
+                                                     if i.registry is not None and (i.component or i.section)}
+        info = comps.get(path) if last == "name" and comps else None
+        before = _get(out, path) if info is not None else None
+        old = before.get("name") if isinstance(before, dict) else before  # before it is set
         set_dotted(out, key, value)
+        if info is not None and isinstance(value, str) and value in info.registry:
+            default = info.default.get("name") if isinstance(info.default, dict) else info.default
+            old = old or default
+            if old != value and old in info.registry:
+                node = _get(out, path)
+                gone = set(info.registry.config(old).model_fields) - set(info.registry.config(value).model_fields)
+                for k in gone:
+                    node.pop(k, None)
     return out
+
+
+def _get(d: dict[str, Any], key: str) -> Any:
+    node: Any = d
+    for part in key.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
 
 
 def known_keys() -> list[str]:
@@ -458,11 +532,50 @@ def suggest(key: str, candidates: list[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+def _key_of(loc: tuple) -> tuple[str, str | None]:
+    """A pydantic error location as a dotted config key, without the tags of component unions
+    (``("optim", "sgd", "momentm")`` -> "optim.momentm"), and the component selected where the
+    error is (``"optimizer sgd"``), if it is inside one."""
+    comps = {i.key: i for i in key_infos() if i.registry is not None and (i.component or i.section)}
+    parts: list[str] = []
+    owner, skip = None, False
+    for p in loc:
+        if skip:
+            skip = False
+            path = ".".join(parts)
+            if isinstance(p, str) and p in comps[path].registry:
+                owner = (path, p)
+                continue
+        parts.append(str(p))
+        skip = ".".join(parts) in comps
+    return ".".join(parts), (f"{comps[owner[0]].registry.kind} {owner[1]}" if owner else None)
+
+
+def _selected_keys(key: str, owner: str | None) -> list[str]:
+    """The keys of the component selected at ``key``'s section (all keys when unknown)."""
+    if owner is None:
+        return known_keys()
+    kind, _, name = owner.rpartition(" ")
+    infos = _infos()
+    prefix = key.rsplit(".", 1)[0]
+    for i in infos.values():
+        if i.registry is not None and i.registry.kind == kind and name in i.registry and key.startswith(i.key + "."):
+            prefix = i.key
+            fields = i.registry.config(name).model_fields
+            return [f"{prefix}.{f}" for f in fields]
+    return known_keys()
+
+
 def _describe(err: dict[str, Any], source: str) -> str:
-    loc = ".".join(str(p) for p in err["loc"])
+    loc, owner = _key_of(err["loc"])
     where = f" in {source}" if source else ""
     if err["type"] == "extra_forbidden":
-        return f"unknown key {loc!r}{where}{suggest(loc, known_keys() + list(STUDY_KEYS))}"
+        if loc in _infos() and owner:  # another component's key
+            other = _infos()[loc].owner
+            hint = f"; the {owner} has no such key" + (f" (the {other} has)" if other else "")
+        else:
+            hint = suggest(loc, _selected_keys(loc, owner)) or suggest(loc, known_keys() + list(STUDY_KEYS))
+        return f"unknown key {loc!r}{where}{f' (for the {owner})' if owner and 'has no such key' not in hint else ''}{hint}"
     msg = err["msg"].removeprefix("Value error, ")
     got = err.get("input")
     shown = "" if err["type"] == "value_error" or isinstance(got, dict) else f" (got {got!r})"
@@ -523,12 +636,11 @@ def resolve(raw: dict[str, Any] | RunConfig | None = None, overrides: dict[str, 
     data = apply_overrides(raw or {}, overrides)
     _imports(data, base, imports, source)
     try:
-        cfg = RunConfig.model_validate(data)
+        cfg = schema().model_validate(data)
     except ValidationError as e:
         seen: dict[str, str] = {}
         for err in e.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            seen.setdefault(loc, _describe(err, source))
+            seen.setdefault(_key_of(err["loc"])[0], _describe(err, source))
         raise ConfigError(join_errors(list(seen.items()))) from None
     return check_fits(cfg, source)
 
@@ -543,7 +655,8 @@ MAX_DATA_DIM = 28 * 28  # the largest dataset's image
 def check_fits(cfg: RunConfig, source: str = "") -> RunConfig:
     """Reject sizes that cannot fit, naming the keys and the limit; return ``cfg``."""
     m, where = cfg.model, f" in {source}" if source else ""
-    latent, enc, dec = m.latent, list(m.encoder.hidden), list(m.decoder.hidden)
+    latent = m.latent
+    enc, dec = list(getattr(m.encoder, "hidden", None) or []), list(getattr(m.decoder, "hidden", None) or [])
     widths_in = [MAX_DATA_DIM, *enc]
     params = sum((a + 1) * b for a, b in zip(widths_in, [*enc, 2 * latent]))
     widths_out = [latent, *dec]
@@ -552,7 +665,7 @@ def check_fits(cfg: RunConfig, source: str = "") -> RunConfig:
         raise ConfigError(f"model{where} is too large: model.latent={latent}, model.encoder.hidden={enc} and "
                           f"model.decoder.hidden={dec} give {params:,} parameters; the limit is {MAX_PARAMETERS:,}")
     widest = max([MAX_DATA_DIM, 2 * latent, *enc, *dec])
-    for key, rows in (("objective.k", cfg.train.batch_size * cfg.objective.k),
+    for key, rows in (("objective.k", cfg.train.batch_size * getattr(cfg.objective, "k", 1)),
                       ("eval.k", cfg.eval.k * (cfg.eval.batch or 1))):
         if rows * widest > MAX_ACTIVATIONS:
             what = ("train.batch_size x objective.k" if key == "objective.k" else "eval.k x eval.batch")
@@ -568,12 +681,21 @@ def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None =
 
 def flatten(d: dict[str, Any], prefix: str = "", tuples: bool = False) -> dict[str, Any]:
     """{"a": {"b": [1]}} -> {"a.b": "[1]"}: dotted keys; lists become JSON strings (comparable
-    across runs), or with ``tuples`` tuples (readable and hashable, for categorical columns)."""
+    across runs), or with ``tuples`` tuples (readable and hashable, for categorical columns). A key
+    whose value is a component (component_keys()) holds its name, given as a name or a mapping:
+    ``model.encoder.activation`` is "leaky" and ``model.encoder.activation.slope`` 0.2."""
+    return _flatten(d, prefix, tuples, component_keys())
+
+
+def _flatten(d: dict[str, Any], prefix: str, tuples: bool, comps: frozenset[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(flatten(v, key + ".", tuples))
+            if key in comps and "name" in v:
+                out[key] = v["name"]
+                v = {n: x for n, x in v.items() if n != "name"}
+            out.update(_flatten(v, key + ".", tuples, comps))
         elif isinstance(v, (list, tuple)):
             out[key] = tuple(v) if tuples else json.dumps(list(v))
         else:

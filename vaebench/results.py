@@ -135,7 +135,9 @@ def load(path: str | Path = "results", final: bool = False, split: str | list[st
     run_dirs, names = study_order(runs.find_runs(root))
     if not run_dirs:
         raise VaebenchError(f"no runs found under {root}")
-    configs = [flatten(runs.read_config(d), tuples=True) for d in run_dirs]
+    raw = [runs.read_config(d) for d in run_dirs]
+    _import_plugins(raw)
+    configs = [flatten(c, tuples=True) for c in raw]
     states = [runs.run_state(d) for d in run_dirs]
     labels = [_run_label(d, root) for d in run_dirs]
     studies = [_study_label(d, root) for d in run_dirs]
@@ -214,6 +216,20 @@ def format_value(v: Any) -> str:
     if isinstance(v, float) and v.is_integer() and abs(v) < 1e6:
         return str(int(v))
     return str(v)
+
+
+def _import_plugins(configs: list[dict[str, Any]]) -> None:
+    """The plugins the runs were trained with, so their keys have their own labels and facts here
+    too; one that no longer imports leaves its keys with readable names (the report says why)."""
+    from . import plugins
+    from .errors import ConfigError
+
+    items = list(dict.fromkeys(i for c in configs for i in (c.get("imports") or []) if isinstance(i, str)))
+    for item in items:
+        try:
+            plugins.load([item])
+        except ConfigError:
+            pass
 
 
 def key_label(key: str) -> str:

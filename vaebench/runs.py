@@ -312,7 +312,10 @@ def load_model(run_dir: str | Path, device: str = "cpu"):
     plugins.load(cfg.get("imports") or [])  # the components the run was trained with, in any process
     state = torch.load(ckpt, map_location=device, weights_only=True)
     model_state = state["model"]
-    model = build_model(cfg["model"], _data_dim(model_state)).to(device)
+    try:
+        model = build_model(cfg["model"], _data_dim(model_state)).to(device)
+    except VaebenchError as e:
+        raise VaebenchError(f"{run_dir}: {e}") from None
     model.load_state_dict(model_state)
     model.trained_steps = int(state.get("step", 0))
     return model.eval()

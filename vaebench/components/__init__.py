@@ -1,17 +1,21 @@
 """Interchangeable model parts, each chosen by name from the config.
 
-Importing this package registers every built-in component.
+Importing this package registers every built-in component. Each registry entry is a contract
+(vaebench.registry): a config model, a build function, and optional kernels
+(vaebench.components.kernels).
 """
 
-from .networks import ACTIVATIONS, NETWORKS, MLP
+from .networks import ACTIVATIONS, NETWORKS, MLP, MLPConfig
 from .posteriors import POSTERIORS
+from .priors import PRIORS
 from .kl import KL_ESTIMATORS
 from .likelihoods import LIKELIHOODS
-from .objectives import OBJECTIVES, Terms
-from .optimizers import OPTIMIZERS, SCHEDULES
-from .vae import VAE, build_model
+from .objectives import OBJECTIVES, ObjectiveConfig, Terms
+from .optimizers import OPTIMIZERS, SCHEDULES, AdamConfig, OptimConfig, SGDConfig
+from .vae import VAE, ModelConfig, Parts, build, build_model
 
 __all__ = [
-    "ACTIVATIONS", "NETWORKS", "MLP", "POSTERIORS", "KL_ESTIMATORS", "LIKELIHOODS",
-    "OBJECTIVES", "Terms", "OPTIMIZERS", "SCHEDULES", "VAE", "build_model",
+    "ACTIVATIONS", "NETWORKS", "MLP", "MLPConfig", "POSTERIORS", "PRIORS", "KL_ESTIMATORS", "LIKELIHOODS",
+    "OBJECTIVES", "ObjectiveConfig", "Terms", "OPTIMIZERS", "SCHEDULES", "AdamConfig", "OptimConfig",
+    "SGDConfig", "VAE", "ModelConfig", "Parts", "build", "build_model",
 ]

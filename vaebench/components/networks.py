@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Annotated, Any, Sequence
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from ..registry import Registry
+from ..registry import ComponentConfig, Registry, component, key
 from .kernels import Activation, kernel
 
-ACTIVATIONS: Registry[type[nn.Module]] = Registry("activation")
-NETWORKS: Registry[type[nn.Module]] = Registry("network")
+# torch's activation modules take an ``inplace`` flag: never a hyperparameter
+ACTIVATIONS: Registry[type[nn.Module]] = Registry("activation", exclude=("inplace",))
+# a network is built with its input and output widths; everything else is its config
+NETWORKS: Registry[type[nn.Module]] = Registry("network", context=("n_in", "n_out"))
 
 
 def tanh_from_sigmoid_(y2: torch.Tensor) -> torch.Tensor:
@@ -69,20 +72,55 @@ def forward_columns(net: nn.Sequential, h_t: torch.Tensor, out: torch.Tensor) ->
     return h_t
 
 
-@NETWORKS.register("mlp")
+class MLPConfig(ComponentConfig):
+    name: str = key("mlp", "the network (any registered network)", "network", in_id_at_default=True)
+    hidden: list[Annotated[int, Field(gt=0)]] = key([128], "widths of the hidden layers, input side first",
+                                                    "hidden width", in_id_at_default=True)
+    activation: component(ACTIVATIONS, "tanh") = key(
+        "tanh", "the nonlinearity after each hidden layer (any registered activation; a name, or a mapping "
+        "with its name and hyperparameters)", "activation", in_id_at_default=True)
+    dropout: Annotated[float, Field(ge=0, lt=1)] = key(
+        0.0, "probability of zeroing a hidden unit while training (after each activation); 0: no dropout "
+        "layers at all", "dropout")
+
+
+class Dropout(nn.Module):
+    """Inverted dropout drawing its mask from the run's own noise generator (``generator``, set by the
+    trainer), so a run stays deterministic and resumes exactly; nn.Dropout draws from torch's global one."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = float(p)
+        self.generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.empty_like(x).bernoulli_(1.0 - self.p, generator=self.generator)
+        return x * keep / (1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+@NETWORKS.register("mlp", config=MLPConfig)
 class MLP(nn.Sequential):
     """Fully connected layers with one activation between them and none after the last.
 
     The seed's encoder is MLP(196, [128], 16) and its decoder MLP(8, [128], 196):
-    the decoder's sigmoid lives in the likelihood, which works on logits.
+    the decoder's sigmoid lives in the likelihood, which works on logits. With ``dropout`` > 0 a
+    Dropout follows each activation (none at 0, so the layers are the seed's exactly).
     """
 
-    def __init__(self, n_in: int, hidden: Sequence[int], n_out: int, activation: str = "tanh"):
-        act = ACTIVATIONS.get(activation)
+    def __init__(self, n_in: int, hidden: Sequence[int], n_out: int, activation: Any = "tanh",
+                 dropout: float = 0.0):
+        act = ACTIVATIONS.configure(activation)
         layers: list[nn.Module] = []
         width = n_in
         for h in hidden:
-            layers += [nn.Linear(width, h), act()]
+            layers += [nn.Linear(width, h), ACTIVATIONS.build(act)]
+            if dropout > 0:
+                layers.append(Dropout(dropout))
             width = h
         layers.append(nn.Linear(width, n_out))
         super().__init__(*layers)

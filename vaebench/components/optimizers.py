@@ -1,15 +1,19 @@
-"""Optimizers, selected by ``optim.name``; each takes the parameters and the optim config."""
+"""Optimizers, selected by ``optim.name``: a factory ``(params, lr, **hyperparameters)`` -> a
+torch.optim optimizer, whose config is an :class:`OptimConfig` subclass (lr, weight decay and the
+schedule are every optimizer's; the rest are its own)."""
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+
 import torch
+from pydantic import Field, model_validator
 
-from ..registry import Registry
+from ..registry import ComponentConfig, Registry, component, key
 
-OPTIMIZERS: Registry = Registry("optimizer")
 # Learning-rate schedules: (update index, total updates) -> factor on optim.lr. A pure function of
 # the step, so a resumed run sets the same rate as an uninterrupted one without saving any state.
-SCHEDULES: Registry = Registry("learning-rate schedule")
+SCHEDULES: Registry = Registry("learning-rate schedule", context=("step", "steps"))
 
 
 @SCHEDULES.register("none")
@@ -31,7 +35,47 @@ def iwae(step: int, steps: int) -> float:
     return 10.0 ** (-i / 7)
 
 
-@OPTIMIZERS.register("adam")
+class OptimConfig(ComponentConfig):
+    """What every optimizer has: its learning rate, L2 weight decay and learning-rate schedule."""
+
+    name: str = key("adam", "the optimizer", "optimizer", in_id_at_default=True)
+    lr: Annotated[float, Field(gt=0)] = key(1e-3, "learning rate", "learning rate", per_run=True,
+                                            in_id_at_default=True)
+    weight_decay: Annotated[float, Field(ge=0)] = key(0.0, "L2 penalty", "weight decay", per_run=True,
+                                                      in_id_at_default=True)
+    schedule: component(SCHEDULES, "none") = key(
+        "none", "learning-rate schedule over train.steps: none or iwae (Burda et al.'s 3^i-epoch stages)",
+        "lr schedule", in_id_at_default=True)
+
+    def factory_kwargs(self) -> dict[str, Any]:
+        """The optimizer factory's keyword arguments: every hyperparameter but the schedule."""
+        return {k: v for k, v in self.params().items() if k != "schedule"}
+
+
+# An optimizer's config subclasses OptimConfig (a factory without one gets one from its signature).
+OPTIMIZERS: Registry = Registry("optimizer", context=("params",), base=OptimConfig)
+
+
+class AdamConfig(OptimConfig):
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = key(
+        (0.9, 0.999), "decay rates of the moment estimates", "Adam β", per_run=True, in_id_at_default=True)
+    eps: Annotated[float, Field(gt=0)] = key(1e-8, "added to the denominator", "Adam ε", per_run=True,
+                                             in_id_at_default=True)
+
+
+class SGDConfig(OptimConfig):
+    momentum: Annotated[float, Field(ge=0, lt=1)] = key(
+        0.0, "momentum factor (torch.optim.SGD's; 0: plain SGD)", "SGD momentum", per_run=True)
+    nesterov: bool = key(False, "Nesterov momentum (needs momentum > 0)", "Nesterov", per_run=True)
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self):
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("optim.nesterov: true needs optim.momentum > 0 (e.g. 0.9)")
+        return self
+
+
+@OPTIMIZERS.register("adam", config=AdamConfig)
 def adam(params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
     # fused=True: one pass over parameters, moments and gradients per tensor (the kernel _adam_fused
     # runs), 2-3 times faster than foreach=True on CPU.
@@ -51,7 +95,8 @@ _adam_fused.moments = ("exp_avg", "exp_avg_sq")  # the kernel's two state lists,
 adam.fused = _adam_fused
 
 
-@OPTIMIZERS.register("sgd")
-def sgd(params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
-    """Plain SGD with momentum betas[0]; eps is unused."""
-    return torch.optim.SGD(params, lr=lr, momentum=betas[0], weight_decay=weight_decay, foreach=True)
+@OPTIMIZERS.register("sgd", config=SGDConfig)
+def sgd(params, lr: float, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
+    """SGD, with momentum and Nesterov's variant as torch.optim.SGD has them."""
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                           foreach=True)

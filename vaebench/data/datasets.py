@@ -7,10 +7,11 @@ apart lets static and dynamic binarization be compared on exactly the same image
 from __future__ import annotations
 
 import functools
+
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -174,9 +175,22 @@ def select_validation(n_test: int, size: int | None) -> np.ndarray:
 
 
 def load_splits(
-    dataset: str, root: str | None, per_class: int | None, data_seed: int, val_size: int | None
+    dataset: Any, root: str | None = None, per_class: int | None = None, data_seed: int = 0,
+    val_size: int | None = None
 ) -> dict[str, GreyImages]:
-    """Train subset, validation subset (a prefix of test, used for model selection) and full test."""
+    """Train subset, validation subset (a prefix of test, used for model selection) and full test.
+
+    ``dataset``: a run's ``data`` section (a DataConfig or its dict: the one way every caller reads
+    it), or the data set's name with the other keys given one by one."""
+    if not isinstance(dataset, str):
+        d = dataset if isinstance(dataset, dict) else dataset.model_dump()
+        dataset, root, per_class = d["dataset"], d.get("root"), d.get("per_class")
+        data_seed, val_size = d.get("seed", 0), d.get("val_size")
+    return _load_splits(dataset, root, per_class, data_seed, val_size)
+
+
+def _load_splits(dataset: str, root: str | None, per_class: int | None, data_seed: int,
+                 val_size: int | None) -> dict[str, GreyImages]:
     splits = DATASETS.get(dataset)(root)
     train, test = splits["train"], splits["test"]
     return {

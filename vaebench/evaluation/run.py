@@ -33,7 +33,7 @@ def split_images(data_cfg: dict[str, Any], split: str, device: torch.device | st
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     d = data_cfg
-    grey = load_splits(d["dataset"], d.get("root"), d.get("per_class"), d.get("seed", 0), d.get("val_size"))[split]
+    grey = load_splits(d)[split]
     binarizer = BINARIZERS.get(d["binarize"])
     x = binarizer.sample(binarizer.prepare(grey, "cpu"), torch.Generator().manual_seed(BINARIZE_SEED))
     return x.to(device)

@@ -108,7 +108,7 @@ def _check_inputs(study: Study, todo: list[int], device: str) -> None:
         key = (d.dataset, d.root, d.per_class, d.seed, d.val_size)
         if key not in seen:
             seen.add(key)
-            splits = load_splits(*key)
+            splits = load_splits(d)
             batch = max(study.runs[j].config.train.batch_size for j in todo if study.runs[j].config.data == d)
             if batch > len(splits["train"]):
                 raise ConfigError(f"train.batch_size {batch} is larger than the {len(splits['train'])} "

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import (STUDY_KEYS, RunConfig, apply_overrides, join_errors, known_keys, load_imports, read_yaml, resolve,
+from ..config import (STUDY_KEYS, RunConfig, apply_overrides, join_errors, key_info, known_keys, load_imports,
+                      read_yaml, resolve,
                       split_override, suggest, yaml_value)
 from ..errors import ConfigError
 
@@ -223,12 +224,14 @@ def expand(raw: dict[str, Any], overrides: list[str] | dict[str, Any] | None = N
     for key in STUDY_KEYS:  # --set seeds=5, --set variants=null: the study's own keys
         if key in fixed:
             spec[key] = fixed.pop(key)
+    load_imports(raw, base, imports, source)  # a --set key or value may be a plugin's
     unknown = [k for k in [*fixed, *cli_axes] if k not in known_keys()]
     if unknown:  # every mistyped --set key at once
         raise ConfigError(join_errors([(k, f"--set names {k!r}, which is not a config key"
                                            f"{suggest(str(k), known_keys())}") for k in unknown]))
-    load_imports(raw, base, imports, source)  # a --set value may name a plugin's component
     for key, values in [*((k, [v]) for k, v in fixed.items()), *cli_axes.items()]:
+        if key_info(key).owner:  # a key of one component only: checked with the base that selects it
+            continue
         for value in values:  # a bad value is the override's fault, not the file's: say so
             resolve({}, dict([_named(key, value)]), source=f"--set {key}={format_value(value)}")
     grid = {k: v for k, v in _grid(spec["grid"], source).items() if k not in fixed}

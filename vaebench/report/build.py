@@ -7,6 +7,8 @@ one of the run's files changed since the last report (a manifest of file sizes a
 
 from __future__ import annotations
 
+import json
+
 import hashlib
 import html
 import os
@@ -83,11 +85,16 @@ def fingerprint(run_dir: Path) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
+def _splits(data: dict):
+    """A run's splits (its config's data section), loaded once per process for runs that share it."""
+    return _cached_splits(json.dumps(data, sort_keys=True))
+
+
 @lru_cache(maxsize=8)
-def _splits(dataset: str, root: str | None, per_class: int | None, seed: int, val_size: int | None):
+def _cached_splits(data_json: str):
     from ..data import load_splits
 
-    return load_splits(dataset, root, per_class, seed, val_size)
+    return load_splits(json.loads(data_json))
 
 
 def pick_images(labels: np.ndarray, n: int = N_IMAGES) -> np.ndarray:
@@ -109,7 +116,7 @@ def _images(run_dir: Path, cfg: dict) -> tuple[dict, tuple[int, int], int]:
 
     model = runs.load_model(run_dir)
     d = cfg["data"]
-    splits = _splits(d["dataset"], d.get("root"), d.get("per_class"), d.get("seed", 0), d.get("val_size"))
+    splits = _splits(d)
     binarizer = BINARIZERS.get(d["binarize"])()
     out = {}
     with torch.no_grad():
@@ -208,7 +215,7 @@ def draw_samples(run: str | Path, out: str | Path, n: int = 64, seed: int = SAMP
     run_dir, model, cfg = _model_and_data(run)
     stem, fmt = _out_file(out)
     d = cfg["data"]
-    shape = tuple(_splits(d["dataset"], d.get("root"), d.get("per_class"), d.get("seed", 0), d.get("val_size"))["train"].shape)
+    shape = tuple(_splits(d)["train"].shape)
     images = model.sample(n, torch.Generator().manual_seed(seed)).numpy()
     cols = max(1, int(np.ceil(np.sqrt(n))))
     title = f"{_title_of(run_dir, cfg)} (update {getattr(model, 'trained_steps', 0):,}): {n} samples"
@@ -228,7 +235,7 @@ def draw_reconstructions(run: str | Path, out: str | Path, split: str = "val", n
     run_dir, model, cfg = _model_and_data(run)
     stem, fmt = _out_file(out)
     d = cfg["data"]
-    splits = _splits(d["dataset"], d.get("root"), d.get("per_class"), d.get("seed", 0), d.get("val_size"))
+    splits = _splits(d)
     binarizer = BINARIZERS.get(d["binarize"])()
     grey = splits[split].subset(pick_images(splits[split].labels, n))
     x = binarizer.sample(binarizer.prepare(grey, "cpu"), torch.Generator().manual_seed(SAMPLE_SEED)).float()

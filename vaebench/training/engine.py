@@ -8,30 +8,13 @@ checkpoint, status, progress, interrupt) is the loop's, written once.
 
 from __future__ import annotations
 
-import json
-
 import torch
 
-from ..config import flatten, per_run_keys
+from ..config import differing_keys
 from ..errors import VaebenchError
 
 class EngineRefused(VaebenchError):
     """An engine was given runs it cannot train correctly."""
-
-
-def differing_keys(cfgs: list, shared: tuple[str, ...] = ()) -> list[str]:
-    """Keys whose values differ between ``cfgs`` and may not: not per-run keys, or under ``shared``."""
-    flats = [flatten(c.to_dict()) for c in cfgs]
-    allowed = set(per_run_keys())
-    return sorted(k for k in flats[0] if (k not in allowed or k.startswith(shared))
-                  and any(json.dumps(f.get(k), default=str) != json.dumps(flats[0][k], default=str) for f in flats))
-
-
-def stack_key(cfg, shared: tuple[str, ...] = ()) -> str:
-    """Runs with equal keys may share a stack."""
-    allowed = set(per_run_keys())
-    flat = flatten(cfg.to_dict())
-    return json.dumps({k: v for k, v in sorted(flat.items()) if k not in allowed or k.startswith(shared)}, default=str)
 
 
 class Engine:

@@ -25,11 +25,11 @@ from typing import Any
 import torch
 
 from .. import runs
-from ..components import OBJECTIVES, OPTIMIZERS, build_model
-from ..config import RunConfig
+from ..components import build
+from ..config import RunConfig, schema, stack_key as _stack_key
 from ..devices import resolve_device
 from ..errors import ConfigError, VaebenchError, reason
-from .engine import Engine, stack_key as _stack_key
+from .engine import Engine
 from .graphs import Stepper, record
 from .generic import GenericStack, generic_unsupported
 from .stacked import FusedStack, fused_unsupported
@@ -41,13 +41,11 @@ INTERRUPTED = "interrupted; run the same command again to resume"
 
 @functools.lru_cache(maxsize=256)
 def _choose(blob: str) -> tuple[str, str | None]:
-    cfg = RunConfig.model_validate(json.loads(blob))
+    cfg = schema().model_validate(json.loads(blob))
     if cfg.train.engine == "torch":
         return "torch", None
-    model = build_model(cfg.model.model_dump(mode="json"), 1)  # the structure; the data's width is irrelevant
-    ob = cfg.objective.model_dump(mode="json")
-    objective = OBJECTIVES.get(ob.pop("name"))(**ob)
-    optimizer = OPTIMIZERS.get(cfg.optim.name)
+    parts = build(cfg, 1)  # the structure; the data's width is irrelevant
+    model, objective, optimizer = parts.model, parts.objective, parts.optimizer_factory
     why_fused = fused_unsupported(model, objective, optimizer)
     if why_fused is None:
         return "fused", None

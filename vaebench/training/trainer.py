@@ -19,7 +19,7 @@ import pyarrow as pa
 import torch
 
 from .. import runs
-from ..components import OBJECTIVES, OPTIMIZERS, SCHEDULES, build_model
+from ..components import build
 from ..config import RunConfig
 from ..data import BINARIZERS, load_splits
 from ..devices import set_threads
@@ -69,7 +69,7 @@ def mean_over_batches(x: torch.Tensor, binarizer, sums, seed: int = EVAL_SEED) -
 @functools.lru_cache(maxsize=4)
 def load_data(d, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(train, val) prepared on the device; cached so the runs of a stack share one copy."""
-    splits = load_splits(d.dataset, d.root, d.per_class, d.seed, d.val_size)
+    splits = load_splits(d)
     binarizer = BINARIZERS.get(d.binarize)
     return binarizer.prepare(splits["train"], device), binarizer.prepare(splits["val"], device)
 
@@ -88,15 +88,14 @@ class Trainer:
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(cfg.seed, 0))
-            self.model = build_model(cfg.model.model_dump(mode="json"), self.train_x.shape[1]).to(device)
-        o = cfg.optim.model_dump(mode="json")
-        self.schedule = SCHEDULES.get(o.pop("schedule"))
-        self.optimizer_factory = OPTIMIZERS.get(o.pop("name"))
-        self.optimizer = self.optimizer_factory(self.model.parameters(), **o)
-        ob = cfg.objective.model_dump(mode="json")
-        self.objective = OBJECTIVES.get(ob.pop("name"))(**ob)
+            parts = build(cfg, self.train_x.shape[1])
+        self.model = parts.model.to(device)
+        self.schedule, self.objective = parts.schedule, parts.objective
+        self.optimizer_factory, self.optimizer_kwargs = parts.optimizer_factory, parts.optimizer_kwargs
+        self.optimizer = parts.optimizer(self.model.parameters())
         self.order_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, 1))
         self.noise_gen = torch.Generator(device).manual_seed(derive_seed(cfg.seed, 2))
+        self.model.use_generator(self.noise_gen)  # dropout draws from the run's noise stream
         self.step = 0
         self.perm = torch.randperm(n, generator=self.order_gen)
         self.pos = 0
