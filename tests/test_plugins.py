@@ -67,7 +67,7 @@ def test_the_readme_example_study_runs_with_two_workers_then_reports_and_evaluat
     for d in run_dirs:  # the run folder names what it needs, from any directory
         cfg = runs.read_config(d)
         assert cfg["imports"] == [str((work / "my_components.py").resolve())]
-        assert cfg["model"]["encoder"]["activation"] == "silu"
+        assert cfg["model"]["encoder"]["activation"] == {"name": "silu", "beta": 1.0}
     assert {runs.read_config(d)["objective"]["kl"] for d in run_dirs} == {"monte_carlo", "stl"}
 
     r = run_cli(*report, cwd=work)

@@ -83,9 +83,11 @@ class TrainConfig(_Section):
                                    numbers=False)
     threads: Optional[PosInt] = key(None, "torch intra-op threads; null: one (vaebench.devices.set_threads)", "threads",
                                     numbers=False)
-    engine: Literal["auto", "torch", "fast"] = key(
-        "auto", "fast: the stacked hand-written step; torch: the autograd Trainer; auto: fast when it supports "
-        "the config (the same numbers up to float reassociation)", "engine", numbers=False)
+    engine: Literal["auto", "fused", "generic", "torch", "fast"] = key(
+        "auto", "the engine, as env.json records it: fused (the hand-written step from the components' kernels), "
+        "generic (torch.func vmap over a stack), torch (autograd, one run); auto: the first of those that "
+        "supports the config; fast: fused or generic, never autograd (the same numbers up to float "
+        "reassociation)", "engine", numbers=False)
     stack: Annotated[Union[Literal["auto", "off"], PosInt], BeforeValidator(_stack_value)] = key(
         "auto", "runs of one shape trained together in a study: auto (8 on CPU, 256 on CUDA), off, or at most N",
         "stack size", numbers=False)

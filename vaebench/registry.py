@@ -77,6 +77,21 @@ class ComponentConfig(Section):
 
     name: str = key("", "the component's registered name", "name", in_id_at_default=True)
 
+    def __eq__(self, other: Any) -> bool:
+        # a name stands for the component with its defaults: cfg.objective.kl == "monte_carlo"
+        if isinstance(other, str):
+            return self.name == other and all(getattr(self, f) == _default(fi)
+                                              for f, fi in type(self).model_fields.items() if f != "name")
+        return super().__eq__(other)
+
+    def __hash__(self) -> int:
+        return hash(self.name)  # equal configs (and a name equal to one) share their name
+
+    def __str__(self) -> str:
+        params = self.params()
+        inner = ", ".join(f"{k}: {v}" for k, v in params.items())
+        return self.name if not params else f"{{name: {self.name}, {inner}}}"
+
     def params(self) -> dict[str, Any]:
         """The hyperparameters (every field but name), as values (nested components as configs)."""
         return {f: getattr(self, f) for f in type(self).model_fields if f != "name"}
@@ -86,6 +101,10 @@ class ComponentConfig(Section):
         if len(type(self).model_fields) == 1:
             return self.name
         return handler(self)
+
+
+def _default(field: FieldInfo) -> Any:
+    return field.get_default(call_default_factory=True)
 
 
 @dataclass

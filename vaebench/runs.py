@@ -39,7 +39,7 @@ from . import plugins
 from .errors import VaebenchError
 
 CONFIG, STATUS, ENV, FINAL, CHECKPOINT = "config.yaml", "status.json", "env.json", "final.json", "checkpoint.pt"
-# A stack's next checkpoint, written by every member before any becomes checkpoint.pt (see Trainer.restore)
+# A stack's next checkpoint, written by every member before any becomes checkpoint.pt (see TrainingRun.restore)
 CHECKPOINT_NEXT = "checkpoint.next.pt"
 EVAL = "eval.json"  # held-out evaluations: {"test": {"iw_ll": ..., ...}}
 GRID = "grid.yaml"  # beside a study's runs: each run's folder, id and varied values (vaebench.grid)

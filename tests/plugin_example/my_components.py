@@ -1,18 +1,25 @@
-"""My own VAE components: an activation and a KL estimator, registered by name."""
+"""My own VAE components: an activation with a hyperparameter and a KL estimator, registered by name."""
+
+from typing import Annotated
 
 import torch
 from torch import nn
 
 from vaebench import elbo
 from vaebench.components import ACTIVATIONS, KL_ESTIMATORS
+from vaebench.registry import about
 
 
 @ACTIVATIONS.register("silu")
 class SiLU(nn.Module):
-    """x * sigmoid(x) (Elfwing et al. 2018)."""
+    """x * sigmoid(beta * x): SiLU at beta = 1 (Elfwing et al. 2018), Swish-beta otherwise."""
+
+    def __init__(self, beta: Annotated[float, about("the input's scale inside the sigmoid", "SiLU β")] = 1.0):
+        super().__init__()
+        self.beta = beta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(x)
+        return x * torch.sigmoid(self.beta * x)
 
 
 @KL_ESTIMATORS.register("stl")

@@ -18,7 +18,7 @@ class EngineRefused(VaebenchError):
 
 
 class Engine:
-    """The update of M runs (``members``: vaebench.training.trainer.Trainer, all at one step)."""
+    """The update of M runs (``members``: vaebench.training.trainer.TrainingRun, all at one step)."""
 
     name = ""
     shared: tuple[str, ...] = ()  # sections whose per-run keys must still be equal in this engine's stacks
@@ -60,7 +60,7 @@ class Engine:
         raise NotImplementedError
 
     def validate(self) -> None:
-        """Each member's validation terms at its step (Trainer.eval_val; an engine may batch them)."""
+        """Each member's validation terms at its step (TrainingRun.eval_val; an engine may batch them)."""
         for t in self.members:
             t.eval_val()
 

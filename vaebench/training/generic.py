@@ -3,7 +3,7 @@ included, trained M runs at a time with torch.func (functional_call + vmap + gra
 
 The runs' parameters live in (M, ...) tensors; each run's nn.Module parameters are views into its
 slice, updated by the run's own optimizer component (runs with equal optim settings share one
-instance over all their parameters: a foreach update of a list is per tensor), and each run keeps its own generators, drawn in the Trainer's order: the data order, the binarizer's draws, then
+instance over all their parameters: a foreach update of a list is per tensor), and each run keeps its own generators, drawn in the TrainingRun's order: the data order, the binarizer's draws, then
 the objective's eps (``objective.eps_shape``), drawn before the vmapped step and handed to the
 objective in place of a generator (vaebench.components.objectives.draw_eps). So a run's numbers
 match the torch engine's up to float reassociation (tests/test_engines.py states the tolerance).
@@ -114,8 +114,7 @@ class GenericStack(Engine):
         self.whole = len(by_optim) == 1
         self.optimizers = []
         for rows in by_optim.values():
-            o = members[rows[0]].cfg.optim.model_dump(mode="json")
-            o.pop("name"), o.pop("schedule")
+            o = members[rows[0]].optimizer_kwargs
             if self.whole:
                 opt = members[0].optimizer_factory(list(self.params.values()), **o)
                 per_run = [[t.optimizer.state.get(p) for p in t.model.parameters()] for t in members]

@@ -33,7 +33,7 @@ from .engine import Engine
 from .graphs import Stepper, record
 from .generic import GenericStack, generic_unsupported
 from .stacked import FusedStack, fused_unsupported
-from .trainer import RunResult, TorchEngine, Trainer
+from .trainer import RunResult, TorchEngine, TrainingRun
 
 ENGINES: dict[str, type[Engine]] = {"fused": FusedStack, "generic": GenericStack, "torch": TorchEngine}
 INTERRUPTED = "interrupted; run the same command again to resume"
@@ -46,15 +46,20 @@ def _choose(blob: str) -> tuple[str, str | None]:
         return "torch", None
     parts = build(cfg, 1)  # the structure; the data's width is irrelevant
     model, objective, optimizer = parts.model, parts.objective, parts.optimizer_factory
+    asked = cfg.train.engine
     why_fused = fused_unsupported(model, objective, optimizer)
-    if why_fused is None:
+    if why_fused is None and asked in ("auto", "fused", "fast"):
         return "fused", None
+    if asked == "fused":
+        raise ConfigError(f"train.engine=fused cannot train this config ({why_fused}); use train.engine=auto, "
+                          f"generic or torch")
     why_generic = generic_unsupported(model, objective, optimizer)
     if why_generic is None:
-        return "generic", f"not fused: {why_fused}"
-    if cfg.train.engine == "fast":
-        raise ConfigError(f"train.engine=fast cannot train this config (fused: {why_fused}; generic: "
-                          f"{why_generic}); use train.engine=auto or torch")
+        return "generic", (f"not fused: {why_fused}" if asked != "generic" else "train.engine=generic")
+    if asked in ("generic", "fast"):
+        raise ConfigError(f"train.engine={asked} cannot train this config ("
+                          + (f"fused: {why_fused}; " if asked == "fast" else "")
+                          + f"generic: {why_generic}); use train.engine=auto or torch")
     return "torch", f"not fused: {why_fused}; not generic: {why_generic}"
 
 
@@ -195,7 +200,7 @@ def save_checkpoints(engine: Engine) -> None:
     """Every member's checkpoint. A stack whose runs' numbers depend on the stack (not
     engine.exact_alone) writes them in two phases, every member's pending checkpoint and then
     each becomes checkpoint.pt, so that a cut anywhere leaves its members resuming at one step
-    (Trainer.restore settles a cut between the phases)."""
+    (TrainingRun.restore settles a cut between the phases)."""
     if engine.exact_alone or len(engine.members) == 1:
         each(engine.save, list(range(len(engine.members))))
         return
@@ -227,7 +232,7 @@ def train_group(cfgs: list[RunConfig], run_dirs: list[str | Path], device: str |
     shared keys) as one; each run's numbers are those it gets alone. One RunResult per run, in order."""
     dev = resolve_device(device)
     results: dict[int, RunResult] = {}
-    groups: dict[tuple, list[tuple[int, Trainer]]] = {}
+    groups: dict[tuple, list[tuple[int, TrainingRun]]] = {}
     for i, (cfg, d) in enumerate(zip(cfgs, map(Path, run_dirs))):
         skipped = _begin(cfg, d, force)
         if skipped:
@@ -235,7 +240,7 @@ def train_group(cfgs: list[RunConfig], run_dirs: list[str | Path], device: str |
             continue
         engine, why = choose_engine(cfg)  # engine=fast on a config it cannot train: a ConfigError
         try:
-            t = Trainer(cfg, d, dev)  # loads data first: a data error writes nothing
+            t = TrainingRun(cfg, d, dev)  # loads data first: a data error writes nothing
             runs.prepare(d, cfg)
         except VaebenchError as e:  # alone: the caller's one-line error; in a stack: this run fails
             if len(cfgs) == 1:

@@ -1,5 +1,5 @@
-"""One run's state: its model, optimizer, random streams, data order, metric writer and checkpoint,
-and the torch engine, which updates it with autograd.
+"""One run's state while it trains (TrainingRun: its model, optimizer, random streams, data order,
+metric writer and checkpoint), and the torch engine, which updates it with autograd.
 
 Checkpoints hold everything needed to continue to exactly the numbers of an uninterrupted run.
 The run's cadence is vaebench.training.loop's; the run folder's lifecycle is vaebench.runs'.
@@ -74,7 +74,10 @@ def load_data(d, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return binarizer.prepare(splits["train"], device), binarizer.prepare(splits["val"], device)
 
 
-class Trainer:
+class TrainingRun:
+    """One run while it trains: its config, built components, data, random streams, data order,
+    pending metrics and checkpoint. An engine updates it; the loop keeps its cadence."""
+
     def __init__(self, cfg: RunConfig, run_dir: Path, device: torch.device):
         self.cfg, self.dir, self.device = cfg, Path(run_dir), device
         tc = cfg.train
@@ -218,6 +221,9 @@ class Trainer:
         runs.compact_metrics(self.dir)
         self.write_status("done")
         return final
+
+
+Trainer = TrainingRun  # the name before 0.2, kept for scripts that import it
 
 
 class TorchEngine(Engine):
