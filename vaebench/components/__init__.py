@@ -10,6 +10,7 @@ from .likelihoods import LIKELIHOODS
 from .objectives import OBJECTIVES, Terms
 from .optimizers import OPTIMIZERS, SCHEDULES
 from .vae import VAE, build_model
+from .kernels import KernelMismatch, check_kernels
 
 __all__ = [
     "ACTIVATIONS", "NETWORKS", "MLP", "POSTERIORS", "KL_ESTIMATORS", "LIKELIHOODS",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..registry import Registry
+from .kernels import Optimizer
 
 OPTIMIZERS: Registry = Registry("optimizer")
 # Learning-rate schedules: (update index, total updates) -> factor on optim.lr. A pure function of
@@ -47,8 +48,8 @@ def _adam_fused(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, st
                        beta1=betas[0], beta2=betas[1], weight_decay=weight_decay, eps=eps, maximize=False)
 
 
-_adam_fused.moments = ("exp_avg", "exp_avg_sq")  # the kernel's two state lists, as torch.optim.Adam names them
-adam.fused = _adam_fused
+# the kernel's two state lists, as torch.optim.Adam names them
+adam.kernels = Optimizer(_adam_fused, moments=("exp_avg", "exp_avg_sq"))
 
 
 @OPTIMIZERS.register("sgd")

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .kernels import Model
 from .likelihoods import LIKELIHOODS
 from .networks import NETWORKS
 from .posteriors import POSTERIORS
@@ -15,7 +16,9 @@ from .posteriors import POSTERIORS
 class VAE(nn.Module):
     # The fused engine (vaebench.training.stacked) runs encode, decode and log_likelihood as written
     # here, from the networks', posterior's and likelihood's kernels.
-    fused_vae = True
+    kernels = Model(example=lambda cls: [cls(6, 2, {"name": "mlp", "hidden": [5]}, {"name": "mlp", "hidden": [5]}),
+                                         cls(6, 2, {"name": "mlp", "hidden": [5], "activation": "relu"},
+                                             {"name": "mlp", "hidden": [4, 3]}, posterior="log_sigma")])
 
     def __init__(self, data_dim: int, latent: int, encoder: dict[str, Any], decoder: dict[str, Any],
                  posterior: str = "sigma", likelihood: str = "bernoulli"):
