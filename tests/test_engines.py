@@ -1,7 +1,7 @@
 """The engines against autograd, one step at a time, and against each other over whole runs.
 
-Every kernel a component declares (vaebench.components.kernels) is checked against autograd on the
-component's own torch code; so is one whole step of the fused and the generic engine, for every
+Every kernel a component declares is checked against autograd on the component's own torch code
+by vaebench.components.check_kernels (tests/test_kernels.py); here one whole step of the fused and the generic engine, for every
 built-in component, K in {1, 2, 7}, beta != 1 and stacks whose runs differ in the per-run keys.
 Tolerances: float32 reassociation, GRAD_RTOL relative plus GRAD_ATOL absolute.
 """
@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from vaebench import runs
-from vaebench.components import ACTIVATIONS, KL_ESTIMATORS, LIKELIHOODS, OPTIMIZERS, POSTERIORS
-from vaebench.components.kernels import kernel
+from vaebench.components import ACTIVATIONS, POSTERIORS
+from vaebench.components import kernels
 from vaebench.components.posteriors import SigmaOutput
 from vaebench.config import resolve
 from vaebench.training import choose_engine, train_group, train_run
@@ -26,7 +26,7 @@ RTOL, ATOL = 1e-4, 1e-4  # per-step metrics of whole runs on two engines (as tes
 CPU = torch.device("cpu")
 TINY = {"data.per_class": 20, "data.val_size": 20, "train.batch_size": 20, "train.threads": 1,
         "model.encoder.hidden": [16], "model.decoder.hidden": [16], "model.latent": 4}
-FUSED_ACTS = [n for n in ACTIVATIONS if kernel(ACTIVATIONS.get(n), "fused", "forward") is not None]
+FUSED_ACTS = [n for n in ACTIVATIONS if kernels.of(ACTIVATIONS.get(n), "activation") is not None]
 
 
 # -- user components, registered as a user's own file would --------------------------------------
@@ -49,89 +49,6 @@ class ScaledSigma(SigmaOutput):
 
     def sigma(self, raw):
         return 2.0 * torch.nn.functional.softplus(raw) + self.floor
-
-
-# -- kernels alone ------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", FUSED_ACTS)
-def test_activation_kernels(name):
-    mod = ACTIVATIONS.get(name)()
-    k = kernel(mod, "fused", "forward")
-    a = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
-    y = mod(a)
-    out = k.forward_((a * k.scale).detach().clone())
-    torch.testing.assert_close(out, y.detach(), rtol=1e-6, atol=1e-6)
-    g = torch.randn_like(y)
-    (da,) = torch.autograd.grad(y, a, g)
-    torch.testing.assert_close(k.backward(g, out), da, rtol=1e-6, atol=1e-6)
-
-
-@pytest.mark.parametrize("name", ["sigma", "log_sigma", "test_sigma_floor"])
-def test_posterior_kernels(name):
-    post = POSTERIORS.get(name)()
-    raw = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
-    sigma, dsig = kernel(post, "fused_sigma", "sigma")(raw.detach())
-    ref = post.sigma(raw)
-    torch.testing.assert_close(sigma, ref.detach())
-    (d,) = torch.autograd.grad(ref.sum(), raw)
-    torch.testing.assert_close(dsig, d)
-
-
-def test_a_subclass_that_changes_the_math_loses_the_kernel():
-    assert kernel(POSTERIORS.get("test_sigma_floor")(), "fused_sigma", "sigma") is not None
-    assert kernel(POSTERIORS.get("test_sigma_scaled")(), "fused_sigma", "sigma") is None
-
-    class MyTanh(ACTIVATIONS.get("tanh")):
-        def forward(self, x):
-            return torch.tanh(2 * x)
-
-    assert kernel(MyTanh(), "fused", "forward") is None
-    assert kernel(ACTIVATIONS.get("tanh")(), "fused", "forward") is not None
-
-
-@pytest.mark.parametrize("name", list(LIKELIHOODS))
-def test_likelihood_kernels(name):
-    lik = LIKELIHOODS.get(name)()
-    logits = (3 * torch.randn(2, 5, 9, dtype=torch.float64)).requires_grad_()
-    x = torch.bernoulli(torch.full((5, 9), 0.4, dtype=torch.float64))
-    rec, dlog = kernel(lik, "fused_log_prob", "log_prob")(logits.detach(), x, 0.25)
-    ref = lik.log_prob(logits, x)
-    torch.testing.assert_close(rec, ref.detach())
-    (d,) = torch.autograd.grad(ref.sum(), logits)
-    torch.testing.assert_close(dlog, -0.25 * d)
-
-
-@pytest.mark.parametrize("name", list(KL_ESTIMATORS))
-@pytest.mark.parametrize("k", [1, 2, 7])
-def test_kl_kernels(name, k):
-    fn = KL_ESTIMATORS.get(name)
-    mu = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
-    sigma = (0.2 + torch.rand(5, 3, dtype=torch.float64)).requires_grad_()
-    z = (mu.detach() + sigma.detach() * torch.randn(k, 5, 3, dtype=torch.float64)).requires_grad_()
-    kl, dmu, dsig, dz = kernel(fn, "fused")(mu.detach(), sigma.detach(), z.detach(), k)
-    ref = fn(mu, sigma, z)
-    torch.testing.assert_close(kl, ref.detach())
-    gm, gs, gz = torch.autograd.grad(ref.sum(), (mu, sigma, z), allow_unused=True)
-    torch.testing.assert_close(dmu, gm)
-    torch.testing.assert_close(dsig, gs)
-    torch.testing.assert_close(torch.zeros_like(z) if dz is None else dz, torch.zeros_like(z) if gz is None else gz)
-
-
-def test_optimizer_kernels():
-    for name in OPTIMIZERS:
-        fused = kernel(OPTIMIZERS.get(name), "fused")
-        if fused is None:
-            continue
-        p = torch.randn(50)
-        q = p.clone().requires_grad_()
-        opt = OPTIMIZERS.get(name)([q], lr=1e-2, weight_decay=1e-3)
-        m, v, step = torch.zeros(50), torch.zeros(50), torch.zeros(())
-        for t in range(1, 4):
-            g = torch.randn(50)
-            q.grad = g.clone()
-            opt.step()
-            step.fill_(t)
-            fused([p], [g], [m], [v], step, lr=1e-2, weight_decay=1e-3)
-        torch.testing.assert_close(p, q.detach(), rtol=1e-5, atol=1e-7)
 
 
 # -- one whole step of an engine against autograd -------------------------------------------------
@@ -221,7 +138,7 @@ def test_engines_refuse_a_group_they_cannot_train(tmp_path):
     with pytest.raises(EngineRefused, match="objective.beta"):  # one vmapped function for the stack
         GenericStack([Trainer(a, tmp_path / "a", CPU), Trainer(b, tmp_path / "b", CPU)], CPU)
     (c,) = _cfgs({"model.posterior": "test_sigma_scaled"}, [{}])
-    with pytest.raises(EngineRefused, match="fused_sigma"):
+    with pytest.raises(EngineRefused, match=r"ScaledSigma declares no fused kernel \(posterior\)"):
         FusedStack([Trainer(c, tmp_path / "c", CPU)], CPU)
 
 
@@ -232,7 +149,7 @@ def test_auto_records_the_engine_and_why_not_a_faster_one(tmp_path):
     (scaled,) = _cfgs({"train.steps": 4, "train.eval_every": 2, "model.posterior": "test_sigma_scaled"}, [{}])
     assert choose_engine(fused) == ("fused", None)
     assert choose_engine(swish)[0] == "generic" and "Swish declares no fused kernel" in choose_engine(swish)[1]
-    assert choose_engine(scaled)[0] == "generic" and "fused_sigma" in choose_engine(scaled)[1]
+    assert choose_engine(scaled)[0] == "generic" and "ScaledSigma declares no fused kernel" in choose_engine(scaled)[1]
     for c, d in ((fused, "f"), (swish, "s")):
         train_run(c, tmp_path / d, "cpu", progress=False)
     env = runs.read_json(tmp_path / "s" / runs.ENV)  # alone, the generic engine's runs use autograd

@@ -12,6 +12,7 @@ from vaebench import elbo, runs
 from vaebench.components import OBJECTIVES, SCHEDULES, VAE
 from vaebench.components.objectives import kl_weight
 from vaebench.config import resolve
+from vaebench.components import kernels
 from vaebench.components.likelihoods import Bernoulli
 from vaebench.components.networks import MLP, forward_columns
 from vaebench.evaluation import active_units, estimator_path, evaluate_model, iw_log_likelihood, posterior_stats
@@ -79,13 +80,13 @@ def test_bernoulli_linear_kernel_equals_its_log_prob(d, dtype):
     h[0, :, 1] = 100.0  # logits of hundreds: one group's product overflows
     h[1, :, 2] = 0.0  # every logit 0: each factor exactly 2
     want = Bernoulli().log_prob(torch.einsum("dk,bks->bsd", w, h), x.unsqueeze(1))
-    got = Bernoulli().linear_log_prob(x, w)(h.clone())
+    got = kernels.of(Bernoulli(), "likelihood").linear_log_prob(x, w)(h.clone())
     assert got.shape == (b, s) and torch.isfinite(got).all()
     tol = {"rtol": 1e-6, "atol": 1e-4} if dtype == torch.float32 else {}
     torch.testing.assert_close(got, want, **tol)
     grey = torch.rand((b, d), generator=g, dtype=dtype)  # not 0/1: the sign fold does not hold
     want = Bernoulli().log_prob(torch.einsum("dk,bks->bsd", w, h), grey.unsqueeze(1))
-    torch.testing.assert_close(Bernoulli().linear_log_prob(grey, w)(h), want, **tol)
+    torch.testing.assert_close(kernels.of(Bernoulli(), "likelihood").linear_log_prob(grey, w)(h), want, **tol)
 
 
 @pytest.mark.parametrize("act", ["tanh", "relu", "sigmoid", "elu"])
@@ -96,7 +97,7 @@ def test_decoder_body_on_columns_equals_the_module(act):
     z1 = torch.cat([z, torch.ones(11, 1)], 1).t()  # (features + 1, rows): the ones row carries the bias
     out = torch.empty(5, 11)
     got = forward_columns(net, z1, out)
-    if act == "elu":  # declares no forward_ (in-place) kernel: the caller runs the module itself
+    if act == "elu":  # declares no in-place forward kernel: the caller runs the module itself
         assert got is None
     else:
         torch.testing.assert_close(out, net(z).detach().t())

@@ -13,9 +13,10 @@ from .likelihoods import LIKELIHOODS
 from .objectives import OBJECTIVES, ObjectiveConfig, Terms
 from .optimizers import OPTIMIZERS, SCHEDULES, AdamConfig, OptimConfig, SGDConfig
 from .vae import VAE, ModelConfig, Parts, build, build_model
+from .kernels import KernelMismatch, check_kernels
 
 __all__ = [
     "ACTIVATIONS", "NETWORKS", "MLP", "MLPConfig", "POSTERIORS", "PRIORS", "KL_ESTIMATORS", "LIKELIHOODS",
     "OBJECTIVES", "ObjectiveConfig", "Terms", "OPTIMIZERS", "SCHEDULES", "AdamConfig", "OptimConfig",
-    "SGDConfig", "VAE", "ModelConfig", "Parts", "build", "build_model",
+    "SGDConfig", "VAE", "ModelConfig", "Parts", "build", "build_model", "KernelMismatch", "check_kernels",
 ]

@@ -15,6 +15,7 @@ import torch
 
 from .. import elbo
 from ..registry import Registry
+from .kernels import KLEstimator
 
 KL_ESTIMATORS: Registry = Registry("KL estimator", context=("prior",))
 
@@ -62,5 +63,5 @@ def _monte_carlo_fused(mu, sigma, z, k):
     return kl, u_s.sum(0) / k, ((u * u - 1.0) / sigma).sum(0) / k, (z - u_s) / k
 
 
-analytic.fused = _analytic_fused
-monte_carlo.fused = _monte_carlo_fused
+analytic.kernels = KLEstimator(_analytic_fused)
+monte_carlo.kernels = KLEstimator(_monte_carlo_fused)

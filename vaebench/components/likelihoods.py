@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from .. import elbo
 from ..registry import Registry
+from .kernels import Likelihood
 
 LIKELIHOODS: Registry[type] = Registry("likelihood")
 
@@ -20,7 +21,7 @@ class Bernoulli:
     def log_prob(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return elbo.bernoulli_log_prob(logits, x)
 
-    def fused_log_prob(self, logits: torch.Tensor, x: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def _log_prob_and_grad(self, logits: torch.Tensor, x: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
         """The fused engine's kernel of ``log_prob``: log p(x | logits) summed over the last dim, and
         its gradient times -scale, (sigmoid(l) - x) * scale, from one logsigmoid and one exp:
         log p = log sigmoid(l) + (x - 1) l, sigmoid(l) = exp(log sigmoid(l))."""
@@ -28,7 +29,7 @@ class Bernoulli:
         rec = torch.addcmul(log_sig, logits, x - 1.0).sum(-1)
         return rec, log_sig.exp_().sub_(x).mul_(scale)
 
-    def linear_log_prob(self, x: torch.Tensor, weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _linear_log_prob(self, x: torch.Tensor, weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """The held-out evaluator's kernel of ``log_prob`` for logits from a linear layer: given
         images x (B, D) and the layer's weight (D, K), f(h) = log_prob(weight @ h[b], x[b]) for
         h (B, K, S), samples last, shape (B, S). float32 without cancellation (x.l - softplus(l)
@@ -65,6 +66,8 @@ class Bernoulli:
             return out
 
         return log_prob
+
+    kernels = Likelihood(_log_prob_and_grad, _linear_log_prob)
 
     def mean(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits)

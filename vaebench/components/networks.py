@@ -9,7 +9,8 @@ from pydantic import Field
 from torch import nn
 
 from ..registry import ComponentConfig, Registry, component, key
-from .kernels import Activation, kernel
+from . import kernels as _kernels
+from .kernels import Activation, Network
 
 # torch's activation modules take an ``inplace`` flag: never a hyperparameter
 ACTIVATIONS: Registry[type[nn.Module]] = Registry("activation", exclude=("inplace",))
@@ -23,24 +24,24 @@ def tanh_from_sigmoid_(y2: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid_(y2).mul_(2.0).sub_(1.0)
 
 
-# The activations with fused kernels (vaebench.training.stacked): torch's modules, plus the kernel;
-# ``forward_``: the module's own function in place, elementwise (the held-out evaluator's kernel).
+# The activations with kernels (vaebench.components.kernels.Activation): torch's modules, plus the
+# fused engine's scaled in-place forward and backward, and the evaluator's in-place forward.
 @ACTIVATIONS.register("tanh")
 class Tanh(nn.Tanh):
-    fused = Activation(2.0, tanh_from_sigmoid_, torch.ops.aten.tanh_backward)
-    forward_ = staticmethod(torch.tanh_)
+    kernels = Activation(2.0, lambda self, y2: tanh_from_sigmoid_(y2), lambda self, g, y: torch.ops.aten.tanh_backward(g, y),
+                         inplace_forward_=lambda self, a: torch.tanh_(a))
 
 
 @ACTIVATIONS.register("relu")
 class ReLU(nn.ReLU):
-    fused = Activation(1.0, torch.relu_, lambda g, y: torch.ops.aten.threshold_backward(g, y, 0))
-    forward_ = staticmethod(torch.relu_)
+    kernels = Activation(1.0, lambda self, y: torch.relu_(y), lambda self, g, y: torch.ops.aten.threshold_backward(g, y, 0),
+                         inplace_forward_=lambda self, a: torch.relu_(a))
 
 
 @ACTIVATIONS.register("sigmoid")
 class Sigmoid(nn.Sigmoid):
-    fused = Activation(1.0, torch.sigmoid_, torch.ops.aten.sigmoid_backward)
-    forward_ = staticmethod(torch.sigmoid_)
+    kernels = Activation(1.0, lambda self, y: torch.sigmoid_(y), lambda self, g, y: torch.ops.aten.sigmoid_backward(g, y),
+                         inplace_forward_=lambda self, a: torch.sigmoid_(a))
 
 
 for _name, _cls in {"elu": nn.ELU, "softplus": nn.Softplus, "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU}.items():
@@ -48,15 +49,18 @@ for _name, _cls in {"elu": nn.ELU, "softplus": nn.Softplus, "gelu": nn.GELU, "le
 
 
 @torch.no_grad()
-def forward_columns(net: nn.Sequential, h_t: torch.Tensor, out: torch.Tensor) -> torch.Tensor | None:
-    """``net`` on the columns of ``h_t`` (features + 1, rows), whose last row is ones, written to
-    ``out`` (features_out, rows), without autograd; None (nothing written) unless ``net`` is
-    Linears and activations that declare a ``forward_`` kernel. Rows last: the held-out
-    evaluator's layout, where the next matmul then runs over contiguous samples; the ones row
-    carries the first layer's bias inside its matmul."""
-    mods = list(net)
-    if not mods or not isinstance(mods[0], nn.Linear) or any(
-            kernel(m, "forward_", "forward") is None for m in mods if not isinstance(m, nn.Linear)):
+def forward_columns(net: nn.Sequential, h_t: torch.Tensor, out: torch.Tensor, layers: int | None = None
+                    ) -> torch.Tensor | None:
+    """``net`` (its first ``layers`` modules; None: all) on the columns of ``h_t`` (features + 1,
+    rows), whose last row is ones, written to ``out`` (features_out, rows), without autograd; None
+    (nothing written) unless those are Linears and activations that declare an in-place forward
+    kernel (Activation.inplace_forward_). Rows last: the held-out evaluator's layout, where the next
+    matmul then runs over contiguous samples; the ones row carries the first layer's bias inside
+    its matmul. The MLP's Network.columns kernel."""
+    mods = list(net)[:layers]
+    acts = {i: _kernels.of(m, "activation") for i, m in enumerate(mods) if not isinstance(m, nn.Linear)}
+    if not mods or not isinstance(mods[0], nn.Linear) or any(k is None or k.inplace_forward_ is None
+                                                            for k in acts.values()):
         return None
     last_linear = max(i for i, m in enumerate(mods) if isinstance(m, nn.Linear))
     for i, m in enumerate(mods):
@@ -68,7 +72,7 @@ def forward_columns(net: nn.Sequential, h_t: torch.Tensor, out: torch.Tensor) ->
             h_t = (torch.mm(m.weight, h_t, **dst) if m.bias is None
                    else torch.addmm(m.bias.unsqueeze(1), m.weight, h_t, **dst))
         else:
-            h_t = kernel(m, "forward_", "forward")(h_t)
+            h_t = acts[i].inplace_forward_(h_t)
     return h_t
 
 
@@ -103,6 +107,20 @@ class Dropout(nn.Module):
         return f"p={self.p}"
 
 
+def fused_layers(net: nn.Sequential) -> tuple[list[nn.Linear], list] | str:
+    """``net`` as (linears, the bound activation kernel between each two), or why the fused engine
+    cannot run it: the MLP's Network.layers kernel."""
+    mods = list(net)
+    linears, acts = mods[0::2], mods[1::2]
+    if not linears or any(type(m) is not nn.Linear or m.bias is None for m in linears):
+        return f"{type(net).__name__} is not Linear layers with biases between activations"
+    kernels = [_kernels.of(a, "activation") for a in acts]
+    for a, k in zip(acts, kernels):
+        if k is None:
+            return f"activation {type(a).__name__} declares no fused kernel"
+    return linears, kernels
+
+
 @NETWORKS.register("mlp", config=MLPConfig)
 class MLP(nn.Sequential):
     """Fully connected layers with one activation between them and none after the last.
@@ -111,6 +129,9 @@ class MLP(nn.Sequential):
     the decoder's sigmoid lives in the likelihood, which works on logits. With ``dropout`` > 0 a
     Dropout follows each activation (none at 0, so the layers are the seed's exactly).
     """
+
+    kernels = Network(fused_layers, forward_columns,
+                      example=lambda cls: [cls(3, [5, 4], 2, activation=a) for a in ("tanh", "relu", "sigmoid", "elu")])
 
     def __init__(self, n_in: int, hidden: Sequence[int], n_out: int, activation: Any = "tanh",
                  dropout: float = 0.0):

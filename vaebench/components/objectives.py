@@ -11,6 +11,7 @@ from pydantic import Field
 
 from .. import elbo
 from ..registry import ComponentConfig, Registry, component, key
+from .kernels import Objective
 from .kl import KL_ESTIMATORS, takes_prior
 
 OBJECTIVES: Registry[type] = Registry("objective")
@@ -63,7 +64,7 @@ class ELBO:
 
     # The fused engine (vaebench.training.stacked) computes this __call__ by hand from the model's,
     # the likelihood's and the KL estimator's kernels; a subclass that redefines __call__ has no fused step.
-    fused_elbo = True
+    kernels = Objective(example=lambda cls: [cls(), cls(k=3, kl="monte_carlo", beta=0.5, warmup=4)])
 
     def __init__(self, k: int = 1, kl: Any = "analytic", beta: float = 1.0, warmup: int = 0):
         self.k, self.beta, self.warmup = k, beta, warmup

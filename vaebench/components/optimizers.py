@@ -10,6 +10,7 @@ import torch
 from pydantic import Field, model_validator
 
 from ..registry import ComponentConfig, Registry, component, key
+from .kernels import Optimizer
 
 # Learning-rate schedules: (update index, total updates) -> factor on optim.lr. A pure function of
 # the step, so a resumed run sets the same rate as an uninterrupted one without saving any state.
@@ -91,8 +92,8 @@ def _adam_fused(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, st
                        beta1=betas[0], beta2=betas[1], weight_decay=weight_decay, eps=eps, maximize=False)
 
 
-_adam_fused.moments = ("exp_avg", "exp_avg_sq")  # the kernel's two state lists, as torch.optim.Adam names them
-adam.fused = _adam_fused
+# the kernel's two state lists, as torch.optim.Adam names them
+adam.kernels = Optimizer(_adam_fused, moments=("exp_avg", "exp_avg_sq"))
 
 
 @OPTIMIZERS.register("sgd", config=SGDConfig)

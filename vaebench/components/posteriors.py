@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ..registry import Registry
+from .kernels import Posterior
 
 POSTERIORS: Registry[type] = Registry("posterior parameterization")
 
@@ -22,9 +23,11 @@ class SigmaOutput:
     def sigma(self, raw: torch.Tensor) -> torch.Tensor:
         return F.softplus(raw) + self.floor
 
-    def fused_sigma(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sigma, d sigma / d raw): the fused engine's kernel of ``sigma``."""
+    def _sigma_and_dsigma(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sigma, d sigma / d raw): the fused engine's kernel of ``sigma`` (it reads self.floor)."""
         return F.softplus(raw).add_(self.floor), torch.sigmoid(raw)
+
+    kernels = Posterior(_sigma_and_dsigma)
 
     def raw(self, sigma: torch.Tensor) -> torch.Tensor:
         """Inverse of ``sigma``: the output that yields this sigma."""
@@ -39,10 +42,12 @@ class LogSigmaOutput:
     def sigma(self, raw: torch.Tensor) -> torch.Tensor:
         return torch.exp(raw)
 
-    def fused_sigma(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sigma_and_dsigma(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(sigma, d sigma / d raw): the fused engine's kernel of ``sigma``."""
         sigma = torch.exp(raw)
         return sigma, sigma
+
+    kernels = Posterior(_sigma_and_dsigma)
 
     def raw(self, sigma: torch.Tensor) -> torch.Tensor:
         return torch.log(sigma)

@@ -17,6 +17,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..registry import Section, component, current, key, section
 from .kl import closed_form
+from .kernels import Model
 from .likelihoods import LIKELIHOODS
 from .networks import NETWORKS, MLPConfig
 from .objectives import OBJECTIVES
@@ -41,7 +42,9 @@ class ModelConfig(Section):
 class VAE(nn.Module):
     # The fused engine (vaebench.training.stacked) runs encode, decode and log_likelihood as written
     # here, from the networks', posterior's and likelihood's kernels.
-    fused_vae = True
+    kernels = Model(example=lambda cls: [cls(6, 2, {"name": "mlp", "hidden": [5]}, {"name": "mlp", "hidden": [5]}),
+                                         cls(6, 2, {"name": "mlp", "hidden": [5], "activation": "relu"},
+                                             {"name": "mlp", "hidden": [4, 3]}, posterior="log_sigma")])
 
     def __init__(self, data_dim: int, latent: int, encoder: Any = "mlp", decoder: Any = "mlp",
                  posterior: Any = "sigma", likelihood: Any = "bernoulli", prior: Any = "standard_normal"):

@@ -16,8 +16,7 @@ import torch
 from torch import nn
 
 from .. import elbo
-from ..components.kernels import kernel
-from ..components.networks import forward_columns
+from ..components import kernels
 
 # Rows (images x samples) of decoder work per chunk, and samples per chunk: on CPU 4,000 to
 # 16,000 rows ran equally fast (README, Evaluation) and fewer pay Python overhead per chunk;
@@ -26,16 +25,21 @@ CHUNK_ROWS = {"cpu": 8_192, "cuda": 262_144}
 CHUNK_SAMPLES = 1_024
 
 
-def _fused_parts(model) -> tuple[nn.Sequential, nn.Linear, Callable] | None:
-    """(decoder body, last Linear, the likelihood's linear_log_prob kernel) when the model declares
-    what the fused path needs (decode as the VAE writes it, a Sequential decoder ending in a Linear,
-    a likelihood kernel for logits from a linear layer); None: the generic path."""
+def _fused_parts(model) -> tuple[nn.Sequential, nn.Linear, Callable, Callable] | None:
+    """(decoder body, last Linear, the likelihood's linear_log_prob kernel, the decoder's columns
+    kernel) when the components declare what the fused path needs (the model's composition, as
+    the VAE writes decode; a decoder with a network kernel, a Sequential ending in a Linear; a
+    likelihood kernel for logits from a linear layer); None: the generic path."""
     dec = model.decoder
-    if (kernel(model, "fused_vae", "decode") is None or not isinstance(dec, nn.Sequential) or not len(dec)
+    if (kernels.of(model, "model") is None or not isinstance(dec, nn.Sequential) or not len(dec)
             or not isinstance(dec[-1], nn.Linear)):
         return None
-    lik = kernel(model.likelihood, "linear_log_prob", "log_prob")
-    return None if lik is None else (nn.Sequential(*list(dec)[:-1]), dec[-1], lik)
+    net = kernels.of(dec, "network")
+    lik = kernels.of(model.likelihood, "likelihood")
+    if net is None or lik is None or lik.linear_log_prob is None:
+        return None
+    columns = net.columns or (lambda h_t, out, layers=None: None)
+    return nn.Sequential(*list(dec)[:-1]), dec[-1], lik.linear_log_prob, columns
 
 
 def estimator_path(model, fused: bool = True) -> str:
@@ -48,12 +52,12 @@ class _FusedWeights:
 
     The decoder body runs on columns (features, B * S) into a block whose extra last row is ones, so
     the last layer's bias is one more column of its weight and per image log p(x|z) is one matmul
-    over contiguous samples plus the likelihood's kernel (Bernoulli.linear_log_prob).
+    over contiguous samples plus the likelihood's kernel (kernels.Likelihood.linear_log_prob).
     log p(z) - log q(z|x) = sum (eps^2 - z^2) / 2 + sum log sigma: the 2 pi terms cancel.
     """
 
-    def __init__(self, body: nn.Sequential, last: nn.Linear, lik: Callable):
-        self.body, self.lik = body, lik
+    def __init__(self, body: nn.Sequential, last: nn.Linear, lik: Callable, columns: Callable):
+        self.body, self.lik, self.columns = body, lik, columns
         self.hidden = last.weight.shape[1]
         self.bias = last.bias is not None
         self.weight = torch.cat([last.weight, last.bias.unsqueeze(1)], 1) if self.bias else last.weight
@@ -74,7 +78,7 @@ class _FusedWeights:
             z = torch.addcmul(mu.unsqueeze(1), sigma.unsqueeze(1), eps, out=self.z[:, :lat].view(b, s, lat))
             prior = 0.5 * ((eps - z) * (eps + z)).sum(-1) + log_sigma
             h = self.block[: self.hidden]
-            if forward_columns(self.body, self.z.t(), h) is None:
+            if self.columns(self.z.t(), h, len(self.body)) is None:
                 h.copy_(self.body(z.reshape(rows, lat)).t())
             return log_px(self.block.view(-1, b, s).permute(1, 0, 2)) + prior
 

@@ -2,7 +2,7 @@
 
 Parameters of the M runs live in one (M, P) tensor; each run's nn.Module parameters are views into
 its row, so evaluation, checkpoints and run folders go through the Trainer's own code. The step is
-written by hand from what the components declare beside their math (vaebench.components.kernels):
+written by hand from the kernels the components declare (the contract: vaebench.components.kernels):
 the MLP's linear layers as batched matmuls (baddbmm/bmm) into preallocated buffers, each
 activation's, posterior's, likelihood's and KL estimator's kernel, and the optimizer's fused
 update. Nothing here names a component or holds one of its constants.
@@ -35,25 +35,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..components.kernels import kernel
+from ..components import kernels
 from . import noise
 from .engine import Engine, EngineRefused
 from .generic import evaluate_stack
 
 
 def _layers(net: nn.Module) -> tuple[list[nn.Linear], list] | str:
-    """The MLP as (linears, fused activation between each two), or why the engine cannot run it."""
-    if not isinstance(net, nn.Sequential) or type(net).forward is not nn.Sequential.forward:
-        return f"{type(net).__name__} is not a plain nn.Sequential"
-    mods = list(net)
-    linears, acts = mods[0::2], mods[1::2]
-    if not linears or any(type(m) is not nn.Linear or m.bias is None for m in linears):
-        return f"{type(net).__name__} is not Linear layers with biases between activations"
-    kernels = [kernel(a, "fused", "forward") for a in acts]
-    for a, k in zip(acts, kernels):
-        if k is None:
-            return f"activation {type(a).__name__} declares no fused kernel"
-    return linears, kernels
+    """The network as (linears, bound activation kernel between each two), from its network kernel,
+    or why the engine cannot run it."""
+    k = kernels.of(net, "network")
+    if k is None:
+        return f"{type(net).__name__} declares no fused kernel (network)"
+    return k.layers()
 
 
 def fused_unsupported(model, objective, optimizer) -> str | None:
@@ -62,17 +56,14 @@ def fused_unsupported(model, objective, optimizer) -> str | None:
         got = _layers(getattr(model, part, None))
         if isinstance(got, str):
             return f"{part}: {got}"
-    checks = [(model, "fused_vae", ("encode", "decode", "log_likelihood")),
-              (getattr(model, "posterior", None), "fused_sigma", ("sigma",)),
-              (getattr(model, "likelihood", None), "fused_log_prob", ("log_prob",)),
-              (objective, "fused_elbo", ("__call__",)),
-              (getattr(objective, "kl", None), "fused", ()),
-              (optimizer, "fused", ())]
-    for component, name, math in checks:
-        if component is None or kernel(component, name, *math) is None:
-            what = getattr(component, "__name__", type(component).__name__)
-            return f"{what} declares no {name} kernel"
-    if len(getattr(kernel(optimizer, "fused"), "moments", ())) != 2:
+    checks = [(model, "model"), (getattr(model, "posterior", None), "posterior"),
+              (getattr(model, "likelihood", None), "likelihood"), (objective, "objective"),
+              (getattr(objective, "kl", None), "kl"), (optimizer, "optimizer")]
+    for component, kind in checks:
+        if component is None or kernels.of(component, kind) is None:
+            return f"{kernels.name_of(component)} declares no fused kernel ({kind})"
+    moments = kernels.of(optimizer, "optimizer").moments
+    if not isinstance(moments, tuple) or len(moments) != 2:
         return "the optimizer's fused kernel does not declare its two moments"
     return None
 
@@ -140,7 +131,7 @@ class FusedStack(Engine):
         flat = torch.stack([torch.cat([p.detach().reshape(-1) for p in ps]) for ps in params])
         m, v = torch.zeros_like(flat), torch.zeros_like(flat)
         for j, t in enumerate(members):  # the moments, under the names the optimizer's kernel declares
-            first, second = kernel(t.optimizer_factory, "fused").moments
+            first, second = kernels.of(t.optimizer_factory, "optimizer").moments
             st = [t.optimizer.state.get(p, {}) for p in params[j]]
             if st and first in st[0]:
                 m[j] = torch.cat([s[first].reshape(-1) for s in st])
@@ -175,10 +166,10 @@ class FusedStack(Engine):
         L = self.latent
         self.heads = [(Wt[..., :L], bias[..., :L]), (Wt[..., L:], bias[..., L:])]
         # each run's kernels and hyperparameters
-        self.sigma_k = [kernel(t.model.posterior, "fused_sigma", "sigma") for t in members]
-        self.lik_k = [kernel(t.model.likelihood, "fused_log_prob", "log_prob") for t in members]
-        self.kl_k = [kernel(t.objective.kl, "fused") for t in members]
-        self.optim_k = [kernel(t.optimizer_factory, "fused") for t in members]
+        self.sigma_k = [kernels.of(t.model.posterior, "posterior").sigma_and_dsigma for t in members]
+        self.lik_k = [kernels.of(t.model.likelihood, "likelihood").log_prob_and_grad for t in members]
+        self.kl_k = [kernels.of(t.objective.kl, "kl").kl_and_grads for t in members]
+        self.optim_k = [kernels.of(t.optimizer_factory, "optimizer") for t in members]
         # members whose host values (KL weight, optimizer settings and schedule) are equal at every step
         sig = [(_same(t.objective), self.optim_k[j], repr(t.cfg.optim), t.cfg.train.steps) for j, t in enumerate(members)]
         firsts = {k: j for j, k in reversed(list(enumerate(sig)))}
@@ -250,7 +241,7 @@ class FusedStack(Engine):
                 act = acts[i]
                 torch.baddbmm(bias, a, Wt, beta=act.scale, alpha=act.scale, out=out)
                 for s in range(0, out.shape[0], self.block):  # per run unless aligned: see the module docstring
-                    act.forward_(out[s:s + self.block])
+                    act.scaled_forward_(out[s:s + self.block])
             else:
                 torch.baddbmm(bias, a, Wt, out=out)
             a = out
@@ -377,5 +368,5 @@ class FusedStack(Engine):
         _, opt = self.host(t)
         for s, e in self.opt_blocks:
             k, lr, betas, eps, wd = opt[self.host_of[s]]
-            k([self.flat[s:e]], [self.grad[s:e]], [self.m[s:e]], [self.v[s:e]], self.opt_step,
-              lr=lr, betas=betas, eps=eps, weight_decay=wd)
+            k.update([self.flat[s:e]], [self.grad[s:e]], [self.m[s:e]], [self.v[s:e]], self.opt_step,
+                     lr=lr, betas=betas, eps=eps, weight_decay=wd)
