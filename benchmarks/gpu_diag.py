@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from throughput import BATCH, config  # noqa: E402
 from vaebench.training.graphs import Stepper  # noqa: E402
-from vaebench.training.stacked import FusedStack  # noqa: E402
+from vaebench.training.fused import FusedStack  # noqa: E402
 from vaebench.training.trainer import Trainer  # noqa: E402
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 sys.path.insert(0, "benchmarks")
 import throughput as tp
 from vaebench.training.trainer import Trainer
-from vaebench.training.stacked import FusedStack
+from vaebench.training.fused import FusedStack
 from vaebench.training.graphs import Stepper
 dev = torch.device("cuda"); M = int(sys.argv[1]) if len(sys.argv) > 1 else 1024
 tmp = Path(tempfile.mkdtemp())

@@ -34,7 +34,7 @@ def main(argv=None) -> None:
     from vaebench import cli
     from vaebench.grid import jobs
     from vaebench.training import loop, trainer
-    from vaebench.training.stacked import FusedStack
+    from vaebench.training.fused import FusedStack
     from vaebench.training.trainer import TorchEngine
 
     imports = time.perf_counter() - t

@@ -84,7 +84,7 @@ def test_with_counter_noise_a_run_in_a_stack_equals_the_run_alone(tmp_path, coun
 
 def test_a_stacks_batched_validation_equals_each_runs_own(tmp_path):
     from vaebench.training.generic import evaluate_stack
-    from vaebench.training.stacked import FusedStack
+    from vaebench.training.fused import FusedStack
     from vaebench.training.trainer import Trainer, evaluate
 
     cpu = torch.device("cpu")

@@ -18,7 +18,7 @@ from vaebench.components.posteriors import SigmaOutput
 from vaebench.config import resolve
 from vaebench.training import choose_engine, train_group, train_run
 from vaebench.training.generic import GenericStack
-from vaebench.training.stacked import FusedStack
+from vaebench.training.fused import FusedStack
 from vaebench.training.trainer import Trainer
 
 GRAD_RTOL, GRAD_ATOL = 2e-4, 2e-6

@@ -11,7 +11,7 @@ from torch import nn
 
 from vaebench import elbo
 from vaebench.components import (ACTIVATIONS, KL_ESTIMATORS, LIKELIHOODS, NETWORKS, OBJECTIVES, OPTIMIZERS,
-                                 POSTERIORS, VAE, KernelMismatch, check_kernels, kernels)
+                                 POSTERIORS, PRIORS, VAE, KernelMismatch, check_kernels, kernels)
 from vaebench.components.kernels import Activation, KLEstimator, Likelihood, Objective, Optimizer, Posterior
 from vaebench.components.likelihoods import Bernoulli
 from vaebench.components.networks import MLP
@@ -19,11 +19,11 @@ from vaebench.components.objectives import ELBO, Terms
 from vaebench.components.optimizers import adam
 from vaebench.components.posteriors import SigmaOutput
 
-REGISTRIES = (ACTIVATIONS, POSTERIORS, LIKELIHOODS, KL_ESTIMATORS, OPTIMIZERS, NETWORKS, OBJECTIVES)
+REGISTRIES = (ACTIVATIONS, POSTERIORS, PRIORS, LIKELIHOODS, KL_ESTIMATORS, OPTIMIZERS, NETWORKS, OBJECTIVES)
 EVERY = [pytest.param(reg.get(n), id=f"{reg.kind}:{n}") for reg in REGISTRIES for n in reg] + [pytest.param(VAE, id="VAE")]
 # the built-ins that declare kernels (everything else: [])
 WITH_KERNELS = {"Tanh", "ReLU", "Sigmoid", "SigmaOutput", "LogSigmaOutput", "Bernoulli", "analytic", "monte_carlo",
-                "adam", "MLP", "ELBO", "VAE"}
+                "adam", "MLP", "ELBO", "VAE", "StandardNormal"}
 
 
 @pytest.mark.parametrize("component", EVERY)
@@ -201,3 +201,21 @@ def test_lookup():
     assert kernels.of(nn.ELU(), "activation") is None and check_kernels(nn.ELU) == []
     with pytest.raises(KeyError, match="unknown kernel kind"):
         kernels.of(adam, "fused")
+
+
+def test_a_prior_whose_log_ratio_is_wrong_fails_naming_it():
+    from vaebench.components.kernels import Prior
+    from vaebench.components.priors import StandardNormal
+
+    class Shifted(StandardNormal):
+        kernels = Prior(log_ratio=lambda self, eps, z, ls: 0.5 * ((eps - z) * (eps + z)).sum(-1) + ls + 0.5,
+                        standard_normal=True, example=lambda cls: [cls(3)])
+
+    msg, err = _mismatch(Shifted)
+    assert "prior.log_ratio" in msg and err == pytest.approx(0.5, rel=1e-6)
+
+    class Learned(StandardNormal):  # new math, no declaration: neither fast path trusts it
+        def log_prob(self, z):
+            return super().log_prob(z) - 1.0
+
+    assert kernels.of(Learned(3), "prior") is None and check_kernels(Learned(3)) == []

@@ -220,7 +220,7 @@ def test_stack_option_reads_yaml_off_and_rejects_nonsense():
 def test_the_cuda_block_path_gives_the_same_numbers_on_cpu(tmp_path, alone, monkeypatch):
     """On CUDA the elementwise kernels run over blocks of runs (stacked.block_size); forced on CPU,
     that path computes each run's numbers as the per-run path does, up to float rounding."""
-    from vaebench.training import stacked as stacked_mod
+    from vaebench.training import fused as stacked as stacked_mod
 
     monkeypatch.setattr(stacked_mod, "block_size", lambda device, runs, sizes=(): runs)
     extras = [GROUP[0], {"seed": 10}, {"seed": 11}, *GROUP[1:]]  # runs 0-2: one block for every kernel
@@ -236,7 +236,7 @@ def test_aligned_shapes_train_a_cpu_stack_with_whole_stack_kernels_bit_for_bit(t
     """Where each run's block of every buffer is a whole number of vectorized loop steps (batch 64,
     K = 2: 64 x 8, 2 x 64 x 196, ...), the CPU kernels run over the whole stack (one launch, not M)
     and each run still computes what it computes alone, bit for bit."""
-    from vaebench.training.stacked import FusedStack
+    from vaebench.training.fused import FusedStack
     from vaebench.training.trainer import Trainer
 
     shape = {"train.batch_size": 64, "train.steps": 120}

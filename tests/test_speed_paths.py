@@ -23,7 +23,7 @@ def test_a_cpu_run_records_no_cuda_graph_and_its_threads(tmp_path):
 def _engines(tmp_path, **over):
     from vaebench.config import resolve
     from vaebench.training.generic import GenericStack
-    from vaebench.training.stacked import FusedStack
+    from vaebench.training.fused import FusedStack
     from vaebench.training.trainer import TorchEngine, Trainer
 
     cfg = resolve({"name": "g"}, {"data.per_class": 10, "data.val_size": 10, "train.steps": 100, **over})

@@ -1,6 +1,6 @@
 """The kernel contract: what a fast path may run instead of a component's torch code, in one place.
 
-A fast path (the fused training engine, vaebench.training.stacked; the fused held-out evaluator,
+A fast path (the fused training engine, vaebench.training.fused; the fused held-out evaluator,
 vaebench.evaluation.estimates) never runs a component's reference math through autograd: it runs
 the component's *kernels*, hand-written functions that must agree with that reference. Each kind
 of kernel is one frozen dataclass below; its ``reference`` names the attributes whose math it
@@ -104,6 +104,13 @@ class OptimizerUpdate(Protocol):
                  lr: float, betas: Sequence[float], eps: float, weight_decay: float) -> None: ...
 
 
+class LogRatio(Protocol):
+    """(eps (..., L), z = mu + sigma * eps (..., L), sum of log sigma over L (..., 1) or (...,)) ->
+    log p(z) - log q(z|x) summed over L, q = N(mu, diag sigma^2). No gradient (the evaluator's)."""
+
+    def __call__(self, eps: torch.Tensor, z: torch.Tensor, log_sigma_sum: torch.Tensor) -> torch.Tensor: ...
+
+
 class NetworkLayers(Protocol):
     """() -> (the network's nn.Linear layers in order, the bound Activation kernel between each
     two), or a one-line reason the fused engine cannot run this instance."""
@@ -193,6 +200,20 @@ class Optimizer:
 
 
 @dataclass(frozen=True)
+class Prior:
+    """A prior p(z). Reference: its ``log_prob``. ``log_ratio``: LogRatio (the held-out evaluator's
+    importance weight; None: it computes log_prob(z) - log q(z|x) itself). ``standard_normal``: the
+    prior is N(0, I), what the fused engine's KL kernels (analytic, monte_carlo) are written
+    against; a prior that does not declare it trains on the generic or torch engine."""
+
+    kind: ClassVar[str] = "prior"
+    reference: ClassVar[tuple[str, ...]] = ("log_prob",)
+    log_ratio: Callable | None = None
+    standard_normal: bool = False
+    example: Callable | None = None
+
+
+@dataclass(frozen=True)
 class Network:
     """An encoder/decoder network. Reference: its ``forward``. ``layers``: NetworkLayers (the fused
     engine: Linear layers with biases, an activation kernel between each two); ``columns``:
@@ -232,7 +253,7 @@ class Objective:
 
 
 KINDS: dict[str, type] = {k.kind: k for k in (Activation, Posterior, Likelihood, KLEstimator, Optimizer,
-                                               Network, Model, Objective)}
+                                               Prior, Network, Model, Objective)}
 
 
 # -- lookup -----------------------------------------------------------------------------------
@@ -643,9 +664,29 @@ def _check_objective(c: _Checker, obj: Any, k: Objective) -> None:
                 c.compare("objective/loss.grad", f"autograd of {name}", a, b, probe)
 
 
+def _check_prior(c: _Checker, prior: Any, k: Prior) -> None:
+    from .. import elbo
+
+    ref = f"{type(prior).__qualname__}.log_prob"
+    for dtype in DTYPES:
+        for shape in ((5, 3), (2, 7, 3)):
+            probe = f"z {shape}"
+            mu, sigma = c.randn(*shape, dtype=dtype), 0.2 + c.rand(*shape, dtype=dtype)
+            eps = c.randn(*shape, dtype=dtype)
+            z = mu + sigma * eps
+            if k.standard_normal:
+                c.compare("prior.standard_normal", f"{ref} against N(0, I)", prior.log_prob(z),
+                          elbo.standard_normal_log_prob(z), probe)
+            if k.log_ratio is not None:
+                want = prior.log_prob(z) - elbo.gaussian_log_prob(z, mu, sigma)
+                got = k.log_ratio(eps, z, torch.log(sigma).sum(-1))
+                c.compare("prior.log_ratio", f"{ref}(z) - log q(z|x)", got, want, probe)
+
+
 _CHECKS: dict[str, Callable] = {"activation": _check_activation, "posterior": _check_posterior,
                                 "likelihood": _check_likelihood, "kl": _check_kl, "optimizer": _check_optimizer,
-                                "network": _check_network, "model": _check_model, "objective": _check_objective}
+                                "prior": _check_prior, "network": _check_network, "model": _check_model,
+                                "objective": _check_objective}
 
 
 def check_kernels(component: Any) -> list[Checked]:

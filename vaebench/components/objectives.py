@@ -62,7 +62,7 @@ def kl_weight(beta: float, warmup: int, step: int | None) -> float:
 class ELBO:
     """The seed's objective: E_q[log p(x|z)] over K samples minus beta * KL (beta = 1 is the ELBO)."""
 
-    # The fused engine (vaebench.training.stacked) computes this __call__ by hand from the model's,
+    # The fused engine (vaebench.training.fused) computes this __call__ by hand from the model's,
     # the likelihood's and the KL estimator's kernels; a subclass that redefines __call__ has no fused step.
     kernels = Objective(example=lambda cls: [cls(), cls(k=3, kl="monte_carlo", beta=0.5, warmup=4)])
 

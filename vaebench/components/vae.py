@@ -40,7 +40,7 @@ class ModelConfig(Section):
 
 
 class VAE(nn.Module):
-    # The fused engine (vaebench.training.stacked) runs encode, decode and log_likelihood as written
+    # The fused engine (vaebench.training.fused) runs encode, decode and log_likelihood as written
     # here, from the networks', posterior's and likelihood's kernels.
     kernels = Model(example=lambda cls: [cls(6, 2, {"name": "mlp", "hidden": [5]}, {"name": "mlp", "hidden": [5]}),
                                          cls(6, 2, {"name": "mlp", "hidden": [5], "activation": "relu"},

@@ -25,21 +25,23 @@ CHUNK_ROWS = {"cpu": 8_192, "cuda": 262_144}
 CHUNK_SAMPLES = 1_024
 
 
-def _fused_parts(model) -> tuple[nn.Sequential, nn.Linear, Callable, Callable] | None:
+def _fused_parts(model) -> tuple[nn.Sequential, nn.Linear, Callable, Callable, Callable] | None:
     """(decoder body, last Linear, the likelihood's linear_log_prob kernel, the decoder's columns
-    kernel) when the components declare what the fused path needs (the model's composition, as
-    the VAE writes decode; a decoder with a network kernel, a Sequential ending in a Linear; a
-    likelihood kernel for logits from a linear layer); None: the generic path."""
+    kernel, the prior's log_ratio kernel) when the components declare what the fused path needs
+    (the model's composition, as the VAE writes decode; a decoder with a network kernel, a
+    Sequential ending in a Linear; a likelihood kernel for logits from a linear layer; the prior's
+    importance-weight kernel); None: the generic path."""
     dec = model.decoder
     if (kernels.of(model, "model") is None or not isinstance(dec, nn.Sequential) or not len(dec)
             or not isinstance(dec[-1], nn.Linear)):
         return None
     net = kernels.of(dec, "network")
     lik = kernels.of(model.likelihood, "likelihood")
-    if net is None or lik is None or lik.linear_log_prob is None:
+    prior = kernels.of(getattr(model, "prior", None), "prior")
+    if net is None or lik is None or lik.linear_log_prob is None or prior is None or prior.log_ratio is None:
         return None
     columns = net.columns or (lambda h_t, out, layers=None: None)
-    return nn.Sequential(*list(dec)[:-1]), dec[-1], lik.linear_log_prob, columns
+    return nn.Sequential(*list(dec)[:-1]), dec[-1], lik.linear_log_prob, columns, prior.log_ratio
 
 
 def estimator_path(model, fused: bool = True) -> str:
@@ -52,12 +54,13 @@ class _FusedWeights:
 
     The decoder body runs on columns (features, B * S) into a block whose extra last row is ones, so
     the last layer's bias is one more column of its weight and per image log p(x|z) is one matmul
-    over contiguous samples plus the likelihood's kernel (kernels.Likelihood.linear_log_prob).
-    log p(z) - log q(z|x) = sum (eps^2 - z^2) / 2 + sum log sigma: the 2 pi terms cancel.
+    over contiguous samples plus the likelihood's kernel (kernels.Likelihood.linear_log_prob), and
+    log p(z) - log q(z|x) is the prior's kernel (kernels.Prior.log_ratio).
     """
 
-    def __init__(self, body: nn.Sequential, last: nn.Linear, lik: Callable, columns: Callable):
-        self.body, self.lik, self.columns = body, lik, columns
+    def __init__(self, body: nn.Sequential, last: nn.Linear, lik: Callable, columns: Callable,
+                 log_ratio: Callable):
+        self.body, self.lik, self.columns, self.log_ratio = body, lik, columns, log_ratio
         self.hidden = last.weight.shape[1]
         self.bias = last.bias is not None
         self.weight = torch.cat([last.weight, last.bias.unsqueeze(1)], 1) if self.bias else last.weight
@@ -76,7 +79,7 @@ class _FusedWeights:
                 self.block[self.hidden:] = 1.0
                 self.z = torch.ones((rows, lat + 1), device=eps.device, dtype=eps.dtype)
             z = torch.addcmul(mu.unsqueeze(1), sigma.unsqueeze(1), eps, out=self.z[:, :lat].view(b, s, lat))
-            prior = 0.5 * ((eps - z) * (eps + z)).sum(-1) + log_sigma
+            prior = self.log_ratio(eps, z, log_sigma)
             h = self.block[: self.hidden]
             if self.columns(self.z.t(), h, len(self.body)) is None:
                 h.copy_(self.body(z.reshape(rows, lat)).t())
@@ -90,7 +93,9 @@ def _log_weights_generic(model, x: torch.Tensor, mu: torch.Tensor, sigma: torch.
     """The same quantity through the model's own likelihood, for any decoder or likelihood."""
     z = elbo.reparameterize(mu.unsqueeze(1), sigma.unsqueeze(1), eps)
     log_px = model.likelihood.log_prob(model.decode(z), x.unsqueeze(1))
-    return log_px + elbo.standard_normal_log_prob(z) - elbo.gaussian_log_prob(z, mu.unsqueeze(1), sigma.unsqueeze(1))
+    prior = getattr(model, "prior", None)
+    log_pz = elbo.standard_normal_log_prob(z) if prior is None else prior.log_prob(z)
+    return log_px + log_pz - elbo.gaussian_log_prob(z, mu.unsqueeze(1), sigma.unsqueeze(1))
 
 
 @torch.inference_mode()
@@ -140,7 +145,7 @@ def posterior_stats(model, x: torch.Tensor, batch: int = 2_000) -> tuple[torch.T
     for i in range(0, len(x), batch):
         mu, sigma = model.encode(x[i:i + batch])
         mus.append(mu.double().cpu())
-        kls.append((0.5 * (mu**2 + sigma**2 - 1.0) - torch.log(sigma)).double().cpu())
+        kls.append(elbo.kl_analytic_per_dim(mu, sigma).double().cpu())
     return torch.cat(mus), torch.cat(kls)
 
 

@@ -1,4 +1,4 @@
-"""Training runs: one loop (loop.py) over the engines (fused: stacked.py, generic: generic.py,
+"""Training runs: one loop (loop.py) over the engines (fused: fused.py, generic: generic.py,
 torch: trainer.py), each run's state and checkpoints in trainer.py."""
 
 from ..devices import resolve_device

@@ -8,7 +8,7 @@ every run resumable on an interrupt. The engine supplies only the update.
 
 Engines, fastest first (``train.engine: auto`` takes the first that supports the config, and
 env.json records the one that ran and why a faster one did not):
-  fused    hand-written batched step from the kernels the components declare (training/stacked.py)
+  fused    hand-written batched step from the kernels the components declare (training/fused.py)
   generic  torch.func: functional_call + vmap + grad over the runs of a stack (training/generic.py)
   torch    autograd on one run (training/trainer.py)
 """
@@ -32,7 +32,7 @@ from ..errors import ConfigError, VaebenchError, reason
 from .engine import Engine
 from .graphs import Stepper, record
 from .generic import GenericStack, generic_unsupported
-from .stacked import FusedStack, fused_unsupported
+from .fused import FusedStack, fused_unsupported
 from .trainer import RunResult, TorchEngine, TrainingRun
 
 ENGINES: dict[str, type[Engine]] = {"fused": FusedStack, "generic": GenericStack, "torch": TorchEngine}
