@@ -51,7 +51,7 @@ from vaebench.training import loop as loop_mod  # noqa: E402
 from vaebench.training import train_group, train_run  # noqa: E402
 from vaebench.training import trainer as trainer_mod  # noqa: E402
 from vaebench.training.generic import GenericStack  # noqa: E402
-from vaebench.training import fused as stacked as stacked_mod  # noqa: E402
+from vaebench.training import fused as stacked_mod  # noqa: E402
 from vaebench.training.fused import FusedStack  # noqa: E402
 from vaebench.training.trainer import Trainer, load_data  # noqa: E402
 from vaebench.training.graphs import Stepper  # noqa: E402

@@ -10,7 +10,7 @@ from scipy import stats
 
 from vaebench import runs
 from vaebench.config import resolve
-from vaebench.training import noise, stacked, train_group
+from vaebench.training import fused, noise, train_group
 
 
 def _mix_reference(z: int) -> int:
@@ -58,7 +58,7 @@ def test_draws_are_standard_normal_and_uncorrelated():
 
 @pytest.fixture
 def counter_on_cpu(monkeypatch):
-    monkeypatch.setattr(stacked, "counter_noise", lambda device: True)
+    monkeypatch.setattr(fused, "counter_noise", lambda device: True)
 
 
 def test_with_counter_noise_a_run_in_a_stack_equals_the_run_alone(tmp_path, counter_on_cpu, monkeypatch):
@@ -76,7 +76,7 @@ def test_with_counter_noise_a_run_in_a_stack_equals_the_run_alone(tmp_path, coun
     assert not a.equals(runs.read_metrics(stack_dirs[0]))
     assert runs.read_json(alone / runs.ENV)["noise"] == noise.NAME
     stack_dirs[0].parent.rename(tmp_path / "ahead")  # drawn ahead (default) vs one update at a time
-    monkeypatch.setattr(stacked, "NOISE_BYTES", 1)
+    monkeypatch.setattr(fused, "NOISE_BYTES", 1)
     train_group(cfgs, stack_dirs, "cpu", False)
     for s in range(3):
         assert runs.read_metrics(stack_dirs[s]).equals(runs.read_metrics(tmp_path / "ahead" / str(s)))

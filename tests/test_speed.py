@@ -220,7 +220,7 @@ def test_stack_option_reads_yaml_off_and_rejects_nonsense():
 def test_the_cuda_block_path_gives_the_same_numbers_on_cpu(tmp_path, alone, monkeypatch):
     """On CUDA the elementwise kernels run over blocks of runs (stacked.block_size); forced on CPU,
     that path computes each run's numbers as the per-run path does, up to float rounding."""
-    from vaebench.training import fused as stacked as stacked_mod
+    from vaebench.training import fused as stacked_mod
 
     monkeypatch.setattr(stacked_mod, "block_size", lambda device, runs, sizes=(): runs)
     extras = [GROUP[0], {"seed": 10}, {"seed": 11}, *GROUP[1:]]  # runs 0-2: one block for every kernel
