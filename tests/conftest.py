@@ -31,3 +31,13 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     e = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     return subprocess.run([sys.executable, "-m", "vaebench.cli", *args], cwd=cwd or REPO, env=e,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def one_line_error(proc, *needles: str) -> str:
+    """A user's mistake as the CLI reports it: exit 2, one line, no traceback, naming ``needles``."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    err = proc.stderr.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and err.startswith("vaebench: error:"), err
+    for n in needles:
+        assert n in err, err
+    return err

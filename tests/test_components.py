@@ -12,27 +12,19 @@ import torch
 import yaml
 
 import vaebench
+
 from vaebench import elbo, runs
-from vaebench.components import ACTIVATIONS, KL_ESTIMATORS, NETWORKS, OPTIMIZERS, PRIORS, build_model
+from vaebench.components import ACTIVATIONS, KL_ESTIMATORS, NETWORKS, OPTIMIZERS, PRIORS, build, build_model
 from vaebench.config import flatten, key_info, resolve
 from vaebench.errors import ConfigError
 from vaebench.registry import ComponentConfig, Registry
 
-from conftest import REPO, run_cli
+from conftest import REPO, one_line_error, run_cli
 
 PLUGIN = REPO / "tests" / "plugin_hyper"
 TINY = ["--set", "data.per_class=30", "--set", "data.val_size=40", "--set", "train.steps=40",
         "--set", "train.batch_size=30", "--set", "train.eval_every=20", "--set", "train.flush_every=20",
         "--set", "train.checkpoint_every=20", "--set", "eval.k=5"]
-
-
-def one_line_error(proc, *needles: str) -> str:
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    err = proc.stderr.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1 and err.startswith("vaebench: error:"), err
-    for n in needles:
-        assert n in err, err
-    return err
 
 
 @pytest.mark.slow
@@ -191,3 +183,27 @@ def test_every_registry_entry_has_a_config_model():
             assert cfg.name == name
     assert set(flatten({"model": {"encoder": {"activation": {"name": "leaky", "slope": 0.2}}}})) == {
         "model.encoder.activation", "model.encoder.activation.slope"}
+
+
+def test_a_schedule_and_a_plain_config_model_of_a_users_own():
+    from vaebench.components import SCHEDULES
+
+    @SCHEDULES.register("test_linear_warmup")
+    def linear_warmup(step: int, steps: int, warmup: int = 10) -> float:
+        return min(1.0, (step + 1) / warmup)
+
+    class PlainConfig(ComponentConfig):  # fields without key(): their names are their labels
+        cap: float = 3.0
+
+    @KL_ESTIMATORS.register("test_capped", config=PlainConfig)
+    def capped(mu, sigma, z, cap: float = 3.0):
+        return torch.clamp(elbo.kl_analytic(mu, sigma), max=cap)
+
+    cfg = resolve({"optim": {"schedule": {"name": "test_linear_warmup", "warmup": 4}},
+                   "objective": {"kl": {"name": "test_capped", "cap": 2.0}}})
+    assert cfg.optim.schedule.warmup == 4 and key_info("optim.schedule.warmup").label == "warmup"
+    assert key_info("objective.kl.cap").label == "cap" and key_info("objective.kl.cap").description
+    parts = build(cfg, 196)
+    assert parts.schedule(1, 100) == 0.5 and parts.objective.kl.keywords == {"cap": 2.0}
+    mu, sigma = torch.zeros(2, 8), torch.full((2, 8), 3.0)
+    assert float(parts.objective.kl(mu, sigma, None).max()) == 2.0

@@ -15,7 +15,7 @@ import yaml
 from vaebench import plugins, runs
 from vaebench.errors import ConfigError
 
-from conftest import REPO, run_cli
+from conftest import REPO, one_line_error, run_cli
 
 EXAMPLE = REPO / "tests" / "plugin_example"
 TINY = ["--set", "data.per_class=30", "--set", "data.val_size=40", "--set", "train.steps=40",
@@ -30,15 +30,6 @@ def readme_section() -> str:
 
 def blocks(lang: str) -> list[str]:
     return re.findall(rf"```{lang}\n(.*?)```", readme_section(), flags=re.S)
-
-
-def one_line_error(proc, *needles: str) -> str:
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    err = proc.stderr.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1 and err.startswith("vaebench: error:"), err
-    for n in needles:
-        assert n in err, err
-    return err
 
 
 def test_the_readme_shows_the_example_files():

@@ -248,7 +248,8 @@ def config_command(config: str | None, overrides: tuple[str, ...], components: b
             study(config, list(overrides), imports)  # its plugins' components too
         df = list_components(imports)
         for kind, rows in df.groupby("kind", sort=False):
-            names = [n + (f" ({m})" if m else "") for n, m in zip(rows["name"], rows["module"])]
+            names = [n + (f" ({m})" if m else "") + (f" {{{h}}}" if h else "")
+                     for n, m, h in zip(rows["name"], rows["module"], rows["hyperparameters"])]
             click.echo(f"{kind} [{rows['keys'].iloc[0]}]: {', '.join(names)}")
         return
     if not config:

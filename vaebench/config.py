@@ -6,11 +6,11 @@ with every default filled in; any mistake becomes one :class:`ConfigError` line.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import json
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -238,8 +238,11 @@ def _infos() -> dict[str, KeyInfo]:
             if skip_name and name == "name":
                 continue
             full, facts = prefix + name, _facts(field)
-            if "label" not in facts or not field.description:
-                raise TypeError(f"config key {full!r} has no description or label: declare it with key()")
+            if "label" not in facts:  # a user's config model with a plain field: its name is its label
+                facts = {"label": name.replace("_", " "), **facts}
+            if not field.description and not facts.get("section"):
+                field = copy.copy(field)
+                field.description = f"{name} (no description: declare it with vaebench.registry.key)"
             marker = component_of(field)
             default = field.get_default(call_default_factory=True)
             shown_default = default.model_dump(mode="json") if isinstance(default, BaseModel) else default
@@ -309,7 +312,15 @@ def per_run_keys() -> tuple[str, ...]:
 def component_keys() -> frozenset[str]:
     """Keys whose value is a component given as a name or a mapping (``model.encoder.activation``):
     flattened, the key holds the name and ``key.<hyperparameter>`` each hyperparameter."""
-    return frozenset(i.key for i in key_infos() if i.component and not i.section)
+    from .registry import VERSION
+
+    if _COMPONENT_KEYS.get("version") != VERSION[0]:
+        _COMPONENT_KEYS.update(version=VERSION[0], keys=frozenset(i.key for i in key_infos()
+                                                                    if i.component and not i.section))
+    return _COMPONENT_KEYS["keys"]
+
+
+_COMPONENT_KEYS: dict[str, Any] = {}
 
 
 def is_execution_key(key: str) -> bool:
