@@ -68,6 +68,13 @@ class Section(BaseModel):
     # validate_default: a component field's default (a name) becomes its config like any given value
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, validate_default=True)
 
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        built_now = globals().get("_built_now")  # defined below: ComponentConfig itself has no unions
+        if built_now is not None:
+            built_now(cls)
+
 
 class ComponentConfig(Section):
     """The config of one component: ``name`` selects it, the other fields are its hyperparameters.
@@ -131,6 +138,7 @@ class Registry(Generic[T]):
         self.base = base or ComponentConfig  # what a derived config model subclasses
         self.context, self.exclude = tuple(context), tuple(exclude)
         self.label = label or kind
+        self.version = 0  # bumped by each registration: a config model's union is rebuilt when it moved
         self._items: dict[str, Entry[T]] = {}
 
     def register(self, name: str, *, config: type[ComponentConfig] | None = None,
@@ -151,6 +159,7 @@ class Registry(Generic[T]):
             self._items[name] = Entry(name, obj, model, build or functools.partial(default_build, obj),
                                       getattr(obj, "__module__", "") or "")
             VERSION[0] += 1
+            self.version += 1
             return obj
 
         return decorate
@@ -307,14 +316,19 @@ def component_of(field: FieldInfo) -> Component | None:
 
 
 
-_BUILT: dict[type, int] = {}
+_BUILT: dict[type, tuple] = {}  # model -> the registries' versions its schema was built with
 
 
 def current(model: type[BaseModel]) -> type[BaseModel]:
     """``model`` with every component union below it rebuilt from the registries as they are now
-    (a plugin registered since the last build joins its union)."""
-    _rebuild(model, set())
+    (a plugin registered since the last build joins its union); only stale models are rebuilt."""
+    if _CHECKED.get(model) != VERSION[0]:  # nothing registered since the last check: nothing to do
+        _rebuild(model, {})
+        _CHECKED[model] = VERSION[0]
     return model
+
+
+_CHECKED: dict[type, int] = {}  # root model -> VERSION when its tree was last checked
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:
@@ -323,13 +337,47 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
     return [m for a in typing.get_args(annotation) for m in _models_in(a)]
 
 
-def _rebuild(model: type[BaseModel], seen: set) -> None:
-    if model in seen or _BUILT.get(model) == VERSION[0]:
-        return
-    seen.add(model)
+def _children(model: type[BaseModel]) -> list[tuple[Any, list[type[BaseModel]]]]:
+    out = []
     for field in model.model_fields.values():
         marker = component_of(field)
-        for sub in ([e.config for e in marker.registry.entries()] if marker else _models_in(field.annotation)):
-            _rebuild(sub, seen)
-    model.model_rebuild(force=True)
-    _BUILT[model] = VERSION[0]
+        out.append((marker.registry if marker else None,
+                    [e.config for e in marker.registry.entries()] if marker else _models_in(field.annotation)))
+    return out
+
+
+def _fingerprint(model: type[BaseModel], seen: dict) -> tuple:
+    """What ``model``'s schema depends on: the versions of the registries of its component fields
+    and, below them, its nested models' fingerprints."""
+    if model in seen:
+        return seen[model]
+    seen[model] = ()  # a cycle: counted once
+    parts = []
+    for registry, subs in _children(model):
+        if registry is not None:
+            parts.append((id(registry), registry.version))
+        parts += [_fingerprint(m, seen) for m in subs]
+    seen[model] = fp = tuple(parts)
+    return fp
+
+
+def _rebuild(model: type[BaseModel], seen: dict) -> tuple:
+    if model in seen:
+        return seen[model]
+    seen[model] = ()
+    parts = []
+    for registry, subs in _children(model):
+        if registry is not None:
+            parts.append((id(registry), registry.version))
+        parts += [_rebuild(m, seen) for m in subs]
+    fp = tuple(parts)
+    if _BUILT.get(model) != fp:
+        model.model_rebuild(force=True)
+        _BUILT[model] = fp
+    seen[model] = fp
+    return fp
+
+
+def _built_now(model: type[BaseModel]) -> None:
+    """A config model just defined was built from the registries as they are: remember that."""
+    _BUILT[model] = _fingerprint(model, {})
