@@ -16,24 +16,13 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from bench_io import write_csv  # benchmarks/bench_io.py (scripts run from benchmarks/)
+from bench_io import timed, write_csv  # benchmarks/bench_io.py (scripts run from benchmarks/)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def timed(cmd: list[str]) -> float:
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    secs = time.perf_counter() - t0
-    if proc.returncode:
-        sys.exit(f"{' '.join(cmd)} failed: {proc.stderr.strip()[-500:]}")
-    return secs
 
 
 def main(argv=None) -> None:

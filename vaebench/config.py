@@ -22,7 +22,7 @@ from .components import (NETWORKS, OBJECTIVES, OPTIMIZERS, ModelConfig, Objectiv
 from .components.optimizers import AdamConfig
 from .data import BINARIZERS, DATASETS
 from .errors import ConfigError
-from .registry import (ComponentConfig, Registry, Section, component, component_of, current, key,
+from .registry import (ComponentConfig, Registry, Section, models_in, component, component_of, current, key,
                        section)
 
 __all__ = ["RunConfig", "DataConfig", "ModelConfig", "ObjectiveConfig", "OptimConfig", "TrainConfig",
@@ -34,7 +34,7 @@ def registered(registry: Registry) -> AfterValidator:
     """A plain name of a component of ``registry`` (data sets and binarizers: no hyperparameters)."""
     def check(name: str) -> str:
         if name not in registry:
-            raise ValueError(registry.unknown_message(name) + " Your own? Name its file in imports: or --import.")
+            raise ValueError(registry.unknown_message(name, plugin_hint=True))
         return name
 
     check.registry = registry  # type: ignore[attr-defined]  (read by key_info: the key names a component)
@@ -249,7 +249,7 @@ def _infos() -> dict[str, KeyInfo]:
             alts = _alternatives(marker) if marker else []
             if facts.get("section"):
                 out.setdefault(full, None)  # type: ignore[arg-type]  (schema order: the section before its keys)
-                models = alts or [("", m) for m in _models(field.annotation)]
+                models = alts or [("", m) for m in models_in(field.annotation)]
                 children: list[KeyInfo] = []
                 for alt, sub in models:
                     whose = "" if not marker or alt == marker.default else f"{marker.registry.kind} {alt}"
@@ -276,14 +276,6 @@ def _infos() -> dict[str, KeyInfo]:
     _INFOS.clear()
     _INFOS[VERSION[0]] = out
     return out
-
-
-def _models(annotation: Any) -> list[type[BaseModel]]:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    import typing
-
-    return [m for a in typing.get_args(annotation) for m in _models(a)]
 
 
 def key_info(key: str) -> KeyInfo:
@@ -508,9 +500,8 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | list[str] |
     comps = None
     for key, value in items:
         path, _, last = key.rpartition(".")
-        if last == "name" and path:
-            comps = comps if comps is not None else {i.key: i for i in key_infos()
-                                                     if i.registry is not None and (i.component or i.section)}
+        if last == "name" and path and comps is None:
+            comps = _component_infos()
         info = comps.get(path) if last == "name" and comps else None
         before = _get(out, path) if info is not None else None
         old = before.get("name") if isinstance(before, dict) else before  # before it is set
@@ -545,11 +536,16 @@ def suggest(key: str, candidates: list[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _key_of(loc: tuple) -> tuple[str, str | None]:
+def _component_infos() -> dict[str, KeyInfo]:
+    """The keys and sections whose value is a component of a registry, by dotted path."""
+    return {i.key: i for i in key_infos() if i.registry is not None and (i.component or i.section)}
+
+
+def _key_of(loc: tuple) -> tuple[str, tuple[str, Registry, str] | None]:
     """A pydantic error location as a dotted config key, without the tags of component unions
-    (``("optim", "sgd", "momentm")`` -> "optim.momentm"), and the component selected where the
-    error is (``"optimizer sgd"``), if it is inside one."""
-    comps = {i.key: i for i in key_infos() if i.registry is not None and (i.component or i.section)}
+    (``("optim", "sgd", "momentm")`` -> "optim.momentm"), and the innermost component selected
+    where the error is, as (its path, its registry, its name), if it is inside one."""
+    comps = _component_infos()
     parts: list[str] = []
     owner, skip = None, False
     for p in loc:
@@ -557,38 +553,26 @@ def _key_of(loc: tuple) -> tuple[str, str | None]:
             skip = False
             path = ".".join(parts)
             if isinstance(p, str) and p in comps[path].registry:
-                owner = (path, p)
+                owner = (path, comps[path].registry, p)
                 continue
         parts.append(str(p))
         skip = ".".join(parts) in comps
-    return ".".join(parts), (f"{comps[owner[0]].registry.kind} {owner[1]}" if owner else None)
-
-
-def _selected_keys(key: str, owner: str | None) -> list[str]:
-    """The keys of the component selected at ``key``'s section (all keys when unknown)."""
-    if owner is None:
-        return known_keys()
-    kind, _, name = owner.rpartition(" ")
-    infos = _infos()
-    prefix = key.rsplit(".", 1)[0]
-    for i in infos.values():
-        if i.registry is not None and i.registry.kind == kind and name in i.registry and key.startswith(i.key + "."):
-            prefix = i.key
-            fields = i.registry.config(name).model_fields
-            return [f"{prefix}.{f}" for f in fields]
-    return known_keys()
+    return ".".join(parts), owner
 
 
 def _describe(err: dict[str, Any], source: str) -> str:
     loc, owner = _key_of(err["loc"])
     where = f" in {source}" if source else ""
     if err["type"] == "extra_forbidden":
+        whose = f"{owner[1].kind} {owner[2]}" if owner else None
         if loc in _infos() and owner:  # another component's key
             other = _infos()[loc].owner
-            hint = f"; the {owner} has no such key" + (f" (the {other} has)" if other else "")
+            hint = f"; the {whose} has no such key" + (f" (the {other} has)" if other else "")
         else:
-            hint = suggest(loc, _selected_keys(loc, owner)) or suggest(loc, known_keys() + list(STUDY_KEYS))
-        return f"unknown key {loc!r}{where}{f' (for the {owner})' if owner and 'has no such key' not in hint else ''}{hint}"
+            # the selected component's own keys first, then every key a config accepts
+            mine = [f"{owner[0]}.{f}" for f in owner[1].config(owner[2]).model_fields] if owner else known_keys()
+            hint = suggest(loc, mine) or suggest(loc, known_keys() + list(STUDY_KEYS))
+        return f"unknown key {loc!r}{where}{f' (for the {whose})' if owner and 'has no such key' not in hint else ''}{hint}"
     msg = err["msg"].removeprefix("Value error, ")
     got = err.get("input")
     shown = "" if err["type"] == "value_error" or isinstance(got, dict) else f" (got {got!r})"

@@ -189,11 +189,14 @@ class Registry(Generic[T]):
         cfg = self.configure(cfg)
         return self.entry(cfg.name).build(cfg, **context)
 
-    def unknown_message(self, name: Any) -> str:
+    def unknown_message(self, name: Any, plugin_hint: bool = False) -> str:
+        """One line: the name no entry has, the known ones, the closest; with ``plugin_hint``,
+        how a config brings its own."""
         known = ", ".join(sorted(self._items)) or "none"
         close = difflib.get_close_matches(str(name), list(self._items), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        return f"unknown {self.kind} {name!r}; known: {known}.{hint}"
+        own = " Your own? Name its file in imports: or --import." if plugin_hint else ""
+        return f"unknown {self.kind} {name!r}; known: {known}.{hint}{own}"
 
     def names(self) -> list[str]:
         return sorted(self._items)
@@ -285,8 +288,7 @@ class Component:
             value.setdefault("name", self.default)
             name = value["name"]
             if not isinstance(name, str) or name not in self.registry:
-                raise ValueError(self.registry.unknown_message(name) +
-                                 " Your own? Name its file in imports: or --import.")
+                raise ValueError(self.registry.unknown_message(name, plugin_hint=True))
             return value
         raise ValueError(f"give a {self.registry.kind} name (e.g. {self.default}) or a mapping with a name, "
                          f"got {type(value).__name__}")
@@ -323,7 +325,7 @@ def current(model: type[BaseModel]) -> type[BaseModel]:
     """``model`` with every component union below it rebuilt from the registries as they are now
     (a plugin registered since the last build joins its union); only stale models are rebuilt."""
     if _CHECKED.get(model) != VERSION[0]:  # nothing registered since the last check: nothing to do
-        _rebuild(model, {})
+        _walk(model, {}, rebuild=True)
         _CHECKED[model] = VERSION[0]
     return model
 
@@ -331,10 +333,10 @@ def current(model: type[BaseModel]) -> type[BaseModel]:
 _CHECKED: dict[type, int] = {}  # root model -> VERSION when its tree was last checked
 
 
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
+def models_in(annotation: Any) -> list[type[BaseModel]]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
-    return [m for a in typing.get_args(annotation) for m in _models_in(a)]
+    return [m for a in typing.get_args(annotation) for m in models_in(a)]
 
 
 def _children(model: type[BaseModel]) -> list[tuple[Any, list[type[BaseModel]]]]:
@@ -342,13 +344,14 @@ def _children(model: type[BaseModel]) -> list[tuple[Any, list[type[BaseModel]]]]
     for field in model.model_fields.values():
         marker = component_of(field)
         out.append((marker.registry if marker else None,
-                    [e.config for e in marker.registry.entries()] if marker else _models_in(field.annotation)))
+                    [e.config for e in marker.registry.entries()] if marker else models_in(field.annotation)))
     return out
 
 
-def _fingerprint(model: type[BaseModel], seen: dict) -> tuple:
-    """What ``model``'s schema depends on: the versions of the registries of its component fields
-    and, below them, its nested models' fingerprints."""
+def _walk(model: type[BaseModel], seen: dict, rebuild: bool) -> tuple:
+    """``model``'s fingerprint: the versions of the registries of its component fields and, below
+    them, its nested models' fingerprints. With ``rebuild``, each model (children first) whose
+    fingerprint moved since its last build is rebuilt."""
     if model in seen:
         return seen[model]
     seen[model] = ()  # a cycle: counted once
@@ -356,28 +359,14 @@ def _fingerprint(model: type[BaseModel], seen: dict) -> tuple:
     for registry, subs in _children(model):
         if registry is not None:
             parts.append((id(registry), registry.version))
-        parts += [_fingerprint(m, seen) for m in subs]
+        parts += [_walk(m, seen, rebuild) for m in subs]
     seen[model] = fp = tuple(parts)
-    return fp
-
-
-def _rebuild(model: type[BaseModel], seen: dict) -> tuple:
-    if model in seen:
-        return seen[model]
-    seen[model] = ()
-    parts = []
-    for registry, subs in _children(model):
-        if registry is not None:
-            parts.append((id(registry), registry.version))
-        parts += [_rebuild(m, seen) for m in subs]
-    fp = tuple(parts)
-    if _BUILT.get(model) != fp:
+    if rebuild and _BUILT.get(model) != fp:
         model.model_rebuild(force=True)
         _BUILT[model] = fp
-    seen[model] = fp
     return fp
 
 
 def _built_now(model: type[BaseModel]) -> None:
     """A config model just defined was built from the registries as they are: remember that."""
-    _BUILT[model] = _fingerprint(model, {})
+    _BUILT[model] = _walk(model, {}, rebuild=False)

@@ -1,4 +1,3 @@
 """The fused engine's module under its name before 0.2 (now vaebench.training.fused)."""
 
 from .fused import *  # noqa: F401,F403
-from .fused import FusedStack, block_size, counter_noise, fused_unsupported  # noqa: F401
