@@ -115,8 +115,9 @@ def test_built_in_hyperparameters_in_grids_and_overrides():
 
 
 def test_new_keys_at_their_default_leave_old_ids_alone():
-    base = resolve({})
-    same = resolve({"model": {"encoder": {"dropout": 0.0}, "prior": "standard_normal"},
+    seed_protocol = {"data": {"val_from": "test", "val_size": 100}}  # the first schema's defaults
+    base = resolve(seed_protocol)
+    same = resolve({**seed_protocol, "model": {"encoder": {"dropout": 0.0}, "prior": "standard_normal"},
                     "optim": {"name": "adam"}, "objective": {"kl": {"name": "analytic"}}})
     assert same.run_hash() == base.run_hash() == "d3667ed047"
     assert resolve({"model": {"encoder": {"dropout": 0.1}}}).run_hash() != base.run_hash()

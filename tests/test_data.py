@@ -28,8 +28,9 @@ from vaebench.data import (
     read_idx,
     select_per_class,
     select_validation,
+    split_train,
 )
-from vaebench.errors import DataError, UnknownComponentError
+from vaebench.errors import ConfigError, DataError, UnknownComponentError
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared/data/mnist"
@@ -284,10 +285,33 @@ def test_select_validation() -> None:
 
 
 def test_load_splits() -> None:
-    s = load_splits("mnist14", None, per_class=10, data_seed=0, val_size=500)
+    s = load_splits("mnist14", None, per_class=10, data_seed=0, val_size=500, val_from="test")
     assert len(s["train"]) == 100 and len(s["val"]) == 500 and len(s["test"]) == 10000
     np.testing.assert_array_equal(s["val"].images, s["test"].images[:500])
     assert s["train"].images.shape == (100, 196) and s["train"].max_level == 1020
+
+
+def test_validation_from_train_is_held_out_and_disjoint_from_test() -> None:
+    whole = DATASETS.get("mnist14")(None)["train"]
+    s = load_splits("mnist14", None, per_class=100, data_seed=3, val_size=2000, val_from="train")
+    t = load_splits("mnist14", None, per_class=100, data_seed=3, val_size=2000, val_from="test")
+    # the same training images as under val_from: test; validation never among them
+    np.testing.assert_array_equal(s["train"].images, t["train"].images)
+    assert len(s["val"]) == 2000 and len(s["test"]) == 10000
+    train_idx, val_idx = split_train(whole.labels, 100, 2000, 3)
+    assert not set(train_idx) & set(val_idx)
+    np.testing.assert_array_equal(s["val"].images, whole.images[val_idx])
+    # chosen by data.seed, reproducibly; another seed draws other images
+    again = split_train(whole.labels, 100, 2000, 3)[1]
+    np.testing.assert_array_equal(again, val_idx)
+    assert len(set(split_train(whole.labels, 100, 2000, 4)[1]) & set(val_idx)) < 1000
+    # per_class null: carved out of the whole split, the rest trains
+    tr, va = split_train(whole.labels, None, 10_000, 0)
+    assert len(tr) == 50_000 and len(va) == 10_000 and not set(tr) & set(va)
+    with pytest.raises(DataError, match="leaves only 5790 training images out"):
+        split_train(whole.labels, 5421, 6000, 0)  # 10 x 5,421 train, 5,790 left out
+    with pytest.raises(ConfigError, match="needs a data.val_size"):
+        split_train(whole.labels, None, None, 0)
 
 
 # --- binarizers ----------------------------------------------------------------------------
@@ -314,3 +338,31 @@ def test_dynamic_binarization() -> None:
     thr = BINARIZERS.get("threshold")
     fixed = thr.prepare(grey, "cpu")
     assert thr.sample(fixed, None) is fixed
+
+
+def test_a_dataset_without_checksums_is_identified_by_its_images(tmp_path) -> None:
+    """Two folders with the same files are one run; a changed image is another (not the path)."""
+    from vaebench.config import resolve
+    from vaebench.data.datasets import GreyImages
+
+    name = "npz_digits_for_test"
+    if name not in DATASETS:
+        @DATASETS.register(name)
+        def npz_digits(root):
+            a = np.load(Path(root) / "digits.npz")
+            return {s: GreyImages(a[f"{s}_x"], a[f"{s}_y"], 255, (14, 14)) for s in ("train", "test")}
+
+    rng = np.random.default_rng(0)
+    arrays = {f"{s}_{k}": (rng.integers(0, 256, (n, 196)) if k == "x" else rng.integers(0, 10, n)).astype(np.uint8)
+              for s, n in (("train", 300), ("test", 50)) for k in ("x", "y")}
+    for folder in ("a", "b", "c"):
+        (tmp_path / folder).mkdir()
+        np.savez(tmp_path / folder / "digits.npz", **arrays)
+    arrays["test_x"][0, 0] ^= 1
+    np.savez(tmp_path / "c" / "digits.npz", **arrays)
+
+    def run_id(folder):
+        return resolve({"data": {"dataset": name, "root": str(tmp_path / folder), "per_class": None,
+                                 "val_size": 20}}).run_hash()
+
+    assert run_id("a") == run_id("b") != run_id("c")

@@ -16,7 +16,7 @@ def plain_vae_loop(seed: int) -> tuple[float, float, float]:
     """~40 lines in the style of pytorch/examples vae/main.py; returns final val (rec, kl, elbo)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    splits = load_splits("mnist14", None, per_class=1000, data_seed=0, val_size=100)
+    splits = load_splits("mnist14", None, per_class=1000, data_seed=0, val_size=100, val_from="test")
     train = torch.tensor(splits["train"].images.astype(np.int64) > 512, dtype=torch.float32)
     val = torch.tensor(splits["val"].images.astype(np.int64) > 512, dtype=torch.float32)
     enc = nn.Sequential(nn.Linear(196, 128), nn.Tanh(), nn.Linear(128, 16))
@@ -50,7 +50,7 @@ def plain_vae_loop(seed: int) -> tuple[float, float, float]:
 
 @pytest.mark.slow
 def test_matches_an_independent_plain_loop(tmp_path):
-    cfg = {"name": "ref", "objective": {"k": K}, "train": {"steps": STEPS, "batch_size": BATCH, "eval_every": 500,
+    cfg = {"name": "ref", "data": {"val_from": "test", "val_size": 100}, "objective": {"k": K}, "train": {"steps": STEPS, "batch_size": BATCH, "eval_every": 500,
                                                              "threads": 1}, "optim": {"lr": LR},
            "eval": {"enabled": False}}
     ours = []

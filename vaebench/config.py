@@ -20,7 +20,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from . import plugins
 from .components import (NETWORKS, OBJECTIVES, OPTIMIZERS, ModelConfig, ObjectiveConfig, OptimConfig)
 from .components.optimizers import AdamConfig
-from .data import BINARIZERS, DATASETS
+from .data import BINARIZERS, DATASETS, content_id
 from .errors import ConfigError
 from .registry import (ComponentConfig, Registry, Section, models_in, component, component_of, current, key,
                        section)
@@ -59,17 +59,24 @@ class DataConfig(_Section):
     dataset: Annotated[str, registered(DATASETS)] = key(
         "mnist14", "mnist14 (embedded, 14x14) or mnist28 (IDX files from data.root or $VAEBENCH_DATA)", "data set",
         in_id_at_default=True)
-    root: Optional[str] = key(None, "folder of the four IDX files; null: the embedded copy or $VAEBENCH_DATA",
-                              "data folder", in_id_at_default=True)
+    root: Optional[str] = key(None, "folder of the four IDX files; null: the embedded copy or $VAEBENCH_DATA. Not "
+                              "part of the run id: the files are checked against MNIST's checksums, so any "
+                              "folder that loads holds the same images", "data folder", numbers=False)
     binarize: Annotated[str, registered(BINARIZERS)] = key(
         "threshold", "threshold (a pixel is 1 when > 128 of 255) or dynamic (a fresh Bernoulli draw each time)",
         "binarization", in_id_at_default=True)
     per_class: Optional[PosInt] = key(1000, "training images per digit; null: the whole train split",
                                       "images per digit", in_id_at_default=True)
-    seed: Seed = key(0, "which training images per digit (the per_class subset)", "data seed",
-                     in_id_at_default=True)
-    val_size: Optional[PosInt] = key(100, "validation images: the first val_size test images; null: all 10,000",
-                                     "validation images", in_id_at_default=True)
+    seed: Seed = key(0, "which training images per digit (the per_class subset) and which are held out for "
+                     "validation", "data seed", in_id_at_default=True)
+    val_from: Literal["train", "test"] = key(
+        "train", "where validation images come from: train (held out of the train split, never trained on, "
+        "disjoint from test) or test (the first val_size test images, the seed write-up's protocol: they "
+        "overlap the test set)", "validation from", before="test")
+    val_size: Optional[PosInt] = key(
+        10_000, "validation images (10,000: a validation ELBO's standard error of about 0.1 nat); null: every "
+        "image held out (val_from: train) or the whole test split (test)", "validation images",
+        in_id_at_default=True)
 
 
 class TrainConfig(_Section):
@@ -125,8 +132,15 @@ class RunConfig(_Section):
     def result_dict(self) -> dict[str, Any]:
         """What the run id hashes: every key that changes the numbers, except keys added since the
         first schema while they are at their default (``key(in_id_at_default=...)``); a component
-        left with its name alone is its name, a section left empty goes."""
-        return _identity(self)  # type: ignore[return-value]
+        left with its name alone is its name, a section left empty goes. The data are identified by
+        their content, not their folder (data.root is execution-only): a verified dataset by its name,
+        any other by a digest of its images (vaebench.data.content_id)."""
+        out: dict[str, Any] = _identity(self)  # type: ignore[assignment]
+        out["data"]["root"] = None  # the first schema's ids hashed root: null, and stand
+        content = content_id(self.data.dataset, self.data.root)
+        if content is not None:
+            out["data"]["content"] = content
+        return out
 
     def run_hash(self) -> str:
         """A short stable id of everything that changes the numbers: the same in every process and
@@ -173,7 +187,10 @@ def _identity(m: BaseModel) -> dict[str, Any] | str:
             continue
         if not facts.get("changes_numbers", True):
             continue
-        if not facts.get("in_id_at_default") and dumped[name] == _default_dump(field):
+        if "before" in facts:
+            if dumped[name] == facts["before"]:
+                continue
+        elif not facts.get("in_id_at_default") and dumped[name] == _default_dump(field):
             continue
         out[name] = _identity(value) if isinstance(value, BaseModel) else dumped[name]
     if isinstance(m, ComponentConfig) and set(out) <= {"name"}:
@@ -209,6 +226,7 @@ class KeyInfo:
     registry: Optional[Registry] = None  # the components it names, if it names one
     component: bool = False  # a key whose value is a component: its name, or a mapping with its hyperparameters
     owner: str = ""  # the components whose key this is, e.g. "optimizer sgd" (empty: every alternative's)
+    before: tuple = ()  # (value,): what runs did before the key existed (registry.key(before=...))
 
 
 def _alternatives(marker: Any) -> list[tuple[str, type[BaseModel]]]:
@@ -265,7 +283,8 @@ def _infos() -> dict[str, KeyInfo]:
                 registry = name_registry
             info = KeyInfo(full, field.description, str(facts["label"]), bool(facts.get("changes_numbers", True)),
                            bool(facts.get("per_run", False)), shown_default, registry=registry,
-                           component=marker is not None, owner=owner if name != "name" else "")
+                           component=marker is not None, owner=owner if name != "name" else "",
+                           before=(facts["before"],) if "before" in facts else ())
             add(info)
             leaves.append(info)
             for alt, sub in alts:
@@ -674,6 +693,20 @@ def check_fits(cfg: RunConfig, source: str = "") -> RunConfig:
 def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None = None,
                 imports: list[str] | tuple[str, ...] = ()) -> RunConfig:
     return resolve(read_yaml(path), overrides, source=str(path), base=Path(path).parent, imports=imports)
+
+
+def saved(d: dict[str, Any]) -> dict[str, Any]:
+    """A run's saved config (config.yaml, every key of its day filled in) as this schema reads it: a
+    key added since with a new default (``key(before=...)``) gets what those runs did, not the default."""
+    for info in key_infos():
+        if info.before and not info.section:
+            *parents, leaf = info.key.split(".")
+            node: Any = d
+            for p in parents:
+                node = node.get(p) if isinstance(node, dict) else None
+            if isinstance(node, dict) and leaf not in node:
+                node[leaf] = info.before[0]
+    return d
 
 
 def flatten(d: dict[str, Any], prefix: str = "", tuples: bool = False) -> dict[str, Any]:

@@ -38,17 +38,25 @@ T = TypeVar("T")
 VERSION = [0]
 
 
+_UNSET = object()
+
+
 def key(default: Any, description: str, label: str, *, numbers: bool = True, per_run: bool = False,
-        in_id_at_default: bool = False, **field: Any) -> Any:
+        in_id_at_default: bool = False, before: Any = _UNSET, **field: Any) -> Any:
     """A config key with its facts, stated once here and derived everywhere else (the run id, stacks,
     `vaebench config`, report axes): ``numbers``: does it change a run's numbers (and so its id)?
     ``per_run``: may the runs of one stack differ in it? ``label``: a short name for an axis.
     ``in_id_at_default``: does the run id name the key while it is at its default? True only for the
     keys of the first schema (their ids stand); any key added since, a plugin's included, is left
-    out of the id at its default, so adding a key never changes an existing run's id."""
-    return Field(default, description=description,
-                 json_schema_extra={"label": label, "changes_numbers": numbers, "per_run": per_run,
-                                    "in_id_at_default": in_id_at_default}, **field)
+    out of the id at its default, so adding a key never changes an existing run's id.
+    ``before``: for a key added with a default other than what runs did before it existed: that old
+    behavior. The id leaves the key out at ``before`` instead of at its default, and a saved run
+    config without the key reads as ``before`` (vaebench.config.saved), so old runs keep their ids
+    and their meaning."""
+    extra = {"label": label, "changes_numbers": numbers, "per_run": per_run, "in_id_at_default": in_id_at_default}
+    if before is not _UNSET:
+        extra["before"] = before
+    return Field(default, description=description, json_schema_extra=extra, **field)
 
 
 def about(description: str, label: str, *, numbers: bool = True, per_run: bool = False) -> Any:

@@ -179,7 +179,9 @@ def read_config(run_dir: Path) -> dict[str, Any]:
         raise VaebenchError(f"unreadable {path}: {str(e).splitlines()[0]}; restore it or delete the run folder") from None
     if not isinstance(cfg, dict):
         raise VaebenchError(f"{path} is not a run config (a mapping of keys); restore it or delete the run folder")
-    return cfg
+    from .config import saved  # here: the schema's facts, read only when a config is
+
+    return saved(cfg)
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:

@@ -7,10 +7,13 @@ from .datasets import (
     DynamicBinarizer,
     GreyImages,
     ThresholdBinarizer,
+    content_id,
     load_splits,
     select_per_class,
     select_validation,
+    split_train,
     threshold_levels,
+    verified,
 )
 from .mnist import (
     DATA_ENV,
@@ -38,6 +41,7 @@ __all__ = [
     "GreyImages",
     "ThresholdBinarizer",
     "build_embedded",
+    "content_id",
     "load_embedded",
     "load_idx_dir",
     "load_splits",
@@ -45,5 +49,7 @@ __all__ = [
     "read_idx",
     "select_per_class",
     "select_validation",
+    "split_train",
     "threshold_levels",
+    "verified",
 ]

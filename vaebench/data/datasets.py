@@ -76,7 +76,16 @@ def _idx_root(root: str | None, dataset: str) -> str:
     return str(Path(root).expanduser().resolve())
 
 
+def verified(fn: DatasetFn) -> DatasetFn:
+    """Marks a dataset whose loader checks its files against fixed checksums (the canonical MNIST
+    md5s): its images are the same from any folder that loads, so the folder is not part of a run's
+    identity. Any other dataset is identified by a digest of the images it yields (content_id)."""
+    fn.verified = True  # type: ignore[attr-defined]
+    return fn
+
+
 @DATASETS.register("mnist14")
+@verified
 def mnist14(root: str | None) -> dict[str, GreyImages]:
     """14x14 MNIST as 2x2 block sums (0..1020); embedded in the package so it needs no download."""
     if root is None:
@@ -87,6 +96,7 @@ def mnist14(root: str | None) -> dict[str, GreyImages]:
 
 
 @DATASETS.register("mnist28")
+@verified
 def mnist28(root: str | None) -> dict[str, GreyImages]:
     """Full-resolution MNIST (0..255), read from IDX files the user provides."""
     return _grey(_idx_arrays(_idx_root(root, "mnist28")), max_level=255)
@@ -164,7 +174,7 @@ def select_per_class(labels: np.ndarray, per_class: int | None, seed: int) -> np
 
 
 def select_validation(n_test: int, size: int | None) -> np.ndarray:
-    """The first `size` test images: fixed across seeds so validation curves are comparable."""
+    """``data.val_from: test``: the first `size` test images (the seed's protocol; they overlap the test set)."""
     if size is None:
         return np.arange(n_test, dtype=np.int64)
     if size < 1:
@@ -174,27 +184,89 @@ def select_validation(n_test: int, size: int | None) -> np.ndarray:
     return np.arange(size, dtype=np.int64)
 
 
+# Its own stream of data.seed, so the validation draw never moves the per_class subset.
+_VAL_STREAM = 1
+
+
+def split_train(labels: np.ndarray, per_class: int | None, size: int | None, seed: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``data.val_from: train``: (training, validation) indices into the train split, disjoint.
+
+    Validation is drawn (by ``seed``) from the images the per_class subset leaves out, so the
+    training images are the same as under ``val_from: test``; with ``per_class: null`` it is carved
+    out of the whole split (the rest trains). ``size`` null: every image left out (per_class set)."""
+    n = len(labels)
+    if size is not None and size < 1:
+        raise ConfigError(f"data.val_size must be at least 1 (or null for all), got {size}")
+    rng = np.random.default_rng([seed, _VAL_STREAM])
+    if per_class is None:
+        if size is None:
+            raise ConfigError("data.val_from: train with data.per_class: null needs a data.val_size "
+                              "(how many of the training images to hold out)")
+        if size >= n:
+            raise DataError(f"data.val_size={size} leaves no training images of the {n} in the train split; "
+                            "lower data.val_size")
+        val = np.sort(rng.permutation(n)[:size])
+        return np.setdiff1d(np.arange(n, dtype=np.int64), val), val.astype(np.int64)
+    train = select_per_class(labels, per_class, seed)
+    left = np.setdiff1d(np.arange(n, dtype=np.int64), train)
+    if size is None:
+        return train, left
+    if size > len(left):
+        raise DataError(f"data.val_size={size} but data.per_class={per_class} leaves only {len(left)} training "
+                        f"images out for validation; lower data.val_size or data.per_class")
+    return train, np.sort(rng.permutation(left)[:size]).astype(np.int64)
+
+
 def load_splits(
     dataset: Any, root: str | None = None, per_class: int | None = None, data_seed: int = 0,
-    val_size: int | None = None
+    val_size: int | None = None, val_from: str = "train"
 ) -> dict[str, GreyImages]:
-    """Train subset, validation subset (a prefix of test, used for model selection) and full test.
+    """Train subset, validation subset (used for curves and model selection) and the full test split.
 
     ``dataset``: a run's ``data`` section (a DataConfig or its dict: the one way every caller reads
     it), or the data set's name with the other keys given one by one."""
     if not isinstance(dataset, str):
         d = dataset if isinstance(dataset, dict) else dataset.model_dump()
         dataset, root, per_class = d["dataset"], d.get("root"), d.get("per_class")
-        data_seed, val_size = d.get("seed", 0), d.get("val_size")
-    return _load_splits(dataset, root, per_class, data_seed, val_size)
+        data_seed, val_size, val_from = d.get("seed", 0), d.get("val_size"), d.get("val_from", "train")
+    return _load_splits(dataset, root, per_class, data_seed, val_size, val_from)
 
 
 def _load_splits(dataset: str, root: str | None, per_class: int | None, data_seed: int,
-                 val_size: int | None) -> dict[str, GreyImages]:
+                 val_size: int | None, val_from: str) -> dict[str, GreyImages]:
     splits = DATASETS.get(dataset)(root)
     train, test = splits["train"], splits["test"]
+    if val_from == "train":
+        trained, val = split_train(train.labels, per_class, val_size, data_seed)
+        return {"train": train.subset(trained), "val": train.subset(val), "test": test}
+    if val_from != "test":
+        raise ConfigError(f"data.val_from must be train or test, got {val_from!r}")
     return {
         "train": train.subset(select_per_class(train.labels, per_class, data_seed)),
         "val": test.subset(select_validation(len(test), val_size)),
         "test": test,
     }
+
+
+@functools.lru_cache(maxsize=8)
+def _content_id(dataset: str, root: str | None, env: str | None) -> str:
+    """``env``: $VAEBENCH_DATA, part of the cache key (a dataset may read it when root is null)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for split, g in sorted(DATASETS.get(dataset)(root).items()):
+        for part in (split.encode(), np.ascontiguousarray(g.images), np.ascontiguousarray(g.labels),
+                     str((g.max_level, g.shape)).encode()):
+            h.update(part)
+    return h.hexdigest()[:16]
+
+
+def content_id(dataset: str, root: str | None) -> str | None:
+    """What identifies a dataset's images in a run id: None for a verified dataset (fixed content),
+    else a digest of the images it yields from ``root`` (so two folders holding the same files
+    are one run, and a changed file is another)."""
+    if getattr(DATASETS.get(dataset), "verified", False):
+        return None
+    return _content_id(dataset, root if root is None else str(Path(root).expanduser().resolve()),
+                       os.environ.get(DATA_ENV))

@@ -105,7 +105,7 @@ def _check_inputs(study: Study, todo: list[int], device: str) -> None:
     seen = set()
     for i in todo:
         d = study.runs[i].config.data
-        key = (d.dataset, d.root, d.per_class, d.seed, d.val_size)
+        key = (d.dataset, d.root, d.per_class, d.seed, d.val_from, d.val_size)
         if key not in seen:
             seen.add(key)
             splits = load_splits(d)
