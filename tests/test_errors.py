@@ -1,5 +1,6 @@
 """Every user mistake: one line on stderr, exit code 2, no traceback, nothing damaged."""
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,15 @@ def test_an_error_leaves_existing_results_untouched(tmp_path, tiny_overrides):
     _one_line_error(run_cli("run", str(bad), "--out", str(out)))
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert before == after
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`vaebench config --components | head -1`: no 'Broken pipe' line, the pipe's exit status (141).
+    The read end is closed before the command writes, so every write meets a closed pipe."""
+    import subprocess
+
+    exe = Path(sys.executable).with_name("vaebench")
+    proc = subprocess.Popen([str(exe), "config", "--components"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and err == "", err

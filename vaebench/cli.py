@@ -20,6 +20,9 @@ class _Group(click.Group):
             for line in str(e).splitlines() or [""]:  # a config's errors: at most three lines
                 click.echo(f"vaebench: error: {line}", err=True)
             ctx.exit(e.exit_code)
+        except BrokenPipeError:  # `vaebench ls | head`: the reader has what it wanted; say nothing
+            _quiet_stdout()
+            ctx.exit(EXIT_PIPE)
         except OSError as e:  # the user's environment: a full disk, a read-only folder, a path that is a file
             if e.errno is None:
                 raise
@@ -28,6 +31,21 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("vaebench: interrupted; run the same command again to resume", err=True)
             ctx.exit(130)
+
+
+# What a shell reports for a process ended by a closed pipe (128 + SIGPIPE), as `yes | head` does.
+EXIT_PIPE = 141
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's last flush cannot fail a second time."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _imports(f):
@@ -276,7 +294,11 @@ def main() -> None:
     import gc
 
     gc.freeze()
-    cli(prog_name="vaebench")
+    try:
+        cli(prog_name="vaebench")
+    except BrokenPipeError:  # raised outside a command (help text, click's own output)
+        _quiet_stdout()
+        sys.exit(EXIT_PIPE)
 
 
 if __name__ == "__main__":
