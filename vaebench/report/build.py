@@ -521,7 +521,7 @@ def _index_html(root: Path, final: pd.DataFrame, views: dict[str, StudyView], st
                      "are too few to say).</p>")
             h.append("<div class='figs'>" + "".join(_figure_html(f"studies/{_slug(name)}/{stem}", cap)
                                                     for stem, cap in figs if stem == "compare") + "</div>")
-            h.append(compare_text(cmp).drop(columns=["study"], errors="ignore").to_html(index=False, border=0))
+            h.append(compare_text(cmp, format="html"))
         part = table[table["study"] == name].drop(columns=["study"])
         h.append(_summary_html(part))
         if view.axes:
