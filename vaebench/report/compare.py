@@ -195,7 +195,7 @@ def compare_header(table: pd.DataFrame) -> str:
     return (f"{metric_label(metric)} ({'higher' if higher_is_better(metric) else 'lower'} is better; {reduce} values"
             f"{k_text}) minus the reference's, paired by seed within each cell of the other axes; 95% Student-t "
             f"intervals over seeds; verdicts at Holm-adjusted p < {ALPHA:.2f} across the {tested} comparisons "
-            f"of this table (Holm)")
+            f"of this table")
 
 
 def compare_notes(table: pd.DataFrame) -> list[str]:

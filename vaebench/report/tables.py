@@ -88,11 +88,12 @@ def render(cells: pd.DataFrame, fmt: str, header: str = "", notes: list[str] | N
 
 
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-          "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+          "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+          "<": r"$<$", ">": r"$>$", "|": r"\textbar{}"}
 
 
 def latex_escape(value) -> str:
-    """Text safe in a LaTeX table cell: the ten special characters escaped, a minus as math."""
+    """Text safe in a LaTeX table cell: the special characters escaped, a minus as math."""
     text = "".join(_LATEX.get(ch, ch) for ch in str(value))
     return text.replace("±", r"$\pm$").replace("−", "-")
 
