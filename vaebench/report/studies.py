@@ -197,9 +197,16 @@ def summary(path_or_final: str | Path | pd.DataFrame, k: int | None = None, redu
     metric_cols = [f"{m}_{s}" for m in SUMMARY_METRICS for s in ("mean", "ci95") if f"{m}_{s}" in out]
     front = [c for c in out.columns if c not in metric_cols]
     out = out[front + metric_cols]
-    out.attrs.update(reduce=reduce, k={c[:-2]: (int(out[c].iloc[0]) if out[c].nunique(dropna=False) == 1
-                                                 and out[c].notna().all() else None) for c in k_cols})
+    out.attrs.update(reduce=reduce, k={c[:-2]: _table_k(out, c) for c in k_cols})
     return out
+
+
+def _table_k(table: pd.DataFrame, col: str) -> int | None:
+    """The one k of every row that has numbers of ``col``'s split (None when they differ)."""
+    split = col[:-2]
+    has = table[[c for c in table if c.startswith(f"{split}_") and c.endswith("_mean")]].notna().any(axis=1)
+    ks = table.loc[has, col]
+    return int(ks.iloc[0]) if len(ks) and ks.notna().all() and ks.nunique() == 1 else None
 
 
 def summary_cells(table: pd.DataFrame) -> pd.DataFrame:
