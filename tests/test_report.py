@@ -247,9 +247,9 @@ def test_cli_report_and_its_errors(results, tmp_path):
 def test_compare_sample_and_reconstruct_from_the_command_line(results, tmp_path):
     c = run_cli("compare", str(results / "st"))
     assert c.returncode == 0, c.stderr
-    assert c.stdout.startswith("test_iw_ll") and "too few seeds" in c.stdout  # 2 seeds per config
+    assert c.stdout.startswith("test IW log p(x)") and "too few seeds" in c.stdout  # 2 seeds per config
     v = run_cli("compare", str(results / "st"), "--metric", "val_elbo")
-    assert v.returncode == 0 and v.stdout.startswith("val_elbo")
+    assert v.returncode == 0 and v.stdout.startswith("validation ELBO")
     bad = run_cli("compare", str(results / "st"), "--metric", "val_elbow")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "val_elbo" in bad.stderr
     run_dir = runs.find_runs(results / "single")[0]
@@ -266,6 +266,6 @@ def test_the_study_page_leads_with_the_paired_comparison(results, tmp_path):
     index = rep.index.read_text()
     study = index.index("<h2>Study st</h2>")
     assert study < index.index("studies/st/compare.png") < index.index("final-objective.k.png")
-    assert "P(better)" in index and "too few seeds" in index and (rep.out / "studies/st/compare.png").is_file()
+    assert "share better" in index and "too few seeds" in index and (rep.out / "studies/st/compare.png").is_file()
     # runs are headed by their study, values and seed; the folder (with its hash) in small print
     assert "<small class='id'>" in index and "st · baseline · seed 0" in index and "st · K (samples) = 2 · seed 1" in index  # the schema's label of objective.k

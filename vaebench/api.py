@@ -71,22 +71,37 @@ def run(config: str | Path | dict[str, Any] | RunConfig, out: str | Path = "resu
     return RunResult(run_dir, state, int(status.get("step", 0)), status.get("reason"), runs.read_final(run_dir))
 
 
-def summary(path: str | Path = "results"):
+def summary(path: str | Path = "results", k: int | None = None, reduce: str = "last"):
     """One row per config of every study under ``path``: mean ± 95% CI of the final validation ELBO,
-    rec, KL and train-validation gap over seeds, with seeds done / failed / unfinished."""
+    rec, KL and train-validation gap over seeds, with seeds done / failed / unfinished; ``k`` and
+    ``reduce`` as in load. ``summary_text(table, format)`` writes it for people or papers."""
     from .report import summary as _summary
 
-    return _summary(path)
+    return _summary(path, k=k, reduce=reduce)
 
 
-def compare(runs: str | Path | pd.DataFrame = "results", metric: str = "test_iw_ll",
-            reference: str | None = None) -> pd.DataFrame:
-    """Each axis value (each variant) against the reference, paired by seed: the mean difference of
-    ``metric``, its 95% t and bootstrap intervals, the probability of improvement and a verdict;
-    see vaebench.report.compare."""
+def compare(runs: str | Path | pd.DataFrame = "results", metric: str = "test_iw_ll", reference: str | None = None,
+            k: int | None = None, reduce: str = "last", per_cell: bool = False) -> pd.DataFrame:
+    """Each axis value (each variant) against the reference, paired within seed and cell: the mean
+    difference of ``metric``, its 95% t interval over seeds, Holm-adjusted p, share of pairs better
+    and a verdict; numbers of different k are refused. See vaebench.report.compare."""
     from .report.compare import compare as _compare
 
-    return _compare(runs, metric, reference)
+    return _compare(runs, metric, reference, k=k, reduce=reduce, per_cell=per_cell)
+
+
+def compare_text(table: pd.DataFrame, format: str = "text") -> str:
+    """A compare table as text, markdown, latex, html or csv, its header stating metric, k, reduction, Holm."""
+    from .report.compare import compare_text as _text
+
+    return _text(table, format)
+
+
+def summary_text(table: pd.DataFrame, format: str = "text") -> str:
+    """A summary table as text, markdown, latex, html or csv, its header stating the reduction and k."""
+    from .report.studies import summary_text as _text
+
+    return _text(table, format)
 
 
 def sample(run: str | Path, out: str | Path, n: int = 64) -> Path:

@@ -201,23 +201,50 @@ def reconstruct_command(run: str, split: str, n: int, out: str) -> None:
     click.echo(f"wrote {reconstruct(run, out, split, n)}")
 
 
+def _table_options(f):
+    """--k, --reduce and --format: which numbers a table holds and how it is written."""
+    f = click.option("--format", "fmt", type=click.Choice(["text", "markdown", "latex", "csv", "html"]),
+                     default="text", show_default=True,
+                     help="text for a terminal, markdown, latex (booktabs) or html for a paper or page, csv "
+                          "for numbers each in its own column.")(f)
+    f = click.option("--reduce", type=click.Choice(["last", "best"]), default="last", show_default=True,
+                     help="Each run's last values, or those at its best validation ELBO (train.keep_best).")(f)
+    return click.option("--k", "k", type=click.IntRange(min=1), default=None,
+                        help="The importance samples of the evaluation numbers [default: the largest k every "
+                             "run has].")(f)
+
+
 @cli.command(name="compare")
 @click.argument("path", metavar="RESULTS", default="results", type=click.Path(file_okay=False))
 @click.option("--metric", default=None,
               help="A column of vaebench.load(final=True) [default: test_iw_ll where runs have it, else val_elbo].")
-@click.option("--reference", default=None, help="The value or variant to compare with [default: the baseline].")
-def compare_command(path: str, metric: str | None, reference: str | None) -> None:
-    """Each axis value (each variant) against the reference, paired by seed: mean difference, 95%
-    Student-t and bootstrap intervals, probability of improvement, and whether it is beyond seed noise."""
-    from .api import compare, load
-    from .report.compare import compare_text, default_metric
+@click.option("--reference", default=None, help="The value or variant to compare with [default: the baseline "
+                                                 "variant, else the study's own value, else the first listed].")
+@click.option("--per-cell", is_flag=True, help="Add a row per cell of the other axes (crossed grids).")
+@_table_options
+def compare_command(path: str, metric: str | None, reference: str | None, per_cell: bool, k: int | None,
+                    reduce: str, fmt: str) -> None:
+    """Each axis value (each variant) against the reference, paired by seed within each cell of the
+    other axes: mean difference, its 95% Student-t interval over seeds, the share of pairs better, and
+    a verdict at Holm-adjusted p < 0.05 across the table."""
+    from .api import compare, compare_text
+    from .report.compare import default_metric
+    from .report.studies import load_final
 
-    final = load(path, final=True)
-    metric = metric or default_metric(final)
-    table = compare(final, metric, reference)
-    click.echo(f"{metric} (higher is better) minus the reference's, paired by seed:" if not metric.endswith(
-        ("_kl", "_se", "gap")) else f"{metric} (lower is better) minus the reference's, paired by seed:")
-    click.echo(compare_text(table).to_string(index=False))
+    final = load_final(path, k, reduce)
+    table = compare(final, metric or default_metric(final), reference, k=k, reduce=reduce, per_cell=per_cell)
+    click.echo(compare_text(table, fmt), nl=False)
+
+
+@cli.command(name="summary")
+@click.argument("path", metavar="RESULTS", default="results", type=click.Path(file_okay=False))
+@_table_options
+def summary_command(path: str, k: int | None, reduce: str, fmt: str) -> None:
+    """One row per config: seeds done, failed, unfinished, and the mean [95% CI] of the final
+    validation terms, the train-validation gap and the test numbers (the report's summary table)."""
+    from .api import summary, summary_text
+
+    click.echo(summary_text(summary(path, k=k, reduce=reduce), fmt), nl=False)
 
 
 @cli.command(name="eval")

@@ -129,7 +129,8 @@ def load(path: str | Path = "results", final: bool = False, split: str | list[st
 
     Labels and config values are ordered categoricals (numeric keys keep numeric categories, lists
     such as widths are tuples), ``variant`` in the study's order; config keys that are empty in every
-    run are left out. ``df.attrs["varied"]`` names the config keys that differ across runs.
+    run are left out. ``df.attrs["varied"]`` names the config keys that differ across runs,
+    ``df.attrs["base"]`` each study's base values (grid.yaml's ``base``), its comparisons' reference.
     """
     root = Path(path)
     run_dirs, names = study_order(runs.find_runs(root))
@@ -190,6 +191,7 @@ def load(path: str | Path = "results", final: bool = False, split: str | list[st
         cols = {k: v for k, v in cols.items() if k in wanted or k in keep}
     df = pd.DataFrame(cols, copy=False)
     df.attrs["varied"] = varied_keys(pd.DataFrame([{k: str(v) for k, v in c.items()} for c in configs]))
+    df.attrs["base"] = {s: runs.read_grid_base(d.parent) for s, d in dict(zip(studies, run_dirs)).items()}
     return df
 
 

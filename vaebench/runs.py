@@ -18,6 +18,7 @@ A run's state is derived here, one way, for everything that shows it (``run_stat
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import os
 import platform
@@ -223,13 +224,35 @@ def read_metrics(run_dir: Path) -> pd.DataFrame:
     return read_metrics_table(run_dir).to_pandas()
 
 
-def read_grid(study_dir: Path) -> dict[str, dict[str, Any]]:
-    """{run folder: its varied values, in grid order} from a study's grid.yaml; {} when there is none."""
+def _grid_doc(study_dir: Path) -> dict[str, Any]:
+    """A study's grid.yaml parsed ({} when there is none), once while the file is unchanged."""
+    path = Path(study_dir) / GRID
     try:
-        doc = yaml.load((Path(study_dir) / GRID).read_text(), Loader=_YAML_LOADER)
+        st = path.stat()
+    except OSError:
+        return {}
+    return _parse_grid(str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _parse_grid(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
+    try:
+        doc = yaml.load(Path(path).read_text(), Loader=_YAML_LOADER)
     except (OSError, yaml.YAMLError):
         return {}
-    entries = doc.get("runs") if isinstance(doc, dict) else None
+    return doc if isinstance(doc, dict) else {}
+
+
+def read_grid_base(study_dir: Path) -> dict[str, Any]:
+    """The study's base values (grid.yaml's ``base``: each varied key's value in the study's own
+    config, and its unchanged variant); {} for a grid.yaml written before it recorded them."""
+    base = _grid_doc(study_dir).get("base")
+    return dict(base) if isinstance(base, dict) else {}
+
+
+def read_grid(study_dir: Path) -> dict[str, dict[str, Any]]:
+    """{run folder: its varied values, in grid order} from a study's grid.yaml; {} when there is none."""
+    entries = _grid_doc(study_dir).get("runs")
     return {e["folder"]: dict(e.get("varied") or {}) for e in entries or []
             if isinstance(e, dict) and isinstance(e.get("folder"), str)}
 

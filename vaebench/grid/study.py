@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import (STUDY_KEYS, RunConfig, apply_overrides, join_errors, key_info, known_keys, load_imports,
-                      read_yaml, resolve,
+from ..config import (STUDY_KEYS, RunConfig, apply_overrides, flatten, join_errors, key_info, known_keys,
+                      load_imports, read_yaml, resolve,
                       split_override, suggest, yaml_value)
 from ..errors import ConfigError
 
@@ -48,6 +48,9 @@ class Study:
     name: str
     axes: list[str]
     runs: list[RunSpec]
+    # The study's own base, before the grid: each varied config key's value there, and "variant" the
+    # variant that changes nothing. A comparison's reference (vaebench.report.studies.references).
+    base: dict[str, Any] = field(default_factory=dict)
 
     def short_names(self) -> dict[str, str]:
         """Each axis by its last dotted part, or in full where that part is ambiguous."""
@@ -59,7 +62,7 @@ class Study:
         return [r.folder(short) for r in self.runs]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "axes": self.axes,
+        return {"name": self.name, "axes": self.axes, "base": self.base,
                 "runs": [{"folder": f, "id": r.hash, "varied": r.varied} for f, r in zip(self.folders(), self.runs)]}
 
 
@@ -287,7 +290,38 @@ def expand(raw: dict[str, Any], overrides: list[str] | dict[str, Any] | None = N
     name = runs[0].config.name
     if any(r.config.name != name for r in runs):
         raise ConfigError(f"runs of one study must share a 'name' ({source} varies it); vary something else")
-    return Study(name, axes, runs)
+    return Study(name, axes, runs, _base(raw, fixed, variants, runs, source, base, imports) if axes else {})
+
+
+def _base(raw: dict[str, Any], fixed: dict[str, Any], variants: list[tuple[str, dict[str, Any]]],
+          runs: list[RunSpec], source: str, folder: str | Path | None, imports) -> dict[str, Any]:
+    """The value the study's own config (before grid, zip and variants) gives each key its runs vary,
+    and the variant that changes nothing: what the study is compared against. A base that does not
+    resolve alone (a variant supplies what it lacks) has none."""
+    try:
+        cfg = resolve(apply_overrides(raw, dict(_named(k, v) for k, v in fixed.items())), source=source,
+                      base=folder, imports=imports)
+    except ConfigError:
+        return {}
+    flats = [flatten(r.config.to_dict()) for r in runs]
+    own = flatten(cfg.to_dict())
+    varied = [k for k in dict.fromkeys(k for f in flats for k in f)
+              if k != "seed" and len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
+    out = {k: yaml_safe(own.get(k)) for k in varied}
+    empty = [name for name, flat in variants if not flat]
+    if empty:
+        out["variant"] = empty[0]
+    return out
+
+
+def yaml_safe(v: Any) -> Any:
+    """A flattened config value as grid.yaml can hold it (flatten writes lists as JSON text)."""
+    if isinstance(v, str) and v[:1] == "[":
+        try:
+            return json.loads(v)
+        except ValueError:
+            return v
+    return v
 
 
 def load_study(path: str | Path, overrides: list[str] | dict[str, Any] | None = None,

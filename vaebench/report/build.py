@@ -515,19 +515,19 @@ def _index_html(root: Path, final: pd.DataFrame, views: dict[str, StudyView], st
         if cmp is not None:
             metric = cmp["metric"].iloc[0]
             h.append(f"<p>Each {'variant' if cmp['axis'].eq('variant').all() else 'axis value'} against its "
-                     f"reference, on <b>{html.escape(metric)}</b>, paired by seed: the mean difference, its 95% "
-                     "intervals (Student t and bootstrap), the share of seeds where it is better, and whether the "
-                     f"difference is beyond seed noise (the t interval excludes 0; fewer than 3 paired seeds "
-                     "are too few to say).</p>")
+                     f"reference, on <b>{html.escape(metric)}</b>, paired by seed in every cell of the other axes: "
+                     "the mean difference, its 95% Student-t interval over seeds (a bootstrap one from 8 seeds up), "
+                     "the share of pairs where it is better, and whether the difference is beyond seed noise "
+                     "(Holm-adjusted p < 0.05 across the table; fewer than 3 paired seeds are too few to say).</p>")
             h.append("<div class='figs'>" + "".join(_figure_html(f"studies/{_slug(name)}/{stem}", cap)
                                                     for stem, cap in figs if stem == "compare") + "</div>")
-            h.append(compare_text(cmp).drop(columns=["study"], errors="ignore").to_html(index=False, border=0))
+            h.append(compare_text(cmp, format="html"))
         part = table[table["study"] == name].drop(columns=["study"])
         h.append(_summary_html(part))
         if view.axes:
             refs = ", ".join(f"{axis_label(a)} = {v}" for a, v in view.refs.items())
             h.append(f"<p>Axes: {html.escape(', '.join(axis_label(a) for a in view.axes))}. Each axis is compared "
-                     f"with the others at their most common value ({html.escape(refs)}); points are seeds, bars "
+                     f"with the others at their reference values ({html.escape(refs)}); points are seeds, bars "
                      "the mean and its 95% confidence interval (Student t).</p>")
         h.append("<div class='figs'>" + "".join(_figure_html(f"studies/{_slug(name)}/{stem}", cap)
                                                 for stem, cap in figs if stem != "compare") + "</div>")

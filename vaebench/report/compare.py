@@ -1,8 +1,12 @@
-"""Paired comparisons: each axis value (or variant) against a reference, seed by seed.
+"""Paired comparisons: each axis value (or variant) against a reference, within seed and cell.
 
 With two or three seeds per config, independent intervals per config dwarf the differences; the
 seeds are paired (the same seed gives the same data order and initial draw in every config), so
-the difference seed by seed is what carries the signal.
+the difference seed by seed is what carries the signal. In a crossed grid (K x KL x seed) a value
+of one axis is paired with the reference in every cell of the other axes, seed by seed: every
+pair is used. The cells of one seed share its data order and initial draw, so they are not
+independent replicates: each seed's paired differences are averaged over its cells, and the
+t interval and test are over those per-seed averages (n = seeds, not pairs).
 """
 
 from __future__ import annotations
@@ -13,13 +17,14 @@ import numpy as np
 import pandas as pd
 
 from ..errors import VaebenchError
-from ..results import axis_label, load
+from ..results import axis_label
 from .figures import axis_values, value_order
-from .stats import paired_difference
-from .studies import axis_slice, study_views
+from .stats import ALPHA, CONFIDENCE, MIN_BOOTSTRAP, MIN_SEEDS, holm, paired_difference, verdict
+from .studies import k_column, load_final, study_views, variant_reference
+from .tables import check_format, metric_label, number, render, with_interval
 
-COLUMNS = ["study", "axis", "value", "reference", "metric", "mean", "n_seeds", "diff", "ci_low", "ci_high",
-           "boot_low", "boot_high", "p_improve", "verdict"]
+COLUMNS = ["study", "axis", "value", "reference", "cell", "metric", "k", "reduce", "mean", "n_seeds", "n_pairs",
+           "n_cells", "diff", "ci_low", "ci_high", "boot_low", "boot_high", "p", "p_adj", "share_better", "verdict"]
 
 
 def higher_is_better(metric: str) -> bool:
@@ -32,81 +37,182 @@ def default_metric(final: pd.DataFrame) -> str:
     return "test_iw_ll" if "test_iw_ll" in final and final["test_iw_ll"].notna().any() else "val_elbo"
 
 
-def _per_seed(runs: pd.DataFrame, metric: str) -> pd.Series:
-    """The metric of each seed (the mean if one seed has several runs)."""
-    seeds = runs["seed"].astype(int) if "seed" in runs else pd.Series(0, index=runs.index)
-    return runs[metric].astype(float).groupby(seeds.to_numpy()).mean().dropna()
+def _one_k(final: pd.DataFrame, metric: str, k: int | None) -> tuple[pd.DataFrame, int | None]:
+    """The frame with ``metric`` only where its k is ``k`` (when given), and the one k of its
+    numbers; a VaebenchError when runs' numbers come from different k."""
+    col = k_column(metric)
+    if col is None or col not in final:
+        return final, None
+    ks = pd.to_numeric(final[col], errors="coerce")
+    if k is not None:
+        if not (ks == k).any():
+            have = ", ".join(str(int(v)) for v in sorted(ks.dropna().unique())) or "none"
+            raise VaebenchError(f"no run has {metric} at k={k} (k here: {have}); run `vaebench eval PATH --k {k}` "
+                                f"first or choose one of those")
+        final = final.assign(**{metric: final[metric].where(ks == k)})
+        return final, k
+    used = ks[final[metric].notna() & (final["state"].astype(str) == "done")].dropna().astype(int)
+    counts = used.value_counts().sort_index()
+    if len(counts) > 1:
+        shown = ", ".join(f"k={v:,} in {n} run{'s' * (n > 1)}" for v, n in counts.items())
+        raise VaebenchError(f"{metric} comes from different k here ({shown}); compare one k: pass --k "
+                            f"(k= in Python), or evaluate every run at one k with `vaebench eval PATH --k K`")
+    return final, (int(counts.index[0]) if len(counts) else None)
 
 
-def _rows(study: str, axis: str, labels: pd.Series, runs: pd.DataFrame, order: list[str], ref: str,
-          metric: str) -> list[dict]:
-    base = _per_seed(runs[labels == ref], metric)
-    rows = []
-    for value in order:
-        mine = _per_seed(runs[labels == value], metric)
-        row = {"study": study, "axis": axis, "value": value, "reference": ref, "metric": metric,
-               "mean": float(mine.mean()) if len(mine) else np.nan}
-        if value == ref:
-            row.update(n_seeds=len(mine), diff=0.0, verdict="reference")
-        else:
-            common = mine.index.intersection(base.index)
-            row.update(paired_difference(mine[common].to_numpy(), base[common].to_numpy(),
-                                         higher_is_better(metric)))
-        rows.append(row)
-    return rows
-
-
-def compare(runs: str | Path | pd.DataFrame, metric: str = "test_iw_ll", reference: str | None = None) -> pd.DataFrame:
+def compare(runs: str | Path | pd.DataFrame, metric: str = "test_iw_ll", reference: str | None = None,
+            k: int | None = None, reduce: str = "last", per_cell: bool = False) -> pd.DataFrame:
     """One row per axis value (per variant in a study with variants): the difference of ``metric``
-    to the reference paired by seed, with its 95% Student-t and bootstrap intervals, the probability
-    of improvement and a verdict (better / worse / no detectable difference / too few seeds).
+    to the reference, paired within seed and cell, averaged over the cells of the other axes; its
+    95% Student-t interval over seeds, a BCa bootstrap interval (from MIN_BOOTSTRAP seeds up, else
+    NaN), the paired t test's p and its Holm adjustment across the table's comparisons, the share of
+    pairs where the value beats the reference, and a verdict: better / worse (Holm-adjusted p <
+    0.05), no detectable difference, too few seeds (under 3), no paired seeds.
 
-    ``runs`` is a results folder or the frame of ``vaebench.load(path, final=True)``. The reference
-    is ``reference`` where an axis has that value, else the variant ``baseline`` (else the first
-    variant), else the axis's most common value (the baseline of a one-at-a-time study).
+    ``runs`` is a results folder or the frame of ``vaebench.load(path, final=True)``. ``k``: the
+    importance samples of the evaluation numbers (default: the one all runs have; numbers of
+    different k are refused). ``reduce``: "last" or "best" (load's). ``per_cell=True`` adds a row
+    per value and cell of the other axes (``cell`` names it; no verdict, uncorrected intervals).
+    The reference: ``reference`` where an axis has it, else the ``baseline`` variant, else the
+    study's own base value, else the first value listed (vaebench.report.studies.references).
+    ``table.attrs``: metric, k, reduce, correction ("Holm"), confidence.
     """
-    final = load(runs, final=True) if isinstance(runs, (str, Path)) else runs
+    final = load_final(runs, k, reduce)
     if metric not in final.columns or final[metric].notna().sum() == 0:
         metrics = sorted(c for c in final.columns if "." not in c and final[c].dtype.kind == "f")
         hint = "; run `vaebench eval PATH` first" if metric.startswith("test_") else ""
         raise VaebenchError(f"no run has {metric!r}{hint}; metrics here: {', '.join(metrics) or 'none'}")
+    final, k = _one_k(final, metric, k)
+    better = higher_is_better(metric)
     rows: list[dict] = []
     seen: set[str] = set()
     for view in study_views(final):
-        done = view.final[view.final["state"].astype(str) == "done"]
-        variants = view.final["variant"].astype(str) if "variant" in view.final else None
-        if variants is not None and variants.nunique() > 1:
+        f = view.final
+        if "variant" in f and f["variant"].astype(str).nunique() > 1:
+            variants = f["variant"].astype(str)
             order = list(dict.fromkeys(variants))  # the study's order
-            seen.update(order)
-            ref = reference if reference in order else "baseline" if "baseline" in order else order[0]
-            rows += _rows(view.name, "variant", variants[done.index], done, order, ref, metric)
-            continue
-        for axis in view.axes:
-            part = done[axis_slice(done, axis, view.axes, view.refs)]
-            labels = axis_values(part, axis)
-            order = value_order(axis_values(view.final, axis))
-            seen.update(order)
-            ref = reference if reference in order else view.refs[axis]
-            rows += _rows(view.name, axis_label(axis), labels, part, order, ref, metric)
+            axes, labels, orders = [("variant",)], {("variant",): variants}, {("variant",): order}
+            refs = {("variant",): variant_reference(order, view.base)}
+        else:
+            axes, refs = view.axes, view.refs
+            labels = {a: axis_values(f, a) for a in axes}
+            orders = {a: value_order(labels[a]) for a in axes}
+        for axis in axes:
+            seen.update(orders[axis])
+            ref = reference if reference in orders[axis] else refs[axis]
+            rows += _axis_rows(view.name, axis, f, labels, orders[axis], ref, metric, better, per_cell)
     if reference is not None and reference not in seen:
         raise VaebenchError(f"no variant or axis value {reference!r} to compare with; "
                             f"values are: {', '.join(sorted(seen)) or 'none (no axes)'}")
-    return pd.DataFrame(rows, columns=COLUMNS)
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    tested = (table["cell"] == "") & table["verdict"].isna()
+    table["p_adj"] = np.nan
+    table.loc[tested, "p_adj"] = holm(table.loc[tested, "p"].to_numpy())
+    table.loc[tested, "verdict"] = [verdict(d, p, better) for d, p in zip(table.loc[tested, "diff"],
+                                                                          table.loc[tested, "p_adj"])]
+    table["verdict"] = table["verdict"].fillna("")
+    table = table.assign(metric=metric, k=pd.array([k] * len(table), dtype="Int64"), reduce=reduce)
+    table.attrs.update(metric=metric, k=k, reduce=reduce, correction="Holm", confidence=CONFIDENCE,
+                       higher_is_better=better, min_bootstrap=MIN_BOOTSTRAP)
+    return table
 
 
-def compare_text(table: pd.DataFrame) -> pd.DataFrame:
-    """The table as people read it: difference with its intervals, P(improvement), verdict."""
-    def num(v, fmt="{:+.2f}"):
-        return "-" if pd.isna(v) else fmt.format(v)
+def _axis_rows(study: str, axis: tuple[str, ...], final: pd.DataFrame, labels: dict, order: list[str], ref: str,
+               metric: str, better: bool, per_cell: bool) -> list[dict]:
+    """The rows of one axis: each value paired with ``ref`` in every (cell of the other axes, seed)
+    where both have a done run; a seed's replicate is its mean difference over those cells."""
+    others = [a for a in labels if a != axis]
+    cells = pd.Series([", ".join(f"{axis_label(o)} = {labels[o][i]}" for o in others) for i in final.index],
+                      index=final.index, dtype=object) if others else pd.Series("", index=final.index, dtype=object)
+    seeds = final["seed"].astype(int) if "seed" in final else pd.Series(0, index=final.index)
+    done = (final["state"].astype(str) == "done") & final[metric].notna()
+    long = pd.DataFrame({"cell": cells, "seed": seeds, "value": labels[axis], "m": final[metric].astype(float)})[done]
+    per = long.groupby(["cell", "seed", "value"], sort=False)["m"].mean().unstack("value")  # (cell, seed) x value
+    nothing = pd.Series(np.nan, index=per.index)
+    base = per[ref] if ref in per else nothing
+    rows, ref_cells = [], set()
+    name = axis_label(axis) if axis != ("variant",) else "variant"
+    for value in order:
+        if value == ref:
+            rows.append(None)  # filled in below, once the cells every value was paired in are known
+            continue
+        mine = per[value] if value in per else nothing
+        d = (mine - base).dropna()
+        used = list(dict.fromkeys(d.index.get_level_values("cell")))
+        ref_cells.update(used)
+        row = {"study": study, "axis": name, "value": value, "reference": ref, "cell": "",
+               "mean": float(mine[mine.index.get_level_values("cell").isin(used)].mean()) if used else np.nan,
+               "n_pairs": len(d), "n_cells": len(used)}
+        row |= paired_difference(d.groupby(level="seed").mean(), d.to_numpy(), better)
+        rows.append(row)
+        if per_cell and len(used) > 1:
+            for cell in used:
+                dc = d.xs(cell, level="cell")
+                rows.append({**row, "cell": cell, "n_pairs": len(dc), "n_cells": 1,
+                             "mean": float(mine.xs(cell, level="cell").mean()),
+                             **paired_difference(dc.to_numpy(), None, better), "verdict": "", "p": np.nan})
+    mine = base[base.index.get_level_values("cell").isin(ref_cells)].dropna()
+    reference_row = {"study": study, "axis": name, "value": ref, "reference": ref, "cell": "",
+                     "mean": float(mine.mean()) if len(mine) else np.nan, "n_seeds": mine.index.get_level_values(
+                         "seed").nunique(), "n_pairs": len(mine), "n_cells": len(ref_cells), "diff": 0.0,
+                     "verdict": "reference"}
+    return [reference_row if r is None else r for r in rows]
 
-    out = pd.DataFrame({
-        "study": table["study"], "axis": table["axis"], "value": table["value"],
-        "mean": [num(v, "{:.2f}") for v in table["mean"]], "seeds": table["n_seeds"],
-        "diff": [num(v) for v in table["diff"]],
-        "95% CI (t)": ["-" if pd.isna(a) else f"[{a:+.2f}, {b:+.2f}]" for a, b in zip(table["ci_low"], table["ci_high"])],
-        "95% CI (bootstrap)": ["-" if pd.isna(a) else f"[{a:+.2f}, {b:+.2f}]"
-                               for a, b in zip(table["boot_low"], table["boot_high"])],
-        "P(better)": [num(v, "{:.2f}") for v in table["p_improve"]], "verdict": table["verdict"]})
-    if out["study"].nunique() == 1:
+
+def compare_cells(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as people read it, one string per cell, headers as labels: the difference with
+    its 95% t interval in one cell, the bootstrap's where any is shown, share better, Holm p, verdict."""
+    out = pd.DataFrame({"study": table["study"], "axis": table["axis"], "value": table["value"]})
+    if (table["cell"] != "").any():
+        out["cell"] = ["all (averaged)" if c == "" else c for c in table["cell"]]
+    out["mean"] = [number(v) for v in table["mean"]]
+    out["seeds"] = [str(int(v)) if pd.notna(v) else "-" for v in table["n_seeds"]]
+    if (table["n_cells"].fillna(1) > 1).any():
+        out["pairs"] = [str(int(v)) if pd.notna(v) else "-" for v in table["n_pairs"]]
+        out["cells"] = [str(int(v)) if pd.notna(v) else "-" for v in table["n_cells"]]
+    out["difference [95% CI]"] = ["0 (reference)" if v == "reference" else with_interval(d, lo, hi, "{:+.2f}")
+                                  for d, lo, hi, v in zip(table["diff"], table["ci_low"], table["ci_high"],
+                                                          table["verdict"])]
+    if table["boot_low"].notna().any():
+        out["bootstrap 95% CI"] = ["-" if pd.isna(a) else f"[{a:+.2f}, {b:+.2f}]"
+                                   for a, b in zip(table["boot_low"], table["boot_high"])]
+    out["share better"] = [number(v) for v in table["share_better"]]
+    out["p (Holm)"] = [number(v, "{:.3f}") for v in table["p_adj"]]
+    out["verdict"] = table["verdict"]
+    if out["study"].nunique() <= 1:
         out = out.drop(columns=["study"])
     return out
+
+
+def compare_header(table: pd.DataFrame) -> str:
+    """What the table's numbers are, in one line: metric, direction, k, reduction, pairing, correction."""
+    metric = table.attrs.get("metric") or (str(table["metric"].iloc[0]) if len(table) else "")
+    k = table.attrs.get("k", table["k"].dropna().iloc[0] if len(table) and table["k"].notna().any() else None)
+    reduce = table.attrs.get("reduce") or (str(table["reduce"].iloc[0]) if len(table) else "last")
+    tested = int(((table["cell"] == "") & ~table["verdict"].isin(["reference", "too few seeds", "no paired seeds"]))
+                 .sum())
+    k_text = f", k = {int(k):,}" if k is not None and pd.notna(k) else ""
+    return (f"{metric_label(metric)} ({'higher' if higher_is_better(metric) else 'lower'} is better; {reduce} values"
+            f"{k_text}) minus the reference's, paired by seed within each cell of the other axes; 95% Student-t "
+            f"intervals over seeds; verdicts at Holm-adjusted p < {ALPHA:.2f} across the {tested} comparisons "
+            f"of this table")
+
+
+def compare_notes(table: pd.DataFrame) -> list[str]:
+    """Footnotes: why an interval is missing, what the per-cell rows are."""
+    notes = []
+    testable = table[(table["cell"] == "") & (table["verdict"] != "reference")]
+    if len(testable) and testable["boot_low"].isna().any():
+        notes.append(f"Bootstrap (BCa) intervals need at least {MIN_BOOTSTRAP} seeds and are not shown with fewer; "
+                     f"with under {MIN_SEEDS} seeds no interval is.")
+    if (table["cell"] != "").any():
+        notes.append("Per-cell rows: the difference in one cell of the other axes, over its seeds; uncorrected, "
+                     "no verdict.")
+    return notes
+
+
+def compare_text(table: pd.DataFrame, format: str = "text") -> str:
+    """compare's table as text, markdown, latex (booktabs), html (with its header line and
+    footnotes) or csv (the numbers, each in its own column)."""
+    check_format(format)
+    return render(compare_cells(table), format, compare_header(table), compare_notes(table), numbers=table)

@@ -429,7 +429,7 @@ def plot_forest(table: pd.DataFrame, title: str = "") -> Figure:
             ax.plot([r["boot_low"], r["boot_high"]], [yi - 0.22] * 2, color=color, lw=1.1, zorder=3)
         ax.plot([r["diff"]], [yi], "o", color=color, ms=6, zorder=4,
                 mfc=color if pd.notna(r["ci_low"]) else "white")
-        note = r["verdict"] if r["verdict"] in ("too few seeds", "no paired seeds") else f"P(better) {r['p_improve']:.2f}"
+        note = r["verdict"] if r["verdict"] in ("too few seeds", "no paired seeds") else f"share better {r['share_better']:.2f}"
         ax.annotate(note, (1, yi), xycoords=("axes fraction", "data"), xytext=(4, 0), textcoords="offset points",
                     va="center", fontsize="x-small", color=color)
     ax.axvline(0, color="0.2", lw=1, ls="--", zorder=2)
