@@ -123,7 +123,8 @@ def figures(values: list[str], title: str, subtitle: str):
     yield "traversals", F.plot_traversals(rng.random((8, 7, 196)), shape, (-3, -2, -1, 0, 1, 2, 3), title, subtitle)
     yield "final", F.plot_final_by_value(final_frame(values), "variant", title=title, subtitle=subtitle)
     yield "curves", F.plot_curves_by_value(curves_frame(values), "variant", title=title, subtitle=subtitle)
-    table = pd.concat([compare_table(values), compare_table(["1", "2", "5", "10"], "K (samples)", big=False)])
+    unpaired = compare_table(["1", "2"], "latent").tail(1).assign(diff=np.nan, verdict="no paired seeds")
+    table = pd.concat([compare_table(values), compare_table(["1", "2", "5", "10"], "K (samples)", big=False), unpaired])
     yield "forest", F.plot_forest(table, title=title)
 
 

@@ -165,7 +165,8 @@ def report_command(results: str, out: str | None, jobs: int | None, force: bool,
 @click.option("-n", "n", type=click.IntRange(min=1), default=64, show_default=True, help="Samples to draw.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Image file (.png, .svg or .pdf).")
 def sample_command(run: str, n: int, out: str) -> None:
-    """Bernoulli means of p(x|z) for z ~ N(0, I) from RUN's checkpoint, as one image grid."""
+    """The decoder's means of p(x|z) for z ~ N(0, I) from RUN's checkpoint (for any likelihood), as one
+    image grid."""
     from .api import sample
 
     click.echo(f"wrote {sample(run, out, n)}")

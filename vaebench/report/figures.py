@@ -138,9 +138,14 @@ LEGEND_ROW = 0.26  # inches
 
 
 def _legend_row(fig: Figure, ax, **kwargs) -> None:
-    """The legend of ``ax`` in one row above the axes' titles (``_figure(legend_row=True)``)."""
+    """The legend of ``ax`` in one row above the axes' titles (``_figure(legend_row=True)``), off
+    the data."""
     handles, labels = ax.get_legend_handles_labels()
-    y = fig.subplotpars.top + 0.34 / fig.get_figheight()
+    if _constrained(fig):  # the top of the area the layout fills
+        _, bottom, _, height = fig.get_layout_engine().get()["rect"]
+        y = bottom + height
+    else:
+        y = fig.subplotpars.top + 0.34 / fig.get_figheight()
     fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, y), ncol=len(labels), frameon=False,
                fontsize="small", borderaxespad=0, **kwargs)
 
@@ -397,10 +402,10 @@ def plot_final_by_value(final: pd.DataFrame, axis: str | Sequence[str],
         lines = sum(w.count("\n") + 1 for w in wrapped)
         fig, axes = _figure(panel * len(metrics) + min(2.3, max(map(lambda w: text_width(w, TICK_PT), wrapped))),
                             1.4 + 0.2 * lines + 0.12 * len(order), ncols=len(metrics), title=title,
-                            subtitle=subtitle, layout=True)
+                            subtitle=subtitle, layout=True, legend_row=True)
     else:
         fig, axes = _figure(panel * len(metrics) + 0.4, 3.6, ncols=len(metrics), title=title, subtitle=subtitle,
-                            layout=True)
+                            layout=True, legend_row=True)
     label = axis_label(axis, 34)
     pos = np.arange(len(order))[::-1] if across else np.arange(len(order))
     for ax, metric in zip(axes, metrics):
@@ -434,7 +439,7 @@ def plot_final_by_value(final: pd.DataFrame, axis: str | Sequence[str],
         ax.set_title(f"final {metric_label(metric)}", fontsize="medium")
     if across:
         axes[0].set_ylabel(label)
-    axes[0].legend(fontsize="small", loc="best")  # where it hides the fewest points
+    _legend_row(fig, axes[0])
     return fig
 
 
@@ -561,7 +566,7 @@ def _one(table: pd.DataFrame, column: str):
     return table.attrs.get(column)
 
 
-def _k_text(table: pd.DataFrame, metric: str) -> str:
+def k_text(table: pd.DataFrame, metric: str) -> str:
     """'k = 5,000' from the table's k column or attrs (a number, or {split: k} as load's attrs)."""
     k = _one(table, "k")
     if isinstance(k, dict):
@@ -581,7 +586,7 @@ def forest_heading(table: pd.DataFrame, title: str = "") -> tuple[str, str]:
     pairing, the intervals and their correction), from the compare table's columns and attrs."""
     metric = str(table["metric"].iloc[0])
     what = metric_label(metric)
-    k = _k_text(table, metric) if "iw_ll" in metric or metric.startswith("test_") else ""
+    k = k_text(table, metric) if "iw_ll" in metric or metric.startswith("test_") else ""
     what += f" ({k})" if k else ""
     what = what.replace(" ", "\u00a0")  # wrapped, if at all, before the metric's name, never inside it
     head = f"{title}: {what}" if title else what
@@ -644,7 +649,7 @@ def plot_forest(table: pd.DataFrame, title: str = "") -> Figure:
             ax.annotate(note, (1, yi), xycoords=("axes fraction", "data"), xytext=(4, 0), textcoords="offset points",
                         va="center", fontsize="x-small", color=color)
         ax.axvline(0, color="0.2", lw=1, ls="--", zorder=2)
-        lo, hi = min(lows + [0.0]), max(highs + [0.0])
+        lo, hi = np.nanmin(lows + [0.0]), np.nanmax(highs + [0.0])  # a value without pairs has no difference
         pad = 0.08 * (hi - lo or 1.0)
         ax.set_xlim(lo - pad, hi + pad)
         ax.set_yticks(y, [labels[i] for i in part.index])
