@@ -42,7 +42,18 @@ RUN_FIGURES = {
     "latent": "latent means of the test images, coloured by digit",
     "traversals": "latent traversals: each dimension swept from -3 to 3",
 }
-FORMATS = F.FORMATS  # png, svg, pdf
+RUN_FORMATS = ("png", "svg")  # each run's figures; PDF on request (--formats): a third more drawing time per run
+STUDY_FORMATS = F.FORMATS  # a study's few figures, the ones a paper takes, always in PDF too
+
+
+def check_formats(formats) -> tuple[str, ...]:
+    """The run figures' formats, given as a sequence or 'png,svg,pdf'; PNG always (the index shows it)."""
+    names = [f.strip().lower() for f in (formats.split(",") if isinstance(formats, str) else formats) if f.strip()]
+    wrong = [f for f in names if f not in F.FORMATS]
+    if wrong or "png" not in names:
+        raise VaebenchError(f"--formats {','.join(names) or '(none)'}: give png and any of svg, pdf, "
+                            "comma-separated (e.g. --formats png,svg,pdf)")
+    return tuple(dict.fromkeys(names))
 MANIFEST = ".manifest.json"
 N_IMAGES = 20  # reconstructed images per split: two of each digit
 N_SAMPLES = 100
@@ -146,7 +157,8 @@ def traversals(model, mu, values=TRAVERSAL_VALUES):
     return model.likelihood.mean(model.decode(z.view(lat * n, lat))).view(lat, n, -1)
 
 
-def draw_run(run_dir: str | Path, fig_dir: str | Path, title: str, note: str = "") -> dict[str, str]:
+def draw_run(run_dir: str | Path, fig_dir: str | Path, title: str, note: str = "",
+             formats: tuple[str, ...] = RUN_FORMATS) -> dict[str, str]:
     """Draw the seed's figures for one run (titled ``title``, with ``note`` in small print); return
     {figure: why it is missing} for those it can't."""
     import torch
@@ -159,7 +171,7 @@ def draw_run(run_dir: str | Path, fig_dir: str | Path, title: str, note: str = "
     m = runs.read_metrics(run_dir)
     window = int(cfg.get("train", {}).get("eval_every", 100))
     def save(fig, name):
-        F.save(F.footnote(fig, note) if note else fig, fig_dir / name, FORMATS)
+        F.save(F.footnote(fig, note) if note else fig, fig_dir / name, formats)
 
     if len(m):
         save(F.plot_terms(m, window, title), "terms")
@@ -179,7 +191,7 @@ def draw_run(run_dir: str | Path, fig_dir: str | Path, title: str, note: str = "
         for name in ("recon_train", "recon_val", "samples", "latent", "traversals"):
             missing[name] = "no checkpoint yet"
     for name in missing:  # a figure from an earlier report that can no longer be drawn is stale
-        for fmt in FORMATS:
+        for fmt in F.FORMATS:
             (fig_dir / f"{name}.{fmt}").unlink(missing_ok=True)
     return missing
 
@@ -300,7 +312,7 @@ def draw_study(view: StudyView, root: Path, fig_dir: Path, cache: Path | None = 
     table = study_comparison(view, cache)
     if table is not None and (table["verdict"] != "reference").any():
         metric = table["metric"].iloc[0]
-        F.save(F.plot_forest(with_k(table, view.final), title=view.name), fig_dir / "compare", FORMATS)
+        F.save(F.plot_forest(with_k(table, view.final), title=view.name), fig_dir / "compare", STUDY_FORMATS)
         drawn.append(("compare", f"{F.metric_label(metric)}: difference to the reference paired by seed, with 95% "
                                  "intervals; one panel per axis; zero dashed"))
     for axis in view.axes:
@@ -313,11 +325,11 @@ def draw_study(view: StudyView, root: Path, fig_dir: Path, cache: Path | None = 
         stem = _slug(" & ".join(axis))
         done = final[final["state"] == "done"]
         if len(done) and "val_elbo" in done:
-            F.save(F.plot_final_by_value(done, axis, title=title, subtitle=sub), fig_dir / f"final-{stem}", FORMATS)
+            F.save(F.plot_final_by_value(done, axis, title=title, subtitle=sub), fig_dir / f"final-{stem}", STUDY_FORMATS)
             drawn.append((f"final-{stem}", f"final validation terms per value of {label}"))
         c = curves[curves["run"].isin(final["run"])] if len(curves) else curves
         if len(c):
-            F.save(F.plot_curves_by_value(c, axis, title=title, subtitle=sub), fig_dir / f"curves-{stem}", FORMATS)
+            F.save(F.plot_curves_by_value(c, axis, title=title, subtitle=sub), fig_dir / f"curves-{stem}", STUDY_FORMATS)
             drawn.append((f"curves-{stem}", f"validation learning curves per value of {label} (mean, 95% CI band)"))
     return drawn
 
@@ -340,8 +352,10 @@ def _slug(text: str) -> str:
 
 
 def build_report(path: str | Path = "results", out: str | Path | None = None, force: bool = False,
-                 jobs: int | None = None) -> Report:
-    """Write the report of every run under ``path`` to ``out`` (default RESULTS/report); see module doc."""
+                 jobs: int | None = None, formats=RUN_FORMATS) -> Report:
+    """Write the report of every run under ``path`` to ``out`` (default RESULTS/report); see module doc.
+    ``formats``: those of each run's figures (PNG and SVG by default; study figures are PNG, SVG and PDF)."""
+    formats = check_formats(formats)
     start = time.perf_counter()
     root = Path(path)
     final = load(root, final=True)  # raises one clear line when there are no runs
@@ -350,7 +364,8 @@ def build_report(path: str | Path = "results", out: str | Path | None = None, fo
         raise VaebenchError(f"the report can't be written inside a run folder ({out}); choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     manifest = runs.read_json(out / MANIFEST) or {}
-    old = manifest.get("runs", {}) if manifest.get("version") == _FORMAT_VERSION else {}
+    same = manifest.get("version") == _FORMAT_VERSION and tuple(manifest.get("formats", RUN_FORMATS)) == formats
+    old = manifest.get("runs", {}) if same else {}
     report = Report(out, out / "index.html", summary(final))
 
     run_dirs = {label: run_path(root, label) for label in final["run"]}
@@ -379,7 +394,7 @@ def build_report(path: str | Path = "results", out: str | Path | None = None, fo
 
     report.seconds["read"] = time.perf_counter() - start
     drawn_runs, drawn_studies = _draw(
-        [(run_dirs[t], out / "runs" / t, *titles[t]) for t in todo],
+        [(run_dirs[t], out / "runs" / t, *titles[t], formats) for t in todo],
         [(views[name], root, out / "studies" / _slug(name), out / CACHE) for name in redraw], jobs)
     for label, missing in zip(todo, drawn_runs):
         new_runs[label] = {"fp": prints[label], "missing": missing}
@@ -395,8 +410,9 @@ def build_report(path: str | Path = "results", out: str | Path | None = None, fo
     os.replace(out / "summary.csv.tmp", out / "summary.csv")
     runs.atomic_write(out / "summary.md", summary_markdown(report.summary))
     runs.atomic_write(report.index, _index_html(root, final, views, study_figs, new_runs, report.summary, titles,
-                                                out / CACHE))
-    runs.write_json(out / MANIFEST, {"version": _FORMAT_VERSION, "runs": new_runs, "studies": new_studies})
+                                                out / CACHE, formats))
+    runs.write_json(out / MANIFEST, {"version": _FORMAT_VERSION, "formats": list(formats), "runs": new_runs,
+                                     "studies": new_studies})
     report.seconds["write"] = time.perf_counter() - start - report.seconds["read"] - report.seconds["draw"]
     return report
 
@@ -414,7 +430,7 @@ def run_titles(views: dict[str, StudyView]) -> dict[str, tuple[str, str]]:
     return out
 
 
-def _draw(run_tasks: list[tuple[Path, Path, str, str]], study_tasks: list[tuple[StudyView, Path, Path, Path]],
+def _draw(run_tasks: list[tuple[Path, Path, str, str, tuple[str, ...]]], study_tasks: list[tuple[StudyView, Path, Path, Path]],
           jobs: int | None) -> tuple[list[dict[str, str]], list[list[tuple[str, str]]]]:
     """Draw runs' and studies' figures, in worker processes when there are enough runs to pay for
     starting them: the studies first (each is the longest task), then the runs one at a time, so
@@ -451,10 +467,11 @@ def _one_thread_each():
                 os.environ[k] = v
 
 
-def _draw_safely(run_dir: Path, fig_dir: Path, title: str, note: str = "") -> dict[str, str]:
+def _draw_safely(run_dir: Path, fig_dir: Path, title: str, note: str = "",
+                 formats: tuple[str, ...] = RUN_FORMATS) -> dict[str, str]:
     """A run whose files can't be read is reported as such, never stops the report."""
     try:
-        return draw_run(run_dir, fig_dir, title, note)
+        return draw_run(run_dir, fig_dir, title, note, formats)
     except Exception as e:  # noqa: BLE001 - one unreadable run must not stop a 100-run report
         return {name: f"could not be drawn: {type(e).__name__}: {e}" for name in RUN_FIGURES}
 
@@ -492,12 +509,12 @@ def _anchor(*parts: str) -> str:
     return "-".join(_slug(p) for p in parts)
 
 
-def _figure_html(rel_stem: str, caption: str) -> str:
+def _figure_html(rel_stem: str, caption: str, formats: tuple[str, ...] = STUDY_FORMATS) -> str:
     """A figure at a readable size (wide ones span the page), the image a link to itself at full
     size, its vector files beside the caption."""
     png = _url(rel_stem + ".png")
     wide = " class='wide'" if Path(rel_stem).name.startswith(WIDE_FIGURES) else ""
-    vectors = " · ".join(f'<a href="{_url(rel_stem + "." + fmt)}">{fmt.upper()}</a>' for fmt in FORMATS if fmt != "png")
+    vectors = " · ".join(f'<a href="{_url(rel_stem + "." + fmt)}">{fmt.upper()}</a>' for fmt in formats if fmt != "png")
     return (f'<figure{wide}><a href="{png}"><img src="{png}" loading="lazy" alt="{html.escape(caption)}"></a>'
             f'<figcaption>{html.escape(caption)}{" · " + vectors if vectors else ""}</figcaption></figure>')
 
@@ -561,7 +578,7 @@ def _config_html(root: Path, label: str) -> str:
 
 def _index_html(root: Path, final: pd.DataFrame, views: dict[str, StudyView], study_figs: dict[str, list],
                 run_info: dict, table: pd.DataFrame, titles: dict[str, tuple[str, str]],
-                cache: Path | None = None) -> str:
+                cache: Path | None = None, formats: tuple[str, ...] = RUN_FORMATS) -> str:
     incomplete = final[final["state"] != "done"]
     missing = bool(len(incomplete) or any(v["missing"] for v in run_info.values()))
     h = ["<!doctype html><html><head><meta charset='utf-8'>",
@@ -572,7 +589,8 @@ def _index_html(root: Path, final: pd.DataFrame, views: dict[str, StudyView], st
          f"drawn {html.escape(time.strftime('%Y-%m-%d %H:%M'))} by vaebench {__version__}. "
          "Curves are in nats per image against weight updates; train is blue, validation orange. "
          "The summary table is also in <a href='summary.csv'>summary.csv</a> and "
-         "<a href='summary.md'>summary.md</a>; every figure is a PNG (click it for full size), an SVG and a PDF.</p>"]
+         "<a href='summary.md'>summary.md</a>; every figure is a PNG (click it for full size) with its vector files: SVG, and PDF for the study "
+         f"figures{' and the runs' if 'pdf' in formats else ' (--formats png,svg,pdf for the runs too)'}.</p>"]
     counts = final["state"].value_counts()
     h.append("<p>States: " + ", ".join(f"{counts[s]} {s}" for s in counts.index) + ".</p>")
     h.append(_toc(views, study_figs, titles, missing))
@@ -629,7 +647,7 @@ def _index_html(root: Path, final: pd.DataFrame, views: dict[str, StudyView], st
                        + (f" (k = {int(r['test_k']):,})" if pd.notna(r.get("test_k")) else "")
                        if pd.notna(r.get("test_iw_ll")) else "") + "</p>"))
             h.append(_config_html(root, label))
-            figs = [_figure_html(f"runs/{label}/{name}", cap) for name, cap in RUN_FIGURES.items()
+            figs = [_figure_html(f"runs/{label}/{name}", cap, formats) for name, cap in RUN_FIGURES.items()
                     if name not in info.get("missing", {})]
             h.append("<div class='figs'>" + "".join(figs) + "</div>")
     h.append("</body></html>")
@@ -655,7 +673,7 @@ def _toc(views: dict[str, StudyView], study_figs: dict[str, list], titles: dict[
 
 
 def _summary_html(table: pd.DataFrame, final: pd.DataFrame) -> str:
-    table = table.dropna(axis=1, how="all")  # another study's axes
+    table = table.drop(columns=[c for c in table if "." in c and table[c].isna().all()])  # another study's axes
     shown = table.copy()
     for col in [c for c in shown.columns if c.endswith("_mean")]:
         m = col[:-5]
