@@ -111,6 +111,15 @@ def compare_table(values: list[str], axis: str = "variant", k: bool = True, big:
 
 
 def figures(values: list[str], title: str, subtitle: str):
+    """Each kind as the report draws it: a run's figures with its id in small print."""
+    for name, fig in _figures(values, title, subtitle):
+        yield name, (F.footnote(fig, "run " + "x" * 60) if name in RUN_KINDS else fig)
+
+
+RUN_KINDS = ("terms", "train_val", "recon", "samples", "latent", "traversals")
+
+
+def _figures(values: list[str], title: str, subtitle: str):
     shape = (14, 14)
     rng = np.random.default_rng(2)
     imgs = rng.random((20, 196))
@@ -119,7 +128,7 @@ def figures(values: list[str], title: str, subtitle: str):
     yield "recon", F.plot_reconstructions(imgs, imgs, shape, title, subtitle=subtitle)
     yield "samples", F.plot_samples(rng.random((100, 196)), shape, title, subtitle=subtitle)
     yield "samples_cli", F.footnote(F.plot_samples(rng.random((16, 196)), shape, title, cols=4), "run x")
-    yield "latent", F.footnote(F.plot_latent(rng.normal(size=(500, 8)), np.arange(500) % 10, title, subtitle), "run x")
+    yield "latent", F.plot_latent(rng.normal(size=(500, 8)), np.arange(500) % 10, title, subtitle)
     yield "traversals", F.plot_traversals(rng.random((8, 7, 196)), shape, (-3, -2, -1, 0, 1, 2, 3), title, subtitle)
     yield "final", F.plot_final_by_value(final_frame(values), "variant", title=title, subtitle=subtitle)
     yield "curves", F.plot_curves_by_value(curves_frame(values), "variant", title=title, subtitle=subtitle)

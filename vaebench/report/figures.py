@@ -123,7 +123,7 @@ def _figure(width: float, height: float, ncols: int = 1, title: str = "", subtit
         axes = fig.subplots(nrows, ncols, squeeze=False,
                             gridspec_kw={"height_ratios": height_ratios} if height_ratios else None).ravel()
         _heading(fig, title, subtitle)
-    top = head + (0.1 if images else 0.32)
+    top = head + (0.24 if images else 0.32)  # room for the axes' titles
     if layout:
         fig.get_layout_engine().set(rect=(0, 0, 1, 1 - head / height), w_pad=0.06, h_pad=0.06)
     elif images:
@@ -752,6 +752,8 @@ def footnote(fig: Figure, text: str) -> Figure:
     if _constrained(fig):
         left, _, width, top = engine.get()["rect"]
         engine.set(rect=(left, 0.16 / h, width, top - 0.16 / h))
+    elif any(ax.axison and ax.get_xlabel() for ax in fig.axes):  # a row of its own below the x labels
+        fig.subplots_adjust(bottom=fig.subplotpars.bottom + 0.14 / h)
     else:
         fig.subplots_adjust(bottom=max(fig.subplotpars.bottom, 0.16 / h))  # image figures: room below the images
     fig.text(0.05 / fig.get_figwidth(), 0.03 / h, text, ha="left", va="bottom", fontsize=6, color="0.45")
