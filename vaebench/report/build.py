@@ -534,7 +534,8 @@ def table_html(table: pd.DataFrame, headers: dict[str, str] | None = None) -> st
         for v in row:
             text = "-" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
             kind = "num" if isinstance(v, (int, float, np.number)) or _NUMBER.fullmatch(text) else "text"
-            h.append(f"<td class='{kind}'>{html.escape(text)}</td>")
+            cell = html.escape(text) if kind == "num" else html.escape(text).replace("_", "_<wbr>")  # names break at _
+            h.append(f"<td class='{kind}'>{cell}</td>")
         h.append("</tr>")
     h.append("</tbody></table></div>")
     return "".join(h)
