@@ -22,7 +22,7 @@ from vaebench.report.build import RUN_FIGURES
 from vaebench.report.figures import curve_bands
 from vaebench.report.stats import mean_ci, t975
 
-from conftest import REPO, run_cli
+from conftest import REPO, one_line_error, run_cli
 
 TINY = {"data": {"per_class": 20, "val_size": 40}, "eval": {"k": 4},  # the whole test split, cheaply
         "train": {"steps": 200, "batch_size": 20, "eval_every": 25, "flush_every": 50, "checkpoint_every": 100,
@@ -48,7 +48,7 @@ def results(tmp_path_factory) -> Path:
 
 
 def figure_files(report_dir: Path) -> set[str]:
-    return {p.relative_to(report_dir).as_posix() for p in report_dir.rglob("*") if p.suffix in (".png", ".svg")}
+    return {p.relative_to(report_dir).as_posix() for p in report_dir.rglob("*") if p.suffix in (".png", ".svg", ".pdf")}
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -67,9 +67,11 @@ def test_every_figure_of_a_study_and_its_runs(results, tmp_path):
         for name in RUN_FIGURES:
             for fmt in ("png", "svg"):
                 assert f"runs/{label}/{name}.{fmt}" in files
+            assert f"runs/{label}/{name}.pdf" not in files  # run PDFs on request (--formats)
     for axis in ("objective.k", "objective.kl"):
         for kind in ("final", "curves"):
-            assert f"studies/st/{kind}-{axis}.png" in files and f"studies/st/{kind}-{axis}.svg" in files
+            assert {f"studies/st/{kind}-{axis}.{fmt}" for fmt in ("png", "svg", "pdf")} <= files
+    assert "studies/st/compare.pdf" in files
     index = rep.index.read_text()
     for f in files:
         if f.endswith(".png"):
@@ -264,8 +266,21 @@ def test_compare_sample_and_reconstruct_from_the_command_line(results, tmp_path)
 def test_the_study_page_leads_with_the_paired_comparison(results, tmp_path):
     rep = build_report(results / "st", out=tmp_path / "r")
     index = rep.index.read_text()
-    study = index.index("<h2>Study st</h2>")
+    study = index.index("<h2 id='study-st'>Study st</h2>")
     assert study < index.index("studies/st/compare.png") < index.index("final-objective.k.png")
     assert "share better" in index and "too few seeds" in index and (rep.out / "studies/st/compare.png").is_file()
     # runs are headed by their study, values and seed; the folder (with its hash) in small print
     assert "<small class='id'>" in index and "st · baseline · seed 0" in index and "st · K (samples) = 2 · seed 1" in index  # the schema's label of objective.k
+
+
+def test_run_figures_in_pdf_on_request_and_a_wrong_format_in_one_line(results, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs.find_runs(results / "single")[0], run_dir)
+    rep = build_report(run_dir, out=tmp_path / "r", formats="png,svg,pdf")
+    files = figure_files(rep.out)
+    assert {f"runs/{run_dir.name}/{n}.pdf" for n in RUN_FIGURES} <= files
+    assert (rep.out / f"runs/{run_dir.name}/samples.pdf").read_bytes().startswith(b"%PDF")
+    assert build_report(run_dir, out=tmp_path / "r", formats="png,svg,pdf").drawn == []  # the same formats: reused
+    assert build_report(run_dir, out=tmp_path / "r").drawn == rep.drawn  # other formats: redrawn
+    bad = run_cli("report", str(run_dir), "--out", str(tmp_path / "r2"), "--formats", "svg,eps")
+    one_line_error(bad, "--formats", "png")

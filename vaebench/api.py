@@ -123,14 +123,15 @@ def reconstruct(run: str | Path, out: str | Path, split: str = "val", n: int = 2
 
 
 def report(path: str | Path = "results", out: str | Path | None = None, force: bool = False,
-           jobs: int | None = None, imports: list[str] | tuple[str, ...] = ()):
+           jobs: int | None = None, imports: list[str] | tuple[str, ...] = (), formats=("png", "svg")):
     """Draw every figure of every run and study under ``path`` into ``out`` (default PATH/report)
     with an index.html; redraws only what changed since the last report. Each run's own plugins
-    (its config's imports) are imported where its figures are drawn; ``imports`` adds more."""
+    (its config's imports) are imported where its figures are drawn; ``imports`` adds more.
+    ``formats``: those of each run's figures ("png,svg,pdf" adds PDF; study figures always have it)."""
     from .report import build_report
 
     import_plugins(imports)
-    return build_report(path, out=out, force=force, jobs=jobs)
+    return build_report(path, out=out, force=force, jobs=jobs, formats=formats)
 
 
 def evaluate(path: str | Path = "results", k: int = 5000, split: str = "test", device: str = "auto",

@@ -165,13 +165,16 @@ def ls_command(results: str, imports: tuple[str, ...]) -> None:
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
               help="Processes drawing figures (default: one per core).")
 @click.option("--force", is_flag=True, help="Redraw every figure, even those whose run did not change.")
+@click.option("--formats", default="png,svg", show_default=True,
+              help="Each run's figure files: png and any of svg, pdf (study figures are always png, svg, pdf).")
 @_imports
-def report_command(results: str, out: str | None, jobs: int | None, force: bool, imports: tuple[str, ...]) -> None:
+def report_command(results: str, out: str | None, jobs: int | None, force: bool, formats: str,
+                   imports: tuple[str, ...]) -> None:
     """Draw every run's figures, every study's comparisons and a summary table, with an index.html."""
     from .api import report
 
     _folder("--out", out)
-    rep = report(results, out=out, force=force, jobs=jobs, imports=imports)
+    rep = report(results, out=out, force=force, jobs=jobs, imports=imports, formats=formats)
     click.echo(_table(rep.summary.drop(columns=[c for c in rep.summary if c.endswith("_ci95")])))
     missing = f"; {len(rep.missing)} runs have figures missing (see the index)" if rep.missing else ""
     click.echo(f"drew {len(rep.drawn)}, reused {len(rep.reused)} unchanged{missing}")
@@ -183,7 +186,8 @@ def report_command(results: str, out: str | None, jobs: int | None, force: bool,
 @click.option("-n", "n", type=click.IntRange(min=1), default=64, show_default=True, help="Samples to draw.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Image file (.png, .svg or .pdf).")
 def sample_command(run: str, n: int, out: str) -> None:
-    """Bernoulli means of p(x|z) for z ~ N(0, I) from RUN's checkpoint, as one image grid."""
+    """The decoder's means of p(x|z) for z ~ N(0, I) from RUN's checkpoint (for any likelihood), as one
+    image grid."""
     from .api import sample
 
     click.echo(f"wrote {sample(run, out, n)}")

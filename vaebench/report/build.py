@@ -7,11 +7,11 @@ one of the run's files changed since the last report (a manifest of file sizes a
 
 from __future__ import annotations
 
-import json
-
 import hashlib
 import html
+import json
 import os
+import re
 import time
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -31,6 +31,7 @@ from ..errors import VaebenchError
 from ..results import axis_label, load
 from . import figures as F
 from .compare import compare, compare_text, default_metric
+from .tables import table_html
 from .studies import StudyView, axis_slice, study_views, summary, summary_markdown
 
 RUN_FIGURES = {
@@ -42,13 +43,24 @@ RUN_FIGURES = {
     "latent": "latent means of the test images, coloured by digit",
     "traversals": "latent traversals: each dimension swept from -3 to 3",
 }
-FORMATS = ("png", "svg")
+RUN_FORMATS = ("png", "svg")  # each run's figures; PDF on request (--formats): a third more drawing time per run
+STUDY_FORMATS = F.FORMATS  # a study's few figures, the ones a paper takes, always in PDF too
+
+
+def check_formats(formats) -> tuple[str, ...]:
+    """The run figures' formats, given as a sequence or 'png,svg,pdf'; PNG always (the index shows it)."""
+    names = [f.strip().lower() for f in (formats.split(",") if isinstance(formats, str) else formats) if f.strip()]
+    wrong = [f for f in names if f not in F.FORMATS]
+    if wrong or "png" not in names:
+        raise VaebenchError(f"--formats {','.join(names) or '(none)'}: give png and any of svg, pdf, "
+                            "comma-separated (e.g. --formats png,svg,pdf)")
+    return tuple(dict.fromkeys(names))
 MANIFEST = ".manifest.json"
 N_IMAGES = 20  # reconstructed images per split: two of each digit
 N_SAMPLES = 100
 SAMPLE_SEED = 0  # the same z in every report, so samples change only with the model
 TRAVERSAL_VALUES = (-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0)
-_FORMAT_VERSION = 3  # bump to redraw every figure after a change to how they are drawn
+_FORMAT_VERSION = 4  # bump to redraw every figure after a change to how they are drawn
 
 
 @dataclass
@@ -146,7 +158,8 @@ def traversals(model, mu, values=TRAVERSAL_VALUES):
     return model.likelihood.mean(model.decode(z.view(lat * n, lat))).view(lat, n, -1)
 
 
-def draw_run(run_dir: str | Path, fig_dir: str | Path, title: str, note: str = "") -> dict[str, str]:
+def draw_run(run_dir: str | Path, fig_dir: str | Path, title: str, note: str = "",
+             formats: tuple[str, ...] = RUN_FORMATS) -> dict[str, str]:
     """Draw the seed's figures for one run (titled ``title``, with ``note`` in small print); return
     {figure: why it is missing} for those it can't."""
     import torch
@@ -159,7 +172,7 @@ def draw_run(run_dir: str | Path, fig_dir: str | Path, title: str, note: str = "
     m = runs.read_metrics(run_dir)
     window = int(cfg.get("train", {}).get("eval_every", 100))
     def save(fig, name):
-        F.save(F.footnote(fig, note) if note else fig, fig_dir / name, FORMATS)
+        F.save(F.footnote(fig, note) if note else fig, fig_dir / name, formats)
 
     if len(m):
         save(F.plot_terms(m, window, title), "terms")
@@ -168,18 +181,18 @@ def draw_run(run_dir: str | Path, fig_dir: str | Path, title: str, note: str = "
         missing["terms"] = missing["train_val"] = "no metrics logged yet"
     if (run_dir / runs.CHECKPOINT).is_file():
         images, shape, step = _images(run_dir, cfg)
-        at = f"{title} (checkpoint at update {step:,})"
+        at = f"checkpoint at update {step:,}"
         for split, name in (("train", "training"), ("val", "validation")):
             x, recon = images[split]
-            save(F.plot_reconstructions(x, recon, shape, f"{at}: {name} images"), f"recon_{split}")
-        save(F.plot_samples(images["samples"], shape, at), "samples")
-        save(F.plot_latent(*images["latent"], at), "latent")
-        save(F.plot_traversals(images["traversals"], shape, TRAVERSAL_VALUES, at), "traversals")
+            save(F.plot_reconstructions(x, recon, shape, title, subtitle=f"{at}: {name} images"), f"recon_{split}")
+        save(F.plot_samples(images["samples"], shape, title, subtitle=at), "samples")
+        save(F.plot_latent(*images["latent"], title, subtitle=at), "latent")
+        save(F.plot_traversals(images["traversals"], shape, TRAVERSAL_VALUES, title, subtitle=at), "traversals")
     else:
         for name in ("recon_train", "recon_val", "samples", "latent", "traversals"):
             missing[name] = "no checkpoint yet"
     for name in missing:  # a figure from an earlier report that can no longer be drawn is stale
-        for fmt in FORMATS:
+        for fmt in F.FORMATS:
             (fig_dir / f"{name}.{fmt}").unlink(missing_ok=True)
     return missing
 
@@ -209,7 +222,7 @@ def _model_and_data(run: str | Path):
 
 
 def draw_samples(run: str | Path, out: str | Path, n: int = 64, seed: int = SAMPLE_SEED) -> Path:
-    """``vaebench sample``: Bernoulli means of p(x|z) for ``n`` draws z ~ N(0, I) from a run's checkpoint."""
+    """``vaebench sample``: the decoder's means of p(x|z) for ``n`` draws z ~ N(0, I) from a run's checkpoint."""
     import torch
 
     run_dir, model, cfg = _model_and_data(run)
@@ -218,8 +231,9 @@ def draw_samples(run: str | Path, out: str | Path, n: int = 64, seed: int = SAMP
     shape = tuple(_splits(d)["train"].shape)
     images = model.sample(n, torch.Generator().manual_seed(seed)).numpy()
     cols = max(1, int(np.ceil(np.sqrt(n))))
-    title = f"{_title_of(run_dir, cfg)} (update {getattr(model, 'trained_steps', 0):,}): {n} samples"
-    F.save(F.footnote(F.plot_samples(images, shape, title, cols=cols), f"run {run_dir.name}"), stem, (fmt,))
+    sub = f"checkpoint at update {getattr(model, 'trained_steps', 0):,}: {n} samples"
+    F.save(F.footnote(F.plot_samples(images, shape, _title_of(run_dir, cfg), cols=cols, subtitle=sub),
+                      f"run {run_dir.name}"), stem, (fmt,))
     return stem.with_suffix("." + fmt)
 
 
@@ -241,8 +255,8 @@ def draw_reconstructions(run: str | Path, out: str | Path, split: str = "val", n
     x = binarizer.sample(binarizer.prepare(grey, "cpu"), torch.Generator().manual_seed(SAMPLE_SEED)).float()
     with torch.no_grad():
         recon = model.reconstruct(x).numpy()
-    title = f"{_title_of(run_dir, cfg)} (update {getattr(model, 'trained_steps', 0):,}): {split} images"
-    fig = F.plot_reconstructions(x.numpy(), recon, tuple(splits[split].shape), title)
+    sub = f"checkpoint at update {getattr(model, 'trained_steps', 0):,}: {split} images"
+    fig = F.plot_reconstructions(x.numpy(), recon, tuple(splits[split].shape), _title_of(run_dir, cfg), subtitle=sub)
     F.save(F.footnote(fig, f"run {run_dir.name}"), stem, (fmt,))
     return stem.with_suffix("." + fmt)
 
@@ -299,26 +313,39 @@ def draw_study(view: StudyView, root: Path, fig_dir: Path, cache: Path | None = 
     table = study_comparison(view, cache)
     if table is not None and (table["verdict"] != "reference").any():
         metric = table["metric"].iloc[0]
-        F.save(F.plot_forest(table, title=f"{view.name}: each {'variant' if table['axis'].eq('variant').all() else 'value'}"
-                             f" against the reference, paired by seed"), fig_dir / "compare", FORMATS)
-        drawn.append(("compare", f"{metric}: difference to the reference paired by seed, with 95% intervals "
-                                 "(thick: Student t, thin: bootstrap); zero dashed"))
+        F.save(F.plot_forest(with_k(table, view.final), title=view.name), fig_dir / "compare", STUDY_FORMATS)
+        drawn.append(("compare", f"{F.metric_label(metric)}: difference to the reference paired by seed, with 95% "
+                                 "intervals; one panel per axis; zero dashed"))
     for axis in view.axes:
         keep = axis_slice(view.final, axis, view.axes, view.refs)
         final = view.final[keep]
         label = axis_label(axis)
         others = [f"{axis_label(a)} = {view.refs[a]}" for a in view.axes if a != axis]
-        title = f"{view.name}: {label}" + (f"  (other axes at {', '.join(others)})" if others else "")
+        title = f"{view.name}: {label}"
+        sub = f"other axes at {', '.join(others)}" if others else ""
         stem = _slug(" & ".join(axis))
         done = final[final["state"] == "done"]
         if len(done) and "val_elbo" in done:
-            F.save(F.plot_final_by_value(done, axis, title=title), fig_dir / f"final-{stem}", FORMATS)
+            F.save(F.plot_final_by_value(done, axis, title=title, subtitle=sub), fig_dir / f"final-{stem}", STUDY_FORMATS)
             drawn.append((f"final-{stem}", f"final validation terms per value of {label}"))
         c = curves[curves["run"].isin(final["run"])] if len(curves) else curves
         if len(c):
-            F.save(F.plot_curves_by_value(c, axis, title=title), fig_dir / f"curves-{stem}", FORMATS)
+            F.save(F.plot_curves_by_value(c, axis, title=title, subtitle=sub), fig_dir / f"curves-{stem}", STUDY_FORMATS)
             drawn.append((f"curves-{stem}", f"validation learning curves per value of {label} (mean, 95% CI band)"))
     return drawn
+
+
+def with_k(table: pd.DataFrame, final: pd.DataFrame) -> pd.DataFrame:
+    """The compare table with the k of its numbers: its own ``k`` where it has one, else the k the
+    study's runs were evaluated with (``{split}_k`` of load's frame), so a figure can say it."""
+    split = str(table["metric"].iloc[0]).partition("_")[0]
+    if "k" in table or "k" in table.attrs or f"{split}_k" not in final:
+        return table
+    ks = sorted({int(k) for k in final[f"{split}_k"].dropna()})
+    table = table.copy()
+    if ks:
+        table.attrs["k"] = ks[0] if len(ks) == 1 else ks
+    return table
 
 
 def _slug(text: str) -> str:
@@ -326,8 +353,10 @@ def _slug(text: str) -> str:
 
 
 def build_report(path: str | Path = "results", out: str | Path | None = None, force: bool = False,
-                 jobs: int | None = None) -> Report:
-    """Write the report of every run under ``path`` to ``out`` (default RESULTS/report); see module doc."""
+                 jobs: int | None = None, formats=RUN_FORMATS) -> Report:
+    """Write the report of every run under ``path`` to ``out`` (default RESULTS/report); see module doc.
+    ``formats``: those of each run's figures (PNG and SVG by default; study figures are PNG, SVG and PDF)."""
+    formats = check_formats(formats)
     start = time.perf_counter()
     root = Path(path)
     final = load(root, final=True)  # raises one clear line when there are no runs
@@ -336,7 +365,8 @@ def build_report(path: str | Path = "results", out: str | Path | None = None, fo
         raise VaebenchError(f"the report can't be written inside a run folder ({out}); choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     manifest = runs.read_json(out / MANIFEST) or {}
-    old = manifest.get("runs", {}) if manifest.get("version") == _FORMAT_VERSION else {}
+    same = manifest.get("version") == _FORMAT_VERSION and tuple(manifest.get("formats", RUN_FORMATS)) == formats
+    old = manifest.get("runs", {}) if same else {}
     report = Report(out, out / "index.html", summary(final))
 
     run_dirs = {label: run_path(root, label) for label in final["run"]}
@@ -365,7 +395,7 @@ def build_report(path: str | Path = "results", out: str | Path | None = None, fo
 
     report.seconds["read"] = time.perf_counter() - start
     drawn_runs, drawn_studies = _draw(
-        [(run_dirs[t], out / "runs" / t, *titles[t]) for t in todo],
+        [(run_dirs[t], out / "runs" / t, *titles[t], formats) for t in todo],
         [(views[name], root, out / "studies" / _slug(name), out / CACHE) for name in redraw], jobs)
     for label, missing in zip(todo, drawn_runs):
         new_runs[label] = {"fp": prints[label], "missing": missing}
@@ -381,8 +411,9 @@ def build_report(path: str | Path = "results", out: str | Path | None = None, fo
     os.replace(out / "summary.csv.tmp", out / "summary.csv")
     runs.atomic_write(out / "summary.md", summary_markdown(report.summary))
     runs.atomic_write(report.index, _index_html(root, final, views, study_figs, new_runs, report.summary, titles,
-                                                out / CACHE))
-    runs.write_json(out / MANIFEST, {"version": _FORMAT_VERSION, "runs": new_runs, "studies": new_studies})
+                                                out / CACHE, formats))
+    runs.write_json(out / MANIFEST, {"version": _FORMAT_VERSION, "formats": list(formats), "runs": new_runs,
+                                     "studies": new_studies})
     report.seconds["write"] = time.perf_counter() - start - report.seconds["read"] - report.seconds["draw"]
     return report
 
@@ -400,7 +431,7 @@ def run_titles(views: dict[str, StudyView]) -> dict[str, tuple[str, str]]:
     return out
 
 
-def _draw(run_tasks: list[tuple[Path, Path, str, str]], study_tasks: list[tuple[StudyView, Path, Path, Path]],
+def _draw(run_tasks: list[tuple[Path, Path, str, str, tuple[str, ...]]], study_tasks: list[tuple[StudyView, Path, Path, Path]],
           jobs: int | None) -> tuple[list[dict[str, str]], list[list[tuple[str, str]]]]:
     """Draw runs' and studies' figures, in worker processes when there are enough runs to pay for
     starting them: the studies first (each is the longest task), then the runs one at a time, so
@@ -437,10 +468,11 @@ def _one_thread_each():
                 os.environ[k] = v
 
 
-def _draw_safely(run_dir: Path, fig_dir: Path, title: str, note: str = "") -> dict[str, str]:
+def _draw_safely(run_dir: Path, fig_dir: Path, title: str, note: str = "",
+                 formats: tuple[str, ...] = RUN_FORMATS) -> dict[str, str]:
     """A run whose files can't be read is reported as such, never stops the report."""
     try:
-        return draw_run(run_dir, fig_dir, title, note)
+        return draw_run(run_dir, fig_dir, title, note, formats)
     except Exception as e:  # noqa: BLE001 - one unreadable run must not stop a 100-run report
         return {name: f"could not be drawn: {type(e).__name__}: {e}" for name in RUN_FIGURES}
 
@@ -448,25 +480,68 @@ def _draw_safely(run_dir: Path, fig_dir: Path, title: str, note: str = "") -> di
 # -- index.html -----------------------------------------------------------------------------------
 
 _CSS = """
-body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
-h1,h2,h3{font-weight:600} table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}
-td,th{border:1px solid #ccc;padding:2px 6px;text-align:right} th{background:#f3f3f3}
-td:first-child,th:first-child{text-align:left} img{max-width:100%;border:1px solid #eee;margin:4px 0}
-.figs{display:flex;flex-wrap:wrap;gap:8px} .figs figure{margin:0;flex:1 1 480px}
+body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1200px;color:#222;padding:0 16px;line-height:1.4}
+h1,h2,h3{font-weight:600} h2{border-bottom:1px solid #ddd;padding-bottom:2px;margin-top:1.6em}
+.table{overflow-x:auto;margin:0.5em 0}
+table{border-collapse:collapse;font-size:0.85em}
+td,th{border:1px solid #ccc;padding:3px 6px;text-align:right;vertical-align:top}
+th{background:#f3f3f3;font-weight:600;white-space:normal;max-width:11em}
+td.num{white-space:nowrap;font-variant-numeric:tabular-nums}
+td.text{text-align:left;overflow-wrap:break-word;min-width:5em;max-width:22em}
+td:first-child,th:first-child{text-align:left}
+img{max-width:100%;height:auto;border:1px solid #eee;display:block}
+.figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(540px,1fr));gap:14px;margin:0.6em 0}
+.figs figure{margin:0} .figs figure.wide{grid-column:1/-1}
 figcaption{font-size:0.8em;color:#555} pre{background:#f7f7f7;padding:6px;font-size:0.75em;overflow:auto}
+nav.toc{background:#fafafa;border:1px solid #e4e4e4;padding:6px 14px;font-size:0.9em}
+nav.toc ol{margin:0.3em 0;padding-left:1.4em} nav.toc .runs{font-size:0.9em;color:#555}
 .state-failed{color:#b00020;font-weight:600} .state-done{color:#1b7f3a} .state-partial,.state-new,.state-running{color:#a06000}
-details{margin:0.6em 0} summary{cursor:pointer} small.id{color:#888;font-weight:400;font-size:0.6em}
+details{margin:0.6em 0} summary{cursor:pointer} small.id{color:#888;font-weight:400;font-size:0.6em;overflow-wrap:anywhere}
 """
+
+WIDE_FIGURES = ("terms", "compare", "final-", "curves-")  # drawn 7 to 12 inches wide: a row of their own
 
 
 def _url(path: str) -> str:
     return quote(path, safe="/")
 
 
-def _figure_html(rel_stem: str, caption: str) -> str:
-    png, svg = _url(rel_stem + ".png"), _url(rel_stem + ".svg")
-    return (f'<figure><a href="{png}"><img src="{png}" loading="lazy" alt="{html.escape(caption)}"></a>'
-            f'<figcaption>{html.escape(caption)} · <a href="{svg}">SVG</a></figcaption></figure>')
+def _anchor(*parts: str) -> str:
+    return "-".join(_slug(p) for p in parts)
+
+
+def _figure_html(rel_stem: str, caption: str, formats: tuple[str, ...] = STUDY_FORMATS) -> str:
+    """A figure at a readable size (wide ones span the page), the image a link to itself at full
+    size, its vector files beside the caption."""
+    png = _url(rel_stem + ".png")
+    wide = " class='wide'" if Path(rel_stem).name.startswith(WIDE_FIGURES) else ""
+    vectors = " · ".join(f'<a href="{_url(rel_stem + "." + fmt)}">{fmt.upper()}</a>' for fmt in formats if fmt != "png")
+    return (f'<figure{wide}><a href="{png}"><img src="{png}" loading="lazy" alt="{html.escape(caption)}"></a>'
+            f'<figcaption>{html.escape(caption)}{" · " + vectors if vectors else ""}</figcaption></figure>')
+
+
+def _minus(text: str) -> str:
+    return text.replace("-", "−")
+
+
+SUMMARY_HEADERS = {"config": "config", "n_seeds": "seeds done", "n_failed": "failed", "n_unfinished": "not finished"}
+
+
+def summary_headers(table: pd.DataFrame, final: pd.DataFrame) -> dict[str, str]:
+    """Labels for the summary's columns: config keys by their schema labels, metrics in words
+    with the k of any importance-sampled number."""
+    out = dict(SUMMARY_HEADERS)
+    for col in table.columns:
+        if "." in col:
+            out[col] = axis_label(tuple(col.split(" & ")))
+        elif col.endswith("_mean"):
+            metric = col[:-5]
+            split = metric.partition("_")[0]
+            ks = sorted({int(k) for k in final.get(f"{split}_k", pd.Series(dtype=float)).dropna()}) \
+                if split == "test" else []
+            k = f" (k = {' / '.join(f'{v:,}' for v in ks)})" if ks else ""
+            out[metric] = F.metric_label(metric) + k
+    return out
 
 
 _YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml's: the same text, 7x faster on 100 configs
@@ -483,39 +558,45 @@ def _config_html(root: Path, label: str) -> str:
 
 def _index_html(root: Path, final: pd.DataFrame, views: dict[str, StudyView], study_figs: dict[str, list],
                 run_info: dict, table: pd.DataFrame, titles: dict[str, tuple[str, str]],
-                cache: Path | None = None) -> str:
+                cache: Path | None = None, formats: tuple[str, ...] = RUN_FORMATS) -> str:
+    incomplete = final[final["state"] != "done"]
+    missing = bool(len(incomplete) or any(v["missing"] for v in run_info.values()))
     h = ["<!doctype html><html><head><meta charset='utf-8'>",
+         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
          f"<title>vaebench report: {html.escape(str(root))}</title><style>{_CSS}</style></head><body>",
          f"<h1>vaebench report: {html.escape(str(root))}</h1>",
          f"<p>{len(final)} runs in {len(views)} {'study' if len(views) == 1 else 'studies'}; "
          f"drawn {html.escape(time.strftime('%Y-%m-%d %H:%M'))} by vaebench {__version__}. "
          "Curves are in nats per image against weight updates; train is blue, validation orange. "
          "The summary table is also in <a href='summary.csv'>summary.csv</a> and "
-         "<a href='summary.md'>summary.md</a>.</p>"]
+         "<a href='summary.md'>summary.md</a>; every figure is a PNG (click it for full size) with its vector files: SVG, and PDF for the study "
+         f"figures{' and the runs' if 'pdf' in formats else ' (--formats png,svg,pdf for the runs too)'}.</p>"]
     counts = final["state"].value_counts()
-    incomplete = final[final["state"] != "done"]
     h.append("<p>States: " + ", ".join(f"{counts[s]} {s}" for s in counts.index) + ".</p>")
-    if len(incomplete) or any(v["missing"] for v in run_info.values()):
-        h.append("<h2>What is missing</h2><ul>")
+    h.append(_toc(views, study_figs, titles, missing))
+    if missing:
+        h.append("<h2 id='missing'>What is missing</h2><ul>")
         for _, r in final.iterrows():
             why = run_info.get(r["run"], {}).get("missing", {})
             if r["state"] == "done" and not why:
                 continue
             reason = r.get("reason") if isinstance(r.get("reason"), str) else ""
             figs = "; ".join(f"{k}: {v}" for k, v in why.items())
-            h.append(f"<li><a href='#{_url(r['run'])}'>{html.escape(r['run'])}</a>: "
+            h.append(f"<li><a href='#{_anchor('run', r['run'])}'>{html.escape(r['run'])}</a>: "
                      f"<span class='state-{r['state']}'>{html.escape(str(r['state']))}</span> at update "
                      f"{int(r['step']):,}{' — ' + html.escape(reason) if reason else ''}"
                      f"{' — missing figures: ' + html.escape(figs) if figs else ''}</li>")
         h.append("</ul>")
     for name, view in views.items():
-        h.append(f"<h2>Study {html.escape(name)}</h2>")
+        h.append(f"<h2 id='{_anchor('study', name)}'>Study {html.escape(name)}</h2>")
         figs = study_figs.get(name, [])
         cmp = study_comparison(view, cache)
         if cmp is not None:
             metric = cmp["metric"].iloc[0]
-            h.append(f"<p>Each {'variant' if cmp['axis'].eq('variant').all() else 'axis value'} against its "
-                     f"reference, on <b>{html.escape(metric)}</b>, paired by seed in every cell of the other axes: "
+            k = F.k_text(with_k(cmp, view.final), metric)
+            h.append(f"<p id='{_anchor('compare', name)}'>Each {'variant' if cmp['axis'].eq('variant').all() else 'axis value'}"
+                     f" against its reference, on <b>{html.escape(F.metric_label(metric))}</b>"
+                     f"{' (' + html.escape(k) + ')' if k else ''}, paired by seed in every cell of the other axes: "
                      "the mean difference, its 95% Student-t interval over seeds (a bootstrap one from 8 seeds up), "
                      "the share of pairs where it is better, and whether the difference is beyond seed noise "
                      "(Holm-adjusted p < 0.05 across the table; fewer than 3 paired seeds are too few to say).</p>")
@@ -523,40 +604,61 @@ def _index_html(root: Path, final: pd.DataFrame, views: dict[str, StudyView], st
                                                     for stem, cap in figs if stem == "compare") + "</div>")
             h.append(compare_text(cmp, format="html"))
         part = table[table["study"] == name].drop(columns=["study"])
-        h.append(_summary_html(part))
+        h.append(f"<h3 id='{_anchor('summary', name)}'>Summary</h3><p>Per config: the mean over the seeds done "
+                 "± the half-width of its 95% confidence interval (Student t).</p>" + _summary_html(part, view.final))
         if view.axes:
             refs = ", ".join(f"{axis_label(a)} = {v}" for a, v in view.refs.items())
-            h.append(f"<p>Axes: {html.escape(', '.join(axis_label(a) for a in view.axes))}. Each axis is compared "
-                     f"with the others at their reference values ({html.escape(refs)}); points are seeds, bars "
-                     "the mean and its 95% confidence interval (Student t).</p>")
+            h.append(f"<p id='{_anchor('figures', name)}'>Axes: {html.escape(', '.join(axis_label(a) for a in view.axes))}."
+                     f" Each axis is drawn with the others at their reference values ({html.escape(refs)}); points "
+                     "are seeds, bars the mean and its 95% confidence interval (Student t).</p>")
         h.append("<div class='figs'>" + "".join(_figure_html(f"studies/{_slug(name)}/{stem}", cap)
                                                 for stem, cap in figs if stem != "compare") + "</div>")
         for _, r in view.final.iterrows():
             label = r["run"]
             info = run_info.get(label, {})
-            h.append(f"<h3 id='{html.escape(_url(label))}'>{html.escape(titles[label][0])} "
+            h.append(f"<h3 id='{_anchor('run', label)}'>{html.escape(titles[label][0])} "
                      f"<span class='state-{r['state']}'>[{html.escape(str(r['state']))}, update {int(r['step']):,}]</span>"
                      f" <small class='id'>{html.escape(label)}</small></h3>")
             if pd.notna(r.get("val_elbo")):
-                h.append(f"<p>final validation ELBO {r['val_elbo']:.2f} (rec {r['val_rec']:.2f}, KL {r['val_kl']:.2f}) "
-                         f"nats per image; train ELBO {r.get('train_elbo', float('nan')):.2f}"
-                         + (f"; test IW log p(x) {r['test_iw_ll']:.2f} ± {r['test_iw_ll_se']:.2f}, test ELBO "
-                            f"{r['test_elbo']:.2f} ± {r['test_elbo_se']:.2f}"
-                            + (f" (k = {int(r['test_k']):,})" if pd.notna(r.get("test_k")) else "")
-                            if pd.notna(r.get("test_iw_ll")) else "") + "</p>")
+                h.append(_minus(
+                    f"<p>final validation ELBO {r['val_elbo']:.2f} (rec {r['val_rec']:.2f}, KL {r['val_kl']:.2f}) "
+                    f"nats per image; train ELBO {r.get('train_elbo', float('nan')):.2f}"
+                    + (f"; test IW log p(x) {r['test_iw_ll']:.2f} ± {r['test_iw_ll_se']:.2f}, test ELBO "
+                       f"{r['test_elbo']:.2f} ± {r['test_elbo_se']:.2f}"
+                       + (f" (k = {int(r['test_k']):,})" if pd.notna(r.get("test_k")) else "")
+                       if pd.notna(r.get("test_iw_ll")) else "") + "</p>"))
             h.append(_config_html(root, label))
-            figs = [_figure_html(f"runs/{label}/{name}", cap) for name, cap in RUN_FIGURES.items()
+            figs = [_figure_html(f"runs/{label}/{name}", cap, formats) for name, cap in RUN_FIGURES.items()
                     if name not in info.get("missing", {})]
             h.append("<div class='figs'>" + "".join(figs) + "</div>")
     h.append("</body></html>")
     return "\n".join(h)
 
 
-def _summary_html(table: pd.DataFrame) -> str:
+def _toc(views: dict[str, StudyView], study_figs: dict[str, list], titles: dict[str, tuple[str, str]],
+         missing: bool) -> str:
+    """Contents: each study's comparison, summary and figures, and its runs by their titles."""
+    items = ["<li><a href='#missing'>What is missing</a></li>"] if missing else []
+    for name, view in views.items():
+        parts = [f"<a href='#{_anchor('summary', name)}'>summary</a>"]
+        if any(stem == "compare" for stem, _ in study_figs.get(name, [])):
+            parts.insert(0, f"<a href='#{_anchor('compare', name)}'>comparison</a>")
+        if view.axes:
+            parts.append(f"<a href='#{_anchor('figures', name)}'>figures per axis</a>")
+        run_links = ", ".join(
+            f"<a href='#{_anchor('run', label)}'>{html.escape(titles[label][0].removeprefix(name + ' · '))}</a>"
+            for label in view.final["run"])
+        items.append(f"<li><a href='#{_anchor('study', name)}'>Study {html.escape(name)}</a>: {' · '.join(parts)}"
+                     f"<div class='runs'>runs: {run_links}</div></li>")
+    return "<nav class='toc'><b>Contents</b><ol>" + "".join(items) + "</ol></nav>"
+
+
+def _summary_html(table: pd.DataFrame, final: pd.DataFrame) -> str:
+    table = table.drop(columns=[c for c in table if "." in c and table[c].isna().all()])  # another study's axes
     shown = table.copy()
     for col in [c for c in shown.columns if c.endswith("_mean")]:
         m = col[:-5]
-        shown[m] = [("-" if pd.isna(a) else f"{a:.2f}") + ("" if pd.isna(b) else f" ± {b:.2f}")
+        shown[m] = [_minus(("-" if pd.isna(a) else f"{a:.2f}") + ("" if pd.isna(b) else f" ± {b:.2f}"))
                     for a, b in zip(shown[col], shown[f"{m}_ci95"])]
         shown = shown.drop(columns=[col, f"{m}_ci95"])
-    return shown.to_html(index=False, escape=True, border=0)
+    return table_html(shown, summary_headers(table, final))

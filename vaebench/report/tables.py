@@ -9,22 +9,25 @@ from __future__ import annotations
 
 import html
 import math
+import re
 
+import numpy as np
 import pandas as pd
 
 from ..errors import VaebenchError
 
 FORMATS = ("text", "markdown", "latex", "csv", "html")
 TERM_SHORT = {"iw_ll": "IW log p(x)", "iw_ll_se": "IW log p(x) s.e.", "elbo": "ELBO", "elbo_se": "ELBO s.e.",
-              "rec": "reconstruction", "kl": "KL", "eval_elbo": "ELBO (evaluation)", "active_units": "active units"}
+              "rec": "reconstruction log-likelihood", "kl": "KL", "eval_elbo": "ELBO (evaluation)", "active_units": "active units"}
 SPLIT_SHORT = {"train": "train", "val": "validation", "test": "test"}
 
 
 def metric_label(metric: str) -> str:
-    """``test_iw_ll`` -> "test IW log p(x)", ``val_kl`` -> "validation KL"; "gap" is the train
-    minus validation ELBO; any other column keeps its name."""
+    """A metric column in words, as every figure and table names it: ``test_iw_ll`` -> "test IW
+    log p(x)", ``val_kl`` -> "validation KL"; "gap" is the train minus validation ELBO; any other
+    column keeps its name."""
     if metric == "gap":
-        return "train - validation ELBO"
+        return "train − validation ELBO"
     split, _, term = metric.partition("_")
     if split in SPLIT_SHORT and term in TERM_SHORT:
         return f"{SPLIT_SHORT[split]} {TERM_SHORT[term]}"
@@ -70,7 +73,7 @@ def render(cells: pd.DataFrame, fmt: str, header: str = "", notes: list[str] | N
         lines += ["| " + " | ".join(md(v) for v in row) + " |" for row in cells.itertuples(index=False)]
         return "\n".join([*([header, ""] if header else []), *lines, *(["", *notes] if notes else [])]) + "\n"
     if fmt == "html":
-        table = cells.to_html(index=False, escape=True, border=0)
+        table = table_html(cells)
         top = f"<p>{html.escape(header)}</p>\n" if header else ""
         bottom = "".join(f"\n<p><small>{html.escape(n)}</small></p>" for n in notes)
         return top + table + bottom + "\n"
@@ -105,3 +108,25 @@ def _numeric(column: pd.Series) -> bool:
         return head == "" or head.replace(".", "", 1).replace(",", "").isdigit()
 
     return len(column) > 0 and all(looks(v) for v in column)
+
+
+_NUMBER = re.compile(r"[\s\d.,:+\-−±\[\]()%×x=k/]*\d[\s\d.,:+\-−±\[\]()%×x=k/]*|[-−]")
+
+
+def table_html(table: pd.DataFrame, headers: dict[str, str] | None = None) -> str:
+    """An HTML table that fits a page: headers are labels and wrap, numbers ('−37.43 ± 0.65') stay
+    on one line, names wrap anywhere (a long variant name must not widen the table)."""
+    headers = headers or {}
+    h = ["<div class='table'><table><thead><tr>"]
+    h += [f"<th>{html.escape(headers.get(c, str(c)))}</th>" for c in table.columns]
+    h.append("</tr></thead><tbody>")
+    for row in table.itertuples(index=False):
+        h.append("<tr>")
+        for v in row:
+            text = "-" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+            kind = "num" if isinstance(v, (int, float, np.number)) or _NUMBER.fullmatch(text) else "text"
+            cell = html.escape(text) if kind == "num" else html.escape(text).replace("_", "_<wbr>")  # names break at _
+            h.append(f"<td class='{kind}'>{cell}</td>")
+        h.append("</tr>")
+    h.append("</tbody></table></div>")
+    return "".join(h)
