@@ -123,3 +123,47 @@ def test_a_value_per_variant_the_readme_way(study):
     last = (vaebench.load(study, split="val", term="elbo").sort_values("step")
             .groupby("run", observed=True).tail(1))
     assert len(last) == 10 and (last["step"] == STEPS).all()
+
+
+def _entry(split, k, iw_ll, checkpoint="last"):
+    return {"split": split, "k": k, "checkpoint": checkpoint, "iw_ll": iw_ll, "iw_ll_se": 0.1, "elbo": iw_ll - 1,
+            "elbo_se": 0.1, "n": 10, "step": STEPS}
+
+
+def test_final_takes_one_k_per_split(tmp_path):
+    """Default: per split the largest k every run with that split has; k=...: that k (NaN where a
+    run lacks it); a split with no k in common: each run's largest, attrs["k"] None."""
+    study = write_study(tmp_path)
+    dirs = runs.find_runs(study)
+    for i, d in enumerate(dirs):
+        runs.add_eval(d, _entry("test", 250, -30.0 - i))
+        if i % 2:
+            runs.add_eval(d, _entry("test", 1000, -29.0 - i))
+        runs.add_eval(d, _entry("val", 100 + i, -40.0 - i))  # no val k in common
+    final = vaebench.load(study, final=True)
+    at = {d.relative_to(study).as_posix(): i for i, d in enumerate(dirs)}
+    idx = [at[r] for r in final["run"]]
+    assert final.attrs["k"] == {"test": 250, "val": None} and final.attrs["reduce"] == "last"
+    assert (final["test_k"] == 250).all() and final["test_iw_ll"].tolist() == [-30.0 - i for i in idx]
+    assert final["val_k"].tolist() == [100 + i for i in idx]
+    thousand = vaebench.load(study, final=True, k=1000)
+    assert thousand.attrs["k"]["test"] == 1000
+    assert thousand["test_iw_ll"].fillna(0.0).tolist() == [(-29.0 - i) if i % 2 else 0.0 for i in idx]
+    assert thousand["test_k"].isna().tolist() == [not i % 2 for i in idx]
+    with pytest.raises(VaebenchError, match="unknown reduce 'mean'"):
+        vaebench.load(study, final=True, reduce="mean")
+    with pytest.raises(VaebenchError, match="final=True"):
+        vaebench.load(study, k=250)
+
+
+def test_reduce_best_without_keep_best_reads_the_best_validation_row(tmp_path):
+    """A run trained without train.keep_best has no best.pt: reduce="best" gives its validation
+    terms at the best logged validation step and no test numbers (NaN), never the last ones."""
+    study = write_study(tmp_path)
+    for d in runs.find_runs(study):
+        runs.add_eval(d, _entry("test", 250, -30.0))
+    best = vaebench.load(study, final=True, reduce="best")
+    # the synthetic validation ELBO rises with the step (rec = -100 + step + seed): best at the end
+    assert (best["best_step"] == STEPS).all() and best["test_iw_ll"].isna().all() and best["test_k"].isna().all()
+    assert best["val_elbo"].tolist() == [-100.0 + STEPS + s - 5 for s in best["seed"]]
+    assert best["train_elbo"].isna().all()
