@@ -134,16 +134,11 @@ def test_keep_best_survives_a_kill_and_resume(tmp_path, monkeypatch):
     from vaebench.training import train_run
     from vaebench.training.trainer import TrainingRun
 
+    from conftest import interrupt_at
+
     cfg = resolve({"name": "b"}, KEEP_BEST)
     ref = train_run(cfg, tmp_path / "ref", "cpu", progress=False)
-    flush = TrainingRun.flush
-
-    def cut(self, terms):
-        if self.step == 180:
-            raise KeyboardInterrupt
-        return flush(self, terms)
-
-    monkeypatch.setattr(TrainingRun, "flush", cut)
+    flush = interrupt_at(monkeypatch, 180)
     with pytest.raises(KeyboardInterrupt):
         train_run(cfg, tmp_path / "cut", "cpu", progress=False)
     assert not (tmp_path / "cut" / runs.BEST).exists() and runs.checkpoint_step(tmp_path / "cut") == 160
