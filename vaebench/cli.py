@@ -277,6 +277,8 @@ def config_command(config: str | None, overrides: tuple[str, ...], components: b
 
 def _table(df) -> str:
     """Config values as written, metrics (float columns named like val_elbo) to 2 decimals."""
+    import pandas as pd
+
     from .results import format_value
 
     df = df.copy()
@@ -284,7 +286,8 @@ def _table(df) -> str:
         if "_" in col and "." not in col and df[col].dtype.kind == "f":
             df[col] = df[col].map(lambda v: "-" if v != v else f"{v:.2f}")
         else:
-            df[col] = df[col].astype(object).map(lambda v: "-" if v is None or v != v else format_value(v))
+            df[col] = df[col].astype(object).map(  # None, NaN, and pd.NA of a nullable column such as test_k
+                lambda v: "-" if v is None or v is pd.NA or (isinstance(v, float) and v != v) else format_value(v))
     return df.to_string(index=False)
 
 
