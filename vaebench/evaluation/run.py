@@ -61,10 +61,12 @@ def has_eval(run_dir: str | Path, split: str, k: int, checkpoint: str = "last") 
 
 def planned_evals(cfg, run_dir: str | Path, force: bool = False) -> list[tuple[str, str]]:
     """(split, checkpoint) of a config's end-of-run evaluation still missing (all with ``force``):
-    eval.splits of the last checkpoint and, with train.keep_best, of best.pt."""
+    eval.splits of the last checkpoint and of best.pt where training kept one (train.keep_best; a
+    run done before the key was set has none, and is not failed for it)."""
     if not cfg.eval.enabled:
         return []
-    checkpoints = ["last", "best"] if cfg.train.keep_best else ["last"]
+    best = cfg.train.keep_best and (Path(run_dir) / runs.BEST).is_file()
+    checkpoints = ["last", "best"] if best else ["last"]
     return [(split, c) for c in checkpoints for split in cfg.eval.splits
             if force or not has_eval(run_dir, split, cfg.eval.k, c)]
 
