@@ -117,7 +117,7 @@ def main(argv=None) -> None:
             ours_s, proc = timed(lambda: subprocess.run(cmd, capture_output=True, text=True))
             if proc.returncode:
                 sys.exit(f"vaebench eval failed: {proc.stderr.strip().splitlines()[-1:]}")
-            entry = runs.read_json(run / runs.EVAL)["test"]
+            entry = runs.find_eval(runs.read_evals(run), "test", args.k)
             fixed = ours_s - entry["seconds"]  # import, data, model, eval.json, exit
             inter_plain = inter_ours = 0.0
             gen = torch.Generator().manual_seed(0)

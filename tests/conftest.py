@@ -41,3 +41,21 @@ def one_line_error(proc, *needles: str) -> str:
     for n in needles:
         assert n in err, err
     return err
+
+
+def interrupt_at(monkeypatch, step: int, before=None):
+    """A Ctrl-C in the flush at ``step`` of every run trained in this test (``before(run)`` sees
+    each flush first); returns the real flush, to put back with monkeypatch.setattr."""
+    from vaebench.training.trainer import TrainingRun
+
+    flush = TrainingRun.flush
+
+    def cut(self, terms):
+        if before is not None:
+            before(self)
+        if self.step == step:
+            raise KeyboardInterrupt
+        return flush(self, terms)
+
+    monkeypatch.setattr(TrainingRun, "flush", cut)
+    return flush

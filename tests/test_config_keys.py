@@ -77,7 +77,8 @@ def test_every_key_has_a_description_a_label_and_its_facts():
 
 def test_the_key_lists_follow_from_the_fields():
     assert set(execution_keys()) == {"name", "imports", "data.root", "train.flush_every", "train.checkpoint_every",
-                                     "train.threads", "train.engine", "train.stack", "eval.enabled", "eval.k", "eval.splits",
+                                     "train.threads", "train.engine", "train.stack", "train.keep_best", "eval.enabled", "eval.k",
+                                     "eval.splits",
                                      "eval.batch"}
     assert set(per_run_keys()) == {"name", "seed", "optim.lr", "optim.betas", "optim.eps", "optim.weight_decay",
                                    "optim.momentum", "optim.nesterov",

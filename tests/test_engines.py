@@ -21,6 +21,8 @@ from vaebench.training.generic import GenericStack
 from vaebench.training.fused import FusedStack
 from vaebench.training.trainer import Trainer
 
+from conftest import interrupt_at
+
 GRAD_RTOL, GRAD_ATOL = 2e-4, 2e-6
 RTOL, ATOL = 1e-4, 1e-4  # per-step metrics of whole runs on two engines (as tests/test_speed.py)
 CPU = torch.device("cpu")
@@ -241,15 +243,8 @@ def test_status_carries_the_last_flushed_step_while_training(tmp_path, monkeypat
     (c,) = _cfgs({"train.steps": 60, "train.eval_every": 20, "train.flush_every": 20,
                   "train.checkpoint_every": 60}, [{}])
     seen = []
-    flush = Trainer.flush
-
-    def spy(self, terms):
-        seen.append(runs.read_status(self.dir)["step"])  # before this flush: the previous one's step
-        if self.step == 60:
-            raise KeyboardInterrupt
-        return flush(self, terms)
-
-    monkeypatch.setattr(Trainer, "flush", spy)
+    # before each flush: the previous one's step
+    interrupt_at(monkeypatch, 60, before=lambda t: seen.append(runs.read_status(t.dir)["step"]))
     with pytest.raises(KeyboardInterrupt):
         train_run(c, tmp_path / "r", "cpu", progress=False)
     assert seen == [0, 20, 40]

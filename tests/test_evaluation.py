@@ -17,7 +17,7 @@ from vaebench.components.likelihoods import Bernoulli
 from vaebench.components.networks import MLP, forward_columns
 from vaebench.evaluation import active_units, estimator_path, evaluate_model, iw_log_likelihood, posterior_stats
 
-from conftest import run_cli
+from conftest import one_line_error, run_cli
 
 
 def _gen(seed=0):
@@ -218,6 +218,28 @@ def test_eval_keys_do_not_change_the_run_id():
     assert resolve({"objective": {"name": "iwae", "k": 5}}).run_hash() != base.run_hash()
 
 
+def test_eval_json_keeps_every_split_k_and_checkpoint_and_reads_the_old_layout(tmp_path):
+    """eval.json before entries held one entry per split; it reads as entries of the last
+    checkpoint, and writing another (split, k, checkpoint) keeps them all."""
+    from vaebench.evaluation import has_eval
+
+    old = {"test": {"iw_ll": -30.0, "iw_ll_se": 0.1, "elbo": -31.0, "elbo_se": 0.1, "k": 250, "n": 10},
+           "val": {"iw_ll": -33.0, "iw_ll_se": 0.2, "elbo": -34.0, "elbo_se": 0.2, "k": 250, "n": 5}}
+    runs.write_json(tmp_path / runs.EVAL, old)
+    assert [(e["split"], e["k"], e["checkpoint"]) for e in runs.read_evals(tmp_path)] == [
+        ("test", 250, "last"), ("val", 250, "last")]
+    assert has_eval(tmp_path, "test", 250) and not has_eval(tmp_path, "test", 1000)
+    assert not has_eval(tmp_path, "test", 250, "best")
+    runs.add_eval(tmp_path, {"split": "test", "k": 1000, "checkpoint": "last", "iw_ll": -29.9})
+    runs.add_eval(tmp_path, {"split": "test", "k": 250, "checkpoint": "best", "iw_ll": -29.5})
+    runs.add_eval(tmp_path, {"split": "test", "k": 250, "checkpoint": "last", "iw_ll": -30.1})  # replaces its own
+    got = {(e["split"], e["k"], e["checkpoint"]): e["iw_ll"] for e in runs.read_evals(tmp_path)}
+    assert got == {("test", 250, "last"): -30.1, ("test", 1000, "last"): -29.9, ("test", 250, "best"): -29.5,
+                   ("val", 250, "last"): -33.0}
+    assert runs.find_eval(runs.read_evals(tmp_path), "test")["k"] == 1000  # no k: the largest
+    assert "entries" in json.loads((tmp_path / runs.EVAL).read_text())
+
+
 @pytest.mark.slow
 def test_eval_cli_writes_eval_json_and_ls_shows_it(tmp_path, tiny_overrides):
     o = {k: yaml.safe_load(v) for k, v in (x.split("=", 1) for x in tiny_overrides)}
@@ -225,23 +247,31 @@ def test_eval_cli_writes_eval_json_and_ls_shows_it(tmp_path, tiny_overrides):
           "eval.enabled": True, "eval.k": 4, "eval.splits": ["val"]}
     res = vaebench.run({"name": "t"}, out=tmp_path, overrides=o, progress=False)
     assert res.state == "done"
-    doc = json.loads((res.path / runs.EVAL).read_text())  # the config's end-of-run evaluation
-    assert doc["val"]["k"] == 4 and doc["val"]["n"] == 50 and len(doc["val"]["kl_per_dim"]) == 8
+    entries = runs.read_evals(res.path)  # the config's end-of-run evaluation
+    assert [(e["split"], e["k"], e["checkpoint"]) for e in entries] == [("val", 4, "last")]
+    assert entries[0]["n"] == 50 and len(entries[0]["kl_per_dim"]) == 8 and entries[0]["step"] == 60
 
     p = run_cli("eval", str(tmp_path), "--k", "3", "--split", "test")
     assert p.returncode == 0, p.stderr
-    assert p.stdout.startswith("evaluated") and "IW log p(x)" in p.stdout
-    doc = json.loads((res.path / runs.EVAL).read_text())
-    assert set(doc) == {"val", "test"} and doc["test"]["n"] == 10_000
-    assert doc["test"]["elbo"] <= doc["test"]["iw_ll"] < 0
+    assert p.stdout.startswith("evaluated") and "IW log p(x) (k=3)" in p.stdout
+    assert run_cli("eval", str(tmp_path), "--k", "5", "--split", "test").returncode == 0
+    entries = runs.read_evals(res.path)  # a second k keeps the first: one entry per (split, k, checkpoint)
+    assert [(e["split"], e["k"]) for e in entries] == [("test", 3), ("test", 5), ("val", 4)]
+    k3, k5 = (runs.find_eval(entries, "test", k) for k in (3, 5))
+    assert k3["n"] == 10_000 and k3["elbo"] <= k3["iw_ll"] < 0 and k3["iw_ll"] != k5["iw_ll"]
     assert run_cli("eval", str(tmp_path), "--k", "3").stdout.startswith("skipped")
+    assert len(runs.read_evals(res.path)) == 3
 
     ls = run_cli("ls", str(tmp_path))
-    assert ls.returncode == 0 and "test_iw_ll" in ls.stdout and "val_iw_ll" in ls.stdout
-    final = vaebench.load(tmp_path, final=True)
-    assert final.loc[0, "test_iw_ll"] == pytest.approx(doc["test"]["iw_ll"])
+    assert ls.returncode == 0 and "test_iw_ll" in ls.stdout and "val_iw_ll" in ls.stdout and "test_k" in ls.stdout
+    final = vaebench.load(tmp_path, final=True)  # one run: its largest k
+    assert final.loc[0, "test_iw_ll"] == pytest.approx(k5["iw_ll"]) and final.loc[0, "test_k"] == 5
+    assert final.attrs["k"] == {"test": 5, "val": 4}
+    assert vaebench.load(tmp_path, final=True, k=3).loc[0, "test_iw_ll"] == pytest.approx(k3["iw_ll"])
     assert final.loc[0, "val_elbo"] == json.loads((res.path / runs.FINAL).read_text())["val"]["elbo"]
 
+    best = run_cli("eval", str(res.path), "--k", "3", "--checkpoint", "best")
+    one_line_error(best, "best.pt", "train.keep_best")
     bad = run_cli("eval", str(tmp_path), "--k", "0")
     assert bad.returncode == 2 and bad.stderr.strip() == "vaebench: error: k must be at least 1, got 0"
     (res.path / runs.CHECKPOINT).unlink()

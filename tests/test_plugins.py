@@ -76,7 +76,7 @@ def test_the_readme_example_study_runs_with_two_workers_then_reports_and_evaluat
                 cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("evaluated") == 4, r.stdout
-    assert all("val" in runs.read_json(d / runs.EVAL) for d in run_dirs)
+    assert all(runs.find_eval(runs.read_evals(d), "val", 8) for d in run_dirs)
 
     r = run_cli(*components, cwd=work)
     assert r.returncode == 0, r.stderr

@@ -80,3 +80,92 @@ def test_load_long_form_and_final(tmp_path, tiny_overrides):
     assert list(vaebench.ls(tmp_path).engine) == ["fused", "fused"]
     last = df[(df.split == "val") & (df.term == "elbo")].sort_values("step").groupby("run", observed=True).tail(1)
     assert len(last) == 2
+
+
+# A run that overfits 100 images: its validation ELBO peaks well before the end (step 80 of 240 here)
+KEEP_BEST = {"data.per_class": 10, "data.val_size": 100, "train.steps": 240, "train.batch_size": 50,
+             "train.eval_every": 20, "train.flush_every": 20, "train.checkpoint_every": 40, "train.threads": 1,
+             "eval.enabled": False, "train.keep_best": True, "optim.lr": 1e-2,
+             "model.encoder.hidden": [256], "model.decoder.hidden": [256]}
+
+
+def _best_val_row(run_dir):
+    m = runs.read_metrics(run_dir)
+    val = m[m.split == "val"]
+    return val.loc[val.elbo.idxmax()]
+
+
+def _recomputed_val(cfg, run_dir, tmp):
+    """best.pt's validation terms, recomputed the way training computes them."""
+    import torch
+
+    from vaebench.training.trainer import TrainingRun, evaluate
+
+    t = TrainingRun(cfg, tmp, torch.device("cpu"))
+    t.model.load_state_dict(torch.load(run_dir / runs.BEST, weights_only=True)["model"])
+    return evaluate(t.model.eval(), t.objective, t.val_x, t.binarizer).tolist()
+
+
+def test_keep_best_keeps_the_best_validation_model_and_evaluates_it(tmp_path):
+    """best.pt is the model of the best validation ELBO (before the end here), final.json has its
+    step and terms, the end-of-run evaluation covers it, and load(reduce="best") reads them."""
+    o = KEEP_BEST | {"eval.enabled": True, "eval.k": 4}
+    assert resolve({}, o).run_hash() == resolve({}, {**o, "train.keep_best": False}).run_hash()  # not in the id
+    res = vaebench.run({"name": "b"}, out=tmp_path, overrides=o, progress=False)
+    best, row = res.final["best"], _best_val_row(res.path)
+    assert best["step"] == row.step < 240 and best["val"]["elbo"] == row.elbo
+    assert best["val"]["elbo"] > res.final["val"]["elbo"]
+    recomputed = _recomputed_val(resolve({"name": "b"}, o), res.path, tmp_path / "scratch")
+    assert recomputed == [best["val"][t] for t in runs.TERMS]
+    entry = runs.find_eval(runs.read_evals(res.path), "test", 4, "best")
+    assert entry["step"] == best["step"] and entry["iw_ll"] != runs.find_eval(runs.read_evals(res.path), "test", 4)["iw_ll"]
+    fin = vaebench.load(tmp_path, final=True, reduce="best")
+    assert fin.loc[0, "best_step"] == best["step"] and fin.loc[0, "val_elbo"] == best["val"]["elbo"]
+    assert fin.loc[0, "test_iw_ll"] == entry["iw_ll"] and fin.loc[0, "test_k"] == 4
+    assert fin.attrs["reduce"] == "best" and vaebench.load(tmp_path, final=True).loc[0, "val_elbo"] == res.final["val"]["elbo"]
+
+
+def test_keep_best_survives_a_kill_and_resume(tmp_path, monkeypatch):
+    """Cut after the best was found (step 180 of 240, last checkpoint at 160): the resumed run ends
+    with the best.pt and final.json of an uninterrupted one, bit for bit."""
+    import pytest
+    import torch
+
+    from vaebench.training import train_run
+    from vaebench.training.trainer import TrainingRun
+
+    from conftest import interrupt_at
+
+    cfg = resolve({"name": "b"}, KEEP_BEST)
+    ref = train_run(cfg, tmp_path / "ref", "cpu", progress=False)
+    flush = interrupt_at(monkeypatch, 180)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, tmp_path / "cut", "cpu", progress=False)
+    assert not (tmp_path / "cut" / runs.BEST).exists() and runs.checkpoint_step(tmp_path / "cut") == 160
+    monkeypatch.setattr(TrainingRun, "flush", flush)
+    again = train_run(cfg, tmp_path / "cut", "cpu", progress=False)
+    assert again.final["best"] == ref.final["best"] and again.final["best"]["step"] < 160
+    a, b = (torch.load(d / runs.BEST, weights_only=True) for d in (tmp_path / "ref", tmp_path / "cut"))
+    assert a["step"] == b["step"] and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_keep_best_is_the_same_on_every_engine(tmp_path):
+    """Each run of a fused and of a generic stack keeps its own best: the step and validation
+    terms of the run trained alone with autograd (to float reassociation)."""
+    import pytest
+
+    from vaebench.training import train_group, train_run
+
+    seeds = (0, 1)
+    alone = [train_run(resolve({"name": "b"}, {**KEEP_BEST, "seed": s, "train.engine": "torch"}),
+                       tmp_path / f"torch{s}", "cpu", progress=False).final["best"] for s in seeds]
+    for engine in ("fused", "generic"):
+        cfgs = [resolve({"name": "b"}, {**KEEP_BEST, "seed": s, "train.engine": engine}) for s in seeds]
+        res = train_group(cfgs, [tmp_path / f"{engine}{s}" for s in seeds], "cpu", progress=False)
+        assert {r.path.name: (runs.read_json(r.path / runs.ENV) or {}).get("engine") for r in res} == {
+            f"{engine}{s}": engine for s in seeds}
+        for r, ref in zip(res, alone):
+            got = r.final["best"]
+            assert got["step"] == ref["step"], engine
+            for split in ("train", "val"):
+                assert got[split]["elbo"] == pytest.approx(ref[split]["elbo"], rel=1e-4, abs=1e-4), (engine, split)

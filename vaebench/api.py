@@ -136,20 +136,25 @@ def report(path: str | Path = "results", out: str | Path | None = None, force: b
 
 def evaluate(path: str | Path = "results", k: int = 5000, split: str = "test", device: str = "auto",
              batch: int | None = None, force: bool = False, on_result=None, threads: int | None = None,
-             progress: bool | None = False, imports: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
+             progress: bool | None = False, imports: list[str] | tuple[str, ...] = (),
+             checkpoint: str = "last") -> pd.DataFrame:
     """Evaluate every done run under ``path`` (a run or a study) on ``split`` with ``k`` importance
-    samples per image, into each run's eval.json; runs with that (split, k) already are skipped
-    unless ``force``. Returns one row per run: run, state (evaluated / skipped / not done), the
-    split's numbers. ``on_result(row)`` is called after each run. threads: torch threads (default
-    one); progress: a bar of images done and time left per run (None: on a terminal only). Each run's
-    own plugins are imported before its model is built; ``imports`` adds more."""
-    from .evaluation import SPLITS, evaluate_run, has_eval, resolve_device
+    samples per image, into each run's eval.json beside its other (split, k, checkpoint) entries;
+    runs with that entry already are skipped unless ``force``. ``checkpoint``: "last" or "best"
+    (best.pt, kept by train.keep_best: true). Returns one row per run: run, state (evaluated /
+    skipped / not done / no best.pt), the split's numbers. ``on_result(row)`` is called after each
+    run. threads: torch threads (default one); progress: a bar of images done and time left per run
+    (None: on a terminal only). Each run's own plugins are imported before its model is built;
+    ``imports`` adds more."""
+    from .evaluation import SPLITS, evaluate_run, resolve_device
 
     import_plugins(imports)
     if k < 1:
         raise ConfigError(f"k must be at least 1, got {k}")
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    if checkpoint not in runs.CHECKPOINTS:
+        raise ConfigError(f"unknown checkpoint {checkpoint!r}; use one of {', '.join(runs.CHECKPOINTS)}")
     resolve_device(device)
     root = Path(path)
     run_dirs = runs.find_runs(root)
@@ -160,16 +165,21 @@ def evaluate(path: str | Path = "results", k: int = 5000, split: str = "test", d
             raise VaebenchError(f"{run_dirs[0]} has no checkpoint yet; train it first (vaebench run)")
         raise VaebenchError(f"{run_dirs[0]} is not done ({runs.run_state(run_dirs[0]).state}); "
                             f"finish it first (vaebench run)")
+    if len(run_dirs) == 1 and checkpoint == "best":
+        runs.load_model(run_dirs[0], checkpoint="best")  # no best.pt: its one-line error, before anything
     rows = []
     for run_dir in run_dirs:
-        row: dict[str, Any] = {"run": _run_label(run_dir, root), "split": split}
+        row: dict[str, Any] = {"run": _run_label(run_dir, root), "split": split, "checkpoint": checkpoint}
+        done = runs.find_eval(runs.read_evals(run_dir), split, k, checkpoint)
         if runs.run_state(run_dir).state != "done":
             row["state"] = "not done"
-        elif has_eval(run_dir, split, k) and not force:
-            row |= {"state": "skipped", **runs.read_json(run_dir / runs.EVAL)[split]}
+        elif checkpoint == "best" and not (run_dir / runs.BEST).is_file():
+            row["state"] = f"no {runs.BEST}"
+        elif done and not force:
+            row |= {**done, "state": "skipped"}
         else:
-            row |= {"state": "evaluated", **evaluate_run(run_dir, k=k, split=split, device=device, batch=batch,
-                                                             threads=threads, progress=progress)}
+            row |= {**evaluate_run(run_dir, k=k, split=split, device=device, batch=batch, threads=threads,
+                                   progress=progress, checkpoint=checkpoint), "state": "evaluated"}
         row.pop("kl_per_dim", None)
         rows.append(row)
         if on_result:

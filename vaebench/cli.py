@@ -139,12 +139,26 @@ def _line(result) -> str:
 
     val = (result.final or {}).get("val")
     tail = f"  final val ELBO {val['elbo']:.2f} (rec {val['rec']:.2f}, KL {val['kl']:.2f})" if val else ""
-    test = (runs.read_json(result.path / runs.EVAL) or {}).get("test") if result.state in ("done", "skipped") else None
-    if isinstance(test, dict) and "iw_ll" in test:
-        tail += (f"  test IW log p(x) {test['iw_ll']:.2f} ± {test['iw_ll_se']:.2f} (k={test['k']:,}), "
+    entries = runs.read_evals(result.path) if result.state in ("done", "skipped") else []
+    test = runs.find_eval(entries, "test", _run_k(result.path))
+    if test and "iw_ll" in test:
+        tail += (f"  test IW log p(x) (k={test['k']:,}) {test['iw_ll']:.2f} ± {test['iw_ll_se']:.2f}, "
                  f"test ELBO {test['elbo']:.2f} ± {test['elbo_se']:.2f}")
+    best = runs.find_eval(entries, "test", _run_k(result.path), "best")
+    if best and "iw_ll" in best:
+        tail += f"  best (step {best.get('step', '?')}): test IW log p(x) {best['iw_ll']:.2f} ± {best['iw_ll_se']:.2f}"
     why = f"  {result.reason}" if result.state in ("failed", "busy") and result.reason else ""
     return f"{result.state:8s} {result.path}  step {result.step}{tail}{why}"
+
+
+def _run_k(run_dir) -> int | None:
+    """The k of the run's own end-of-run evaluation (eval.k), so its line shows that entry."""
+    from . import runs
+
+    try:
+        return int(runs.read_config(run_dir)["eval"]["k"])
+    except (VaebenchError, KeyError, TypeError, ValueError):
+        return None
 
 
 @cli.command(name="ls")
@@ -260,24 +274,28 @@ def summary_command(path: str, k: int | None, reduce: str, fmt: str) -> None:
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Images per batch (default: by k).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Torch threads (default 1: a second one buys little and loses much on a shared machine).")
-@click.option("--force", is_flag=True, help="Evaluate again runs that already have this split and k.")
+@click.option("--checkpoint", type=click.Choice(["last", "best"]), default="last", show_default=True,
+              help="The model evaluated: the last checkpoint, or best.pt (the best validation ELBO, "
+                   "kept with train.keep_best: true).")
+@click.option("--force", is_flag=True, help="Evaluate again runs that already have this split, k and checkpoint.")
 @_imports
 def eval_command(path: str, k: int, split: str, device: str, batch: int | None, threads: int | None,
-                 force: bool, imports: tuple[str, ...]) -> None:
+                 checkpoint: str, force: bool, imports: tuple[str, ...]) -> None:
     """Importance-weighted log p(x), ELBO, active units and KL per dimension of every done run under
     RUN_OR_STUDY, into each run's eval.json (vaebench ls shows them)."""
     from .api import evaluate
 
     def line(row) -> None:
-        if row["state"] == "not done":
+        if "iw_ll" not in row:
             click.echo(f"{row['state']:9s} {row['run']}")
         else:
-            click.echo(f"{row['state']:9s} {row['run']}  {split} IW log p(x) {row['iw_ll']:.2f} "
-                       f"± {row['iw_ll_se']:.2f} (k={row['k']}), ELBO {row['elbo']:.2f} ± {row['elbo_se']:.2f}, "
+            best = f" (best.pt, step {row.get('step', '?')})" if checkpoint == "best" else ""
+            click.echo(f"{row['state']:9s} {row['run']}{best}  {split} IW log p(x) (k={row['k']:,}) {row['iw_ll']:.2f} "
+                       f"± {row['iw_ll_se']:.2f}, ELBO {row['elbo']:.2f} ± {row['elbo_se']:.2f}, "
                        f"{row['active_units']} active units, {row['seconds']:.1f}s")
 
     evaluate(path, k=k, split=split, device=device, batch=batch, force=force, on_result=line, threads=threads,
-             progress=None, imports=imports)
+             progress=None, imports=imports, checkpoint=checkpoint)
 
 
 @cli.command(name="config")
@@ -308,6 +326,8 @@ def config_command(config: str | None, overrides: tuple[str, ...], components: b
 
 def _table(df) -> str:
     """Config values as written, metrics (float columns named like val_elbo) to 2 decimals."""
+    import pandas as pd
+
     from .results import format_value
 
     df = df.copy()
@@ -315,7 +335,8 @@ def _table(df) -> str:
         if "_" in col and "." not in col and df[col].dtype.kind == "f":
             df[col] = df[col].map(lambda v: "-" if v != v else f"{v:.2f}")
         else:
-            df[col] = df[col].astype(object).map(lambda v: "-" if v is None or v != v else format_value(v))
+            df[col] = df[col].astype(object).map(  # None, NaN, and pd.NA of a nullable column such as test_k
+                lambda v: "-" if v is None or v is pd.NA or (isinstance(v, float) and v != v) else format_value(v))
     return df.to_string(index=False)
 
 

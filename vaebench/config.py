@@ -98,6 +98,8 @@ class TrainConfig(_Section):
     stack: Annotated[Union[Literal["auto", "off"], PosInt], BeforeValidator(_stack_value)] = key(
         "auto", "runs of one shape trained together in a study: auto (8 on CPU, 256 on CUDA), off, or at most N",
         "stack size", numbers=False)
+    keep_best: bool = key(False, "keep the model of the best validation ELBO as best.pt (evaluated at the end "
+                          "too: vaebench.load(reduce='best'))", "keep best checkpoint", numbers=False)
 
 
 class EvalConfig(_Section):

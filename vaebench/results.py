@@ -31,19 +31,61 @@ def _study_label(run_dir: Path, root: Path) -> str:
     return root.resolve().name if parent == "." else parent
 
 
-def _final_row(run_dir: Path) -> dict[str, Any]:
-    """Final metrics as flat columns: ``val_elbo``, ``train_rec``, ``test_iw_ll`` ...
+# Columns of load(final=True) that exist (NaN) even before any run is done, so code written against
+# the documented frame works while a study trains; with reduce="best" also best_step.
+DOCUMENTED = ("val_elbo", "val_rec", "val_kl", "train_elbo", "train_rec", "train_kl",
+              "test_elbo", "test_elbo_se", "test_iw_ll", "test_iw_ll_se", "test_k")
+REDUCES = ("last", "best")
+_NOT_COLUMNS = ("split", "checkpoint", "step")  # an eval entry's identity, not its numbers
 
-    An evaluation's term that final.json already has (eval.json's val ELBO) is ``val_eval_elbo``.
-    """
-    row: dict[str, Any] = {}
-    for source, doc in (("", runs.read_final(run_dir) or {}), ("eval_", runs.read_json(run_dir / runs.EVAL) or {})):
-        for split, terms in doc.items():
-            if isinstance(terms, dict):
-                for term, v in terms.items():
-                    if not isinstance(v, (dict, list, str)):  # numbers only (eval.json's "estimator" is not)
-                        key = f"{split}_{term}"
-                        row[f"{split}_{source}{term}" if key in row else key] = v
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _terms(run_dir: Path, reduce: str) -> dict[str, dict[str, Any]]:
+    """{split: {term: value}} of final.json at the reduction: "last", the values at the end; "best",
+    the values at the step of the best validation ELBO (final.json's "best", kept by
+    train.keep_best, else the best validation row of metrics.parquet), with that step under "best"."""
+    final = runs.read_final(run_dir) or {}
+    if reduce == "last":
+        return {s: t for s, t in final.items() if s != "best" and isinstance(t, dict)}
+    best = final.get("best")
+    if isinstance(best, dict):
+        return {"best": {"step": best.get("step")}, **{s: t for s, t in best.items() if isinstance(t, dict)}}
+    val = runs.read_metrics_table(run_dir).to_pandas()
+    val = val[val["split"] == "val"]
+    if val.empty or val["elbo"].isna().all():
+        return {}
+    row = val.loc[val["elbo"].idxmax()]
+    return {"best": {"step": int(row["step"])}, "val": {t: float(row[t]) for t in runs.TERMS}}
+
+
+def _choose_k(entries: list[list[dict[str, Any]]], k: int | None, checkpoint: str) -> dict[str, int | None]:
+    """Per split, the k of load(final=True)'s numbers: ``k`` when given, else the largest k that
+    every run with an evaluation of that split has (None when they share none: each its largest)."""
+    splits = list(dict.fromkeys(e["split"] for es in entries for e in es if e["checkpoint"] == checkpoint))
+    chosen: dict[str, int | None] = {"test": k} if k is not None or not splits else {}
+    for split in splits:
+        have = [ks for es in entries
+                if (ks := {e["k"] for e in es if e["split"] == split and e["checkpoint"] == checkpoint})]
+        common = set.intersection(*have) if have else set()
+        chosen[split] = k if k is not None else max(common) if common else None
+    return chosen
+
+
+def _final_row(terms: dict[str, dict[str, Any]], entries: list[dict[str, Any]], chosen: dict[str, int | None],
+               checkpoint: str) -> dict[str, Any]:
+    """Final metrics as flat columns: ``val_elbo``, ``train_rec``, ``test_iw_ll``, ``test_k`` ...
+    (with reduce="best" also ``best_step``). An evaluation's term that final.json already has (an
+    eval of the val split's ELBO) is ``val_eval_elbo``."""
+    row: dict[str, Any] = {f"{split}_{term}": v for split, t in terms.items() for term, v in t.items() if _number(v)}
+    for split, k in chosen.items():
+        e = runs.find_eval(entries, split, k, checkpoint)  # k None: this run's largest
+        for term, v in (e or {}).items():
+            if term not in _NOT_COLUMNS and _number(v):  # numbers only (eval.json's "estimator" is not)
+                key = f"{split}_{term}"
+                row[f"{split}_eval_{term}" if key in row else key] = v
     return row
 
 
@@ -76,16 +118,44 @@ def _sort_key(v: Any) -> tuple:
     return (2, (), str(v))
 
 
-def _categorical(counts: np.ndarray, values: list[Any]) -> pd.Categorical | None:
-    """``values[i]`` repeated ``counts[i]`` times, as an ordered categorical; None when every value is empty."""
+def _config_column(counts: np.ndarray, values: list[Any]):
+    """``values[i]`` (run i's value of a config key) repeated ``counts[i]`` times, typed for pandas:
+    whole numbers int64 (Int64 when some run lacks the key), other numbers float64 (NaN), flags
+    bool, anything else (names, text, widths) an ordered categorical of strings such as "128" or
+    "256x128" (format_value), in numeric order where the values are numbers; None when every value
+    is empty. Strings, not tuples: parquet stores them, and they read as they print."""
     present = [v for v in values if v is not None]
     if not present:
         return None
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
-        cats = pd.Index(sorted(set(present)))  # numeric categories: .astype(float) and sorting behave
-    else:
-        cats = pd.Index(sorted(set(present), key=_sort_key), dtype=object, tupleize_cols=False)
-    return _repeat_codes([-1 if v is None else cats.get_loc(v) for v in values], counts, cats, True)
+    missing = len(present) < len(values)
+    if all(isinstance(v, bool) for v in present):
+        data = np.array([bool(v) for v in values], dtype=bool)
+        mask = np.array([v is None for v in values]) if missing else None
+        return _repeat(data, counts, mask, pd.arrays.BooleanArray)
+    if all(_number(v) for v in present):
+        if all(isinstance(v, int) for v in present):
+            data = np.array([0 if v is None else v for v in values], dtype=np.int64)
+            mask = np.array([v is None for v in values]) if missing else None
+            return _repeat(data, counts, mask, pd.arrays.IntegerArray)
+        return _repeat(np.array([np.nan if v is None else v for v in values], dtype=np.float64), counts)
+    texts = {}
+    for v in sorted(set(present), key=_sort_key):
+        texts.setdefault(v, _text(v))
+    cats = list(dict.fromkeys(texts.values()))
+    position = {t: i for i, t in enumerate(cats)}
+    return _repeat_codes([-1 if v is None else position[texts[v]] for v in values], counts, cats, True)
+
+
+def _text(v: Any) -> str:
+    """A config value as a category: format_value, with "[]" for an empty list (no hidden layers)."""
+    return "[]" if isinstance(v, (tuple, list)) and not v else format_value(v)
+
+
+def _repeat(data: np.ndarray, counts: np.ndarray, mask: np.ndarray | None = None, masked=None):
+    """Run i's value repeated over its rows (one fill when every run has the same value)."""
+    one = len(data) and (data == data[0]).all() and (mask is None or not mask.any())
+    rows = np.full(int(counts.sum()), data[0], dtype=data.dtype) if one else np.repeat(data, counts)
+    return rows if mask is None else masked(rows, np.repeat(mask, counts))
 
 
 def _labels(counts: np.ndarray, labels: list[str], ordered: bool = False) -> pd.Categorical:
@@ -114,7 +184,8 @@ def _as_list(v: str | list[str] | None, allowed: tuple[str, ...], what: str) -> 
 
 
 def load(path: str | Path = "results", final: bool = False, split: str | list[str] | None = None,
-         term: str | list[str] | None = None, columns: list[str] | None = None) -> pd.DataFrame:
+         term: str | list[str] | None = None, columns: list[str] | None = None, k: int | None = None,
+         reduce: str = "last") -> pd.DataFrame:
     """Every run under ``path`` (any depth) as a compact, typed DataFrame.
 
     Long form (default): one row per logged value with columns run, study (the folder holding the
@@ -124,14 +195,30 @@ def load(path: str | Path = "results", final: bool = False, split: str | list[st
     ``columns`` (config or label columns to keep) are applied in pyarrow before pandas.
 
     ``final=True``: one row per run with its state, last step, final metrics (``val_elbo``,
-    ``val_rec``, ``val_kl``, ``train_elbo``, ...), the test evaluation (``test_elbo``,
-    ``test_elbo_se``, ``test_iw_ll``, ``test_iw_ll_se``, ...) and the same config columns.
+    ``val_rec``, ``val_kl``, ``train_elbo``, ...), per evaluated split s ``{s}_iw_ll``,
+    ``{s}_iw_ll_se``, ``{s}_elbo``, ``{s}_elbo_se``, ``{s}_active_units``, ... and ``{s}_k`` (the
+    importance samples its numbers came from), and the same config columns. The documented columns
+    (``DOCUMENTED``: val/train rec, KL, ELBO; test ELBO, IW log p(x), their standard errors, test_k)
+    exist, NaN, even while no run is done. ``k``: the evaluations' k; None: per split, the largest k
+    that every run with an evaluation of it has (each run's largest where they share none).
+    ``reduce``: "last", the values at the end of training; "best", those at the step of the best
+    validation ELBO (``best_step``) and the evaluation of best.pt (kept by train.keep_best: true;
+    NaN for runs without it). ``df.attrs["reduce"]`` and ``df.attrs["k"]`` ({split: k or None}) say which.
 
-    Labels and config values are ordered categoricals (numeric keys keep numeric categories, lists
-    such as widths are tuples), ``variant`` in the study's order; config keys that are empty in every
-    run are left out. ``df.attrs["varied"]`` names the config keys that differ across runs,
-    ``df.attrs["base"]`` each study's base values (grid.yaml's ``base``), its comparisons' reference.
+    Column types: config keys of whole numbers are int64 (Int64 where some run lacks the key),
+    other numbers float64, flags bool; names, text and lists are ordered categoricals of strings
+    (widths as "128" or "256x128", numbers in numeric order), run labels and ``variant`` (in the
+    study's order) categoricals too; config keys that are empty in every run are left out. Every
+    column is one parquet stores, so ``to_parquet``/``read_parquet`` round-trips either form.
+    ``df.attrs["varied"]`` names the config keys that differ across runs, ``df.attrs["base"]`` each
+    study's base values (grid.yaml's ``base``), its comparisons' reference.
     """
+    if reduce not in REDUCES:
+        raise VaebenchError(f"unknown reduce {reduce!r}; use one of {', '.join(REDUCES)}")
+    if not final and (k is not None or reduce != "last"):
+        raise VaebenchError("k and reduce choose the numbers of load(..., final=True); the long form has every step")
+    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+        raise VaebenchError(f"k must be a whole number of importance samples (at least 1), got {k!r}")
     root = Path(path)
     run_dirs, names = study_order(runs.find_runs(root))
     if not run_dirs:
@@ -143,16 +230,25 @@ def load(path: str | Path = "results", final: bool = False, split: str | list[st
     labels = [_run_label(d, root) for d in run_dirs]
     studies = [_study_label(d, root) for d in run_dirs]
     n = len(run_dirs)
+    chosen: dict[str, int | None] = {}
     if final:
-        metric_rows = [_final_row(d) if st.state == "done" else {} for d, st in zip(run_dirs, states)]
-        metric_cols = list(dict.fromkeys(k for r in metric_rows for k in r))
+        done = [st.state == "done" for st in states]
+        entries = [runs.read_evals(d) if ok else [] for d, ok in zip(run_dirs, done)]
+        chosen = _choose_k(entries, k, reduce)
+        metric_rows = [_final_row(_terms(d, reduce), es, chosen, reduce) if ok else {}
+                       for d, es, ok in zip(run_dirs, entries, done)]
+        documented = [*DOCUMENTED, *(["best_step"] if reduce == "best" else [])]
+        metric_cols = list(dict.fromkeys([*(k for r in metric_rows for k in r), *documented]))
         counts = np.ones(n, dtype=np.int64)
         body = {"step": np.array([st.step for st in states], dtype=np.int64)}
         for col in metric_cols:
             vals = [r.get(col) for r in metric_rows]
-            if all(v is None for v in vals):
+            if col.endswith("_k") or col == "best_step":  # a count that a run may lack: nullable
+                body[col] = pd.array(vals, dtype="Int64")
                 continue
-            whole = all(isinstance(v, int) and not isinstance(v, bool) for v in vals)  # counts: n, k, active units
+            if all(v is None for v in vals) and col not in documented:
+                continue
+            whole = all(isinstance(v, int) and not isinstance(v, bool) for v in vals)  # counts: n, active units
             body[col] = np.array(vals, dtype=np.int64) if whole else \
                 np.array([np.nan if v is None else v for v in vals], dtype=np.float64)
         order = ["step", *metric_cols]
@@ -180,7 +276,7 @@ def load(path: str | Path = "results", final: bool = False, split: str | list[st
     for key in dict.fromkeys(k for c in configs for k in c):
         if wanted is not None and key not in wanted:
             continue
-        col = _categorical(counts, [c.get(key) for c in configs])
+        col = _config_column(counts, [c.get(key) for c in configs])
         if col is not None:
             cols[key] = col
     if wanted is not None:
@@ -192,6 +288,8 @@ def load(path: str | Path = "results", final: bool = False, split: str | list[st
     df = pd.DataFrame(cols, copy=False)
     df.attrs["varied"] = varied_keys(pd.DataFrame([{k: str(v) for k, v in c.items()} for c in configs]))
     df.attrs["base"] = {s: runs.read_grid_base(d.parent) for s, d in dict(zip(studies, run_dirs)).items()}
+    if final:
+        df.attrs["reduce"], df.attrs["k"] = reduce, chosen
     return df
 
 
@@ -270,7 +368,8 @@ def ls(path: str | Path = "results") -> pd.DataFrame:
     df = load(path, final=True)
     keys = (["variant"] if "variant" in df else []) + [k for k in varied_keys(df) if k != "train.steps"]
     df = df.rename(columns={"train.steps": "steps"})
-    metrics = [c for c in ("val_elbo", "val_rec", "val_kl", "test_elbo", "test_elbo_se", "test_iw_ll", "test_iw_ll_se")
-               if c in df]
-    metrics += sorted(c for c in df.columns if c.endswith(("_iw_ll", "_iw_ll_se")) and c not in metrics)
+    metrics = [c for c in ("val_elbo", "val_rec", "val_kl", "test_elbo", "test_elbo_se", "test_iw_ll", "test_iw_ll_se",
+                           "test_k") if c in df]
+    metrics += sorted(c for c in df.columns if c.endswith(("_iw_ll", "_iw_ll_se", "_k")) and "." not in c
+                      and c not in metrics)
     return df[["run", *keys, "state", "step", "steps", "engine", *metrics]].reset_index(drop=True)

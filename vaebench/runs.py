@@ -8,8 +8,9 @@ never through the trainer. A run folder holds:
     env.json          versions, device, git commit
     metrics.parquet   per-step terms (while running: metrics/part-*.parquet)
     final.json        terms on the whole train and validation splits at the end
-    eval.json         held-out evaluations (importance-weighted log-likelihood, ...)
-    checkpoint.pt     model, optimizer, RNG states and step
+    eval.json         held-out evaluations, one entry per (split, k, checkpoint) (read_evals)
+    checkpoint.pt     model, optimizer, RNG states and step (and, with train.keep_best, the best so far)
+    best.pt           with train.keep_best: the model at the best validation ELBO, its step and terms
     run.lock          held while a process trains the run
 
 A run's state is derived here, one way, for everything that shows it (``run_state``).
@@ -42,7 +43,11 @@ from .errors import VaebenchError
 CONFIG, STATUS, ENV, FINAL, CHECKPOINT = "config.yaml", "status.json", "env.json", "final.json", "checkpoint.pt"
 # A stack's next checkpoint, written by every member before any becomes checkpoint.pt (see TrainingRun.restore)
 CHECKPOINT_NEXT = "checkpoint.next.pt"
-EVAL = "eval.json"  # held-out evaluations: {"test": {"iw_ll": ..., ...}}
+EVAL = "eval.json"  # held-out evaluations: {"entries": [{"split", "k", "checkpoint", "iw_ll", ...}, ...]}
+EVAL_LOCK = "eval.lock"  # held while an evaluation merges its entry into eval.json
+BEST = "best.pt"  # train.keep_best: {"model", "step", "val"} of the best validation ELBO
+CHECKPOINTS = ("last", "best")  # the models a run keeps: checkpoint.pt's and best.pt's
+SPLIT_ORDER = ("test", "val", "train")
 GRID = "grid.yaml"  # beside a study's runs: each run's folder, id and varied values (vaebench.grid)
 METRICS, PARTS = "metrics.parquet", "metrics"
 TERMS = ("rec", "kl", "elbo")
@@ -193,6 +198,46 @@ def read_final(run_dir: Path) -> dict[str, Any] | None:
     return read_json(Path(run_dir) / FINAL)
 
 
+def _eval_entries(doc: Any) -> list[dict[str, Any]]:
+    """eval.json's entries, each with its split, k and checkpoint. The layout before entries
+    ({split: {..., "k": k}}, one per split) reads as entries of the last checkpoint."""
+    if not isinstance(doc, dict):
+        return []
+    if isinstance(doc.get("entries"), list):
+        found = [e for e in doc["entries"] if isinstance(e, dict)]
+    else:
+        found = [{"split": split, **e} for split, e in doc.items() if isinstance(e, dict)]
+    return [{**e, "checkpoint": e.get("checkpoint") or "last"} for e in found
+            if isinstance(e.get("split"), str) and isinstance(e.get("k"), int) and not isinstance(e.get("k"), bool)]
+
+
+def read_evals(run_dir: Path) -> list[dict[str, Any]]:
+    """Every evaluation a run has: one entry per (split, k, checkpoint), in either layout."""
+    return _eval_entries(read_json(Path(run_dir) / EVAL))
+
+
+def find_eval(entries: list[dict[str, Any]], split: str, k: int | None = None,
+              checkpoint: str = "last") -> dict[str, Any] | None:
+    """The entry of (split, k, checkpoint) among ``entries``; k None: the one with the largest k."""
+    found = [e for e in entries if e["split"] == split and e["checkpoint"] == checkpoint and (k is None or e["k"] == k)]
+    return max(found, key=lambda e: e["k"]) if found else None
+
+
+def add_eval(run_dir: Path, entry: dict[str, Any]) -> None:
+    """Merge one evaluation into eval.json, replacing only the entry of the same (split, k,
+    checkpoint); under eval.lock, so concurrent evaluations of a run keep each other's entries."""
+    from filelock import FileLock
+
+    run_dir = Path(run_dir)
+    ident = (entry["split"], entry["k"], entry["checkpoint"])
+    with FileLock(run_dir / EVAL_LOCK):
+        kept = [e for e in read_evals(run_dir) if (e["split"], e["k"], e["checkpoint"]) != ident]
+        entries = sorted([*kept, entry], key=lambda e: (
+            SPLIT_ORDER.index(e["split"]) if e["split"] in SPLIT_ORDER else len(SPLIT_ORDER), e["split"],
+            CHECKPOINTS.index(e["checkpoint"]) if e["checkpoint"] in CHECKPOINTS else 2, e["k"]))
+        write_json(run_dir / EVAL, {"entries": entries})
+
+
 def part_files(run_dir: Path) -> list[Path]:
     return sorted((Path(run_dir) / PARTS).glob("part-*.parquet"))
 
@@ -270,7 +315,7 @@ def write_status(run_dir: Path, state: str, step: int, steps: int, reason: str |
 
 def clear(run_dir: Path) -> None:
     """Forget a run's results (--force): checkpoint, metrics, final and status; config and env stay."""
-    for name in (CHECKPOINT, CHECKPOINT_NEXT, METRICS, FINAL, STATUS):
+    for name in (CHECKPOINT, CHECKPOINT_NEXT, BEST, METRICS, FINAL, STATUS):
         (Path(run_dir) / name).unlink(missing_ok=True)
     shutil.rmtree(Path(run_dir) / PARTS, ignore_errors=True)
 
@@ -323,14 +368,20 @@ def prepare(run_dir: Path, cfg: Any, env: dict[str, Any] | None = None) -> None:
         write_json(run_dir / ENV, env)
 
 
-def load_model(run_dir: str | Path, device: str = "cpu"):
-    """Rebuild a run's VAE from its config and checkpoint (eval mode), without the trainer."""
+def load_model(run_dir: str | Path, device: str = "cpu", checkpoint: str = "last"):
+    """Rebuild a run's VAE from its config and checkpoint (eval mode), without the trainer;
+    ``checkpoint``: "last" (checkpoint.pt) or "best" (best.pt, kept with train.keep_best)."""
     import torch
 
     from .components import build_model
 
     run_dir = Path(run_dir)
-    ckpt = run_dir / CHECKPOINT
+    if checkpoint not in CHECKPOINTS:
+        raise VaebenchError(f"unknown checkpoint {checkpoint!r}; use one of {', '.join(CHECKPOINTS)}")
+    ckpt = run_dir / (CHECKPOINT if checkpoint == "last" else BEST)
+    if checkpoint == "best" and not ckpt.is_file():
+        raise VaebenchError(f"{run_dir} has no {BEST} (trained without train.keep_best); train it again with "
+                            f"--set train.keep_best=true --force, or use the last checkpoint")
     if not ckpt.is_file():
         raise VaebenchError(f"{run_dir} has no checkpoint yet; train it first (vaebench run)")
     cfg = read_config(run_dir)
@@ -493,7 +544,7 @@ def repair(run_dir: Path) -> str | None:
     if have == want:
         return None
     # rows are lost for good: the run trains again from the start (same config and seed, same numbers)
-    for name in (CHECKPOINT, METRICS, FINAL, STATUS):
+    for name in (CHECKPOINT, BEST, METRICS, FINAL, STATUS):
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / PARTS, ignore_errors=True)
     return f"{METRICS} held {have} of {want} rows; retrained from the start"

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import FileLock
 
 from .. import runs
 from ..data import BINARIZERS, load_splits
@@ -22,7 +21,7 @@ SPLITS = ("test", "val", "train")
 # Fixed seeds: the same run, split and k always give the same numbers on the same device.
 BINARIZE_SEED = 20_160_101  # one dynamic binarization of the evaluated images
 NOISE_SEED = 5_000  # the z samples
-EVAL_LOCK = "eval.lock"
+EVAL_LOCK = runs.EVAL_LOCK
 
 
 def split_images(data_cfg: dict[str, Any], split: str, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -55,15 +54,28 @@ def evaluate_model(model, x: torch.Tensor, k: int, seed: int = NOISE_SEED, batch
             "seconds": round(time.perf_counter() - start, 3)}
 
 
-def has_eval(run_dir: str | Path, split: str, k: int) -> bool:
-    entry = (runs.read_json(Path(run_dir) / runs.EVAL) or {}).get(split)
-    return isinstance(entry, dict) and entry.get("k") == k
+def has_eval(run_dir: str | Path, split: str, k: int, checkpoint: str = "last") -> bool:
+    """Whether eval.json holds (split, k) of that checkpoint."""
+    return runs.find_eval(runs.read_evals(run_dir), split, k, checkpoint) is not None
+
+
+def planned_evals(cfg, run_dir: str | Path, force: bool = False) -> list[tuple[str, str]]:
+    """(split, checkpoint) of a config's end-of-run evaluation still missing (all with ``force``):
+    eval.splits of the last checkpoint and of best.pt where training kept one (train.keep_best; a
+    run done before the key was set has none, and is not failed for it)."""
+    if not cfg.eval.enabled:
+        return []
+    best = cfg.train.keep_best and (Path(run_dir) / runs.BEST).is_file()
+    checkpoints = ["last", "best"] if best else ["last"]
+    return [(split, c) for c in checkpoints for split in cfg.eval.splits
+            if force or not has_eval(run_dir, split, cfg.eval.k, c)]
 
 
 def evaluate_run(run_dir: str | Path, k: int = 5000, split: str = "test", device: str | torch.device = "auto",
                  batch: int | None = None, threads: int | None = None,
-                 progress: bool | None = False) -> dict[str, Any]:
-    """Evaluate a run's checkpoint on ``split`` with ``k`` samples per image; merge into its eval.json.
+                 progress: bool | None = False, checkpoint: str = "last") -> dict[str, Any]:
+    """Evaluate a run's checkpoint ("last", or "best": best.pt) on ``split`` with ``k`` samples per
+    image; merge into its eval.json beside the entries of other (split, k, checkpoint).
     threads: torch threads (default one: vaebench.devices.set_threads); progress: a bar of images
     done and the time left (None: on a terminal only)."""
     if k < 1:
@@ -72,22 +84,21 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, split: str = "test", device
     if not runs.is_run_dir(run_dir):
         raise VaebenchError(f"{run_dir} is not a run folder (no {runs.CONFIG})")
     dev = resolve_device(device)
-    model = runs.load_model(run_dir, device=str(dev))
+    model = runs.load_model(run_dir, device=str(dev), checkpoint=checkpoint)
     x = split_images(runs.read_config(run_dir)["data"], split, dev)
     from tqdm.auto import tqdm
 
     before = torch.get_num_threads()
     used = set_threads(threads)
-    bar = tqdm(total=len(x), unit="img", desc=f"{run_dir.name} {split} k={k}", dynamic_ncols=True, leave=False,
+    what = f"{split} k={k}" + (" best" if checkpoint == "best" else "")
+    bar = tqdm(total=len(x), unit="img", desc=f"{run_dir.name} {what}", dynamic_ncols=True, leave=False,
                disable=None if progress is None else not progress)
     try:
         entry = evaluate_model(model, x, k, batch=batch, progress=bar.update)
     finally:
         bar.close()
         torch.set_num_threads(before)
-    entry["threads"] = used
-    with FileLock(run_dir / EVAL_LOCK):  # two evaluations of one run must not drop each other's split
-        doc = runs.read_json(run_dir / runs.EVAL) or {}
-        doc[split] = entry
-        runs.write_json(run_dir / runs.EVAL, doc)
+    entry = {"split": split, "checkpoint": checkpoint, "step": int(getattr(model, "trained_steps", 0)), **entry,
+             "threads": used}
+    runs.add_eval(run_dir, entry)
     return entry

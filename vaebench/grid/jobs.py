@@ -52,19 +52,21 @@ def init_worker(lock: Any, slots: Any) -> None:
 
 
 def evaluate_after(cfg: RunConfig, result, job: Job):
-    """The config's end-of-run evaluation (eval.splits, by default the whole test split), skipping splits
-    already evaluated with eval.k; off with eval.enabled: false."""
-    from ..evaluation import evaluate_run, has_eval
+    """The config's end-of-run evaluation (eval.splits, by default the whole test split, of the last
+    checkpoint and, with train.keep_best, of best.pt), skipping those already evaluated with eval.k;
+    off with eval.enabled: false."""
+    from ..evaluation import evaluate_run, planned_evals
 
-    for split in cfg.eval.splits:
-        if job.force or not has_eval(result.path, split, cfg.eval.k):
-            try:
-                evaluate_run(result.path, k=cfg.eval.k, split=split, device=job.device, batch=cfg.eval.batch)
-            except Exception as e:  # the training is done and kept; only the evaluation is missing
-                result.state = "failed"
-                result.reason = (f"trained, but evaluation on {split} failed ({type(e).__name__}: {e}); "
-                                 f"retry with vaebench eval {result.path} --split {split} --k {cfg.eval.k}")
-                break
+    for split, checkpoint in planned_evals(cfg, result.path, job.force):
+        try:
+            evaluate_run(result.path, k=cfg.eval.k, split=split, device=job.device, batch=cfg.eval.batch,
+                         checkpoint=checkpoint)
+        except Exception as e:  # the training is done and kept; only the evaluation is missing
+            result.state = "failed"
+            best = " --checkpoint best" if checkpoint == "best" else ""
+            result.reason = (f"trained, but evaluation on {split} failed ({type(e).__name__}: {e}); "
+                             f"retry with vaebench eval {result.path} --split {split} --k {cfg.eval.k}{best}")
+            break
     return result
 
 

@@ -91,9 +91,9 @@ def _todo(states: list[str], force: bool, retry_failed: bool) -> list[int]:
 
 def _eval_missing(cfg, run_dir: Path) -> bool:
     """A done run whose end-of-run evaluation was cut (or never ran): the rerun evaluates it."""
-    from ..evaluation import has_eval
+    from ..evaluation import planned_evals
 
-    return cfg.eval.enabled and any(not has_eval(run_dir, split, cfg.eval.k) for split in cfg.eval.splits)
+    return bool(planned_evals(cfg, run_dir))
 
 
 def _check_inputs(study: Study, todo: list[int], device: str) -> None:

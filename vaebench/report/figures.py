@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .stats import mean_ci, t975
-from .tables import SPLIT_SHORT as SPLIT_LABELS, metric_label
+from .tables import metric_label
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

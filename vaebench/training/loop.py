@@ -130,6 +130,11 @@ def train_members(engine: Engine, progress: Any = None) -> list[RunResult]:
             t.step, t.pos, t.flushed = step, pos, flushed
             t.perm = perms[j].clone()
 
+    def validate() -> None:  # every member's validation terms, and its best model so far (train.keep_best)
+        engine.validate()
+        for t in engine.members:
+            t.track_best()
+
     refresh = max(1, min(100, tc.eval_every))
     opts = progress if isinstance(progress, dict) else {"disable": None if progress is None else not progress}
     desc = first.dir.name if len(members) == 1 else f"stack of {len(members)}"
@@ -137,7 +142,7 @@ def train_members(engine: Engine, progress: Any = None) -> list[RunResult]:
     try:
         if step == 0:
             sync()
-            engine.validate()
+            validate()
         while step < tc.steps and engine.members:
             if pos + b > n:
                 perms = torch.stack([torch.randperm(n, generator=t.order_gen) for t in engine.members])
@@ -149,7 +154,7 @@ def train_members(engine: Engine, progress: Any = None) -> list[RunResult]:
             step += 1
             if step % tc.eval_every == 0:
                 sync()
-                engine.validate()
+                validate()
             if step % refresh == 0:
                 bar.update(step - bar.n)
                 if not bar.disable:

@@ -104,6 +104,8 @@ class TrainingRun:
         self.pos = 0
         self.val_rows: list[tuple[int, torch.Tensor]] = []
         self.flushed = 0  # last step written to a part
+        # train.keep_best: {"step", "val" (rec, kl, elbo), "model"} of the best validation ELBO so far
+        self.best: dict[str, Any] | None = None
 
     # -- state -------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -113,7 +115,7 @@ class TrainingRun:
             "optimizer": self.optimizer.state_dict(),
             "perm": self.perm, "pos": self.pos, "order_gen": self.order_gen.get_state(),
             "noise_gen": self.noise_gen.get_state(), "config_hash": self.cfg.run_hash(),
-        }
+        } | ({"best": self.best} if self.best is not None else {})  # the best so far survives a kill
 
     def save_checkpoint(self, stack: list[str] | None = None) -> None:
         """checkpoint.pt; with ``stack`` (the folders of the stack's members), the pending
@@ -164,6 +166,9 @@ class TrainingRun:
             self.perm, self.pos, self.step = st["perm"].cpu(), int(st["pos"]), int(st["step"])
             self.order_gen.set_state(st["order_gen"].cpu())
             self.noise_gen.set_state(st["noise_gen"].cpu() if self.device.type == "cpu" else st["noise_gen"])
+            best = st.get("best")
+            if best is not None and self.cfg.train.keep_best:
+                self.best = {"step": best["step"], "val": best["val"], "model": best["model"]}
         except Exception as e:  # truncated, corrupt, or from another model
             why = (str(e).splitlines() or [""])[0].split(". ")[0][:160]
             raise VaebenchError(f"unreadable checkpoint {ckpt_path} ({type(e).__name__}: {why}); "
@@ -178,6 +183,24 @@ class TrainingRun:
         self.model.eval()
         self.val_rows.append((self.step, evaluate(self.model, self.objective, self.val_x, self.binarizer)))
         self.model.train()
+
+    def track_best(self) -> None:
+        """train.keep_best: after a validation, keep a copy of the model if its validation ELBO beats
+        the best so far (the earliest on ties). Chosen on the device with torch.where: no host sync."""
+        if not self.cfg.train.keep_best or not self.val_rows:
+            return
+        step, val = self.val_rows[-1]
+        state = self.model.state_dict()
+        at = torch.tensor(step, dtype=torch.int64, device=val.device)
+        if self.best is None:
+            self.best = {"step": at, "val": val.clone(), "model": {k: v.clone() for k, v in state.items()}}
+            return
+        b = self.best
+        better = (val[2] > b["val"][2]) | torch.isnan(b["val"][2])
+        b["step"] = torch.where(better, at, b["step"])
+        b["val"] = torch.where(better, val, b["val"])
+        for k, v in state.items():
+            b["model"][k].copy_(torch.where(better, v, b["model"][k]))
 
     def flush(self, train_terms: torch.Tensor) -> int | None:
         """Write the steps since the last flush (``train_terms``: one (rec, kl, elbo) row each) and the
@@ -211,12 +234,27 @@ class TrainingRun:
     def write_status(self, state: str, reason: str | None = None, step: int | None = None) -> None:
         runs.write_status(self.dir, state, self.step if step is None else step, self.cfg.train.steps, reason)
 
-    def finish(self) -> dict[str, Any]:
-        self.model.eval()
-        final: dict[str, Any] = {"step": self.step}
+    def _final_terms(self) -> dict[str, Any]:
+        """rec, KL and ELBO of the model as it is, on the whole train and validation splits."""
+        out = {}
         for split, x in (("train", self.train_x), ("val", self.val_x)):
             v = evaluate(self.model, self.objective, x, self.binarizer).cpu().tolist()
-            final[split] = dict(zip(runs.TERMS, v)) | {"n": len(x)}
+            out[split] = dict(zip(runs.TERMS, v)) | {"n": len(x)}
+        return out
+
+    def finish(self) -> dict[str, Any]:
+        self.model.eval()
+        final: dict[str, Any] = {"step": self.step, **self._final_terms()}
+        if self.best is not None:  # best.pt, and its terms recomputed on both splits (val: the row it was chosen by)
+            last = {k: v.clone() for k, v in self.model.state_dict().items()}
+            best_step, best_model = int(self.best["step"]), {k: v.cpu() for k, v in self.best["model"].items()}
+            self.model.load_state_dict(best_model)
+            final["best"] = {"step": best_step, **self._final_terms()}
+            self.model.load_state_dict(last)
+            buf = io.BytesIO()
+            torch.save({"model": best_model, "step": best_step, "val": final["best"]["val"],
+                        "config_hash": self.cfg.run_hash()}, buf)
+            runs.atomic_write(self.dir / runs.BEST, buf.getvalue())
         runs.write_json(self.dir / runs.FINAL, final)
         runs.compact_metrics(self.dir)
         self.write_status("done")
