@@ -22,7 +22,9 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 @pytest.mark.parametrize("engine", ["fast", "torch"])
 def test_a_short_run_reproduces_the_stored_metrics(tmp_path, engine):
+    # the fixtures' protocol: validation on the first 100 test images (data.val_from: test)
     res = vaebench.run({"name": f"numbers-{engine}", "seed": 3, "objective": {"k": 2},
+                        "data": {"val_from": "test", "val_size": 100},
                         "train": {"steps": 300, "eval_every": 100, "flush_every": 100, "checkpoint_every": 200,
                                   "engine": engine}}, out=tmp_path, progress=False)
     got = runs.read_metrics(Path(res.path))

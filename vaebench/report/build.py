@@ -539,7 +539,7 @@ def summary_headers(table: pd.DataFrame, final: pd.DataFrame) -> dict[str, str]:
             split = metric.partition("_")[0]
             ks = sorted({int(k) for k in final.get(f"{split}_k", pd.Series(dtype=float)).dropna()}) \
                 if split == "test" else []
-            k = f" (k = {' / '.join(f'{v:,}' for v in ks)})" if ks else ""
+            k = f" (k\u00a0=\u00a0{' / '.join(f'{v:,}' for v in ks)})" if ks else ""  # never broken
             out[metric] = F.metric_label(metric) + k
     return out
 
@@ -655,7 +655,9 @@ def _toc(views: dict[str, StudyView], study_figs: dict[str, list], titles: dict[
 
 def _summary_html(table: pd.DataFrame, final: pd.DataFrame) -> str:
     table = table.drop(columns=[c for c in table if "." in c and table[c].isna().all()])  # another study's axes
-    shown = table.copy()
+    # the k is in the metrics' headers; failed / not finished only when some are (the states line counts them)
+    shown = table.drop(columns=[c for c in table if c.endswith("_k") or
+                                (c in ("n_failed", "n_unfinished") and (table[c].fillna(0) == 0).all())])
     for col in [c for c in shown.columns if c.endswith("_mean")]:
         m = col[:-5]
         shown[m] = [_minus(("-" if pd.isna(a) else f"{a:.2f}") + ("" if pd.isna(b) else f" ± {b:.2f}"))

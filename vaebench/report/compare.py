@@ -177,7 +177,7 @@ def compare_cells(table: pd.DataFrame) -> pd.DataFrame:
         out["bootstrap 95% CI"] = ["-" if pd.isna(a) else f"[{a:+.2f}, {b:+.2f}]"
                                    for a, b in zip(table["boot_low"], table["boot_high"])]
     out["share better"] = [number(v) for v in table["share_better"]]
-    out["p (Holm)"] = [number(v, "{:.3f}") for v in table["p_adj"]]
+    out["p (Holm)"] = ["<0.001" if pd.notna(v) and v < 0.001 else number(v, "{:.3f}") for v in table["p_adj"]]
     out["verdict"] = table["verdict"]
     if out["study"].nunique() <= 1:
         out = out.drop(columns=["study"])

@@ -124,7 +124,8 @@ def table_html(table: pd.DataFrame, headers: dict[str, str] | None = None) -> st
         h.append("<tr>")
         for v in row:
             text = "-" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
-            kind = "num" if isinstance(v, (int, float, np.number)) or _NUMBER.fullmatch(text) else "text"
+            number = isinstance(v, (int, float, np.number)) or (_NUMBER.fullmatch(text) and not text[0].isalpha())
+            kind = "num" if number else "text"  # "k10" is a name, "256x128" and "−37.43 ± 0.65" numbers
             cell = html.escape(text) if kind == "num" else html.escape(text).replace("_", "_<wbr>")  # names break at _
             h.append(f"<td class='{kind}'>{cell}</td>")
         h.append("</tr>")
