@@ -35,6 +35,8 @@ class _Group(click.Group):
 
 # What a shell reports for a process ended by a closed pipe (128 + SIGPIPE), as `yes | head` does.
 EXIT_PIPE = 141
+# An unexpected exception, i.e. a bug in vaebench (sysexits' EX_SOFTWARE).
+EXIT_BUG = 70
 
 
 def _quiet_stdout() -> None:
@@ -92,6 +94,7 @@ def run(config: str, overrides: tuple[str, ...], out: str, device: str, jobs: in
       1    some runs are not done: failed, cut, or being trained by another process
       2    a mistake in the config, an override or the environment (a full disk,
            a read-only folder, a path that is a file); one line says which
+      70   an internal error (a bug in vaebench): a traceback; please report it
       130  interrupted (Ctrl-C); run the same command again to resume"""
     from tqdm.auto import tqdm
 
@@ -99,6 +102,8 @@ def run(config: str, overrides: tuple[str, ...], out: str, device: str, jobs: in
 
     _folder("--out", out)
     s = study(config, list(overrides), imports)
+    for note in s.notes:
+        click.echo(f"vaebench: note: {note}", err=True)
     res = run_study(s, out=out, device=device, jobs=jobs, executor=executor, ray_address=ray_address,
                     gpus_per_run=gpus_per_run, force=force, retry_failed=retry_failed, dry_run=dry_run,
                     on_result=lambda root, r: (tqdm.write(_line(r)), sys.stdout.flush()))
@@ -130,6 +135,9 @@ def _folder(option: str, path: str | None) -> None:
     """One line, not click's three, when a folder option names a file."""
     from pathlib import Path
 
+    if path is not None and Path(path).is_symlink() and not Path(path).exists():
+        raise VaebenchError(f"{option} {path} is a broken symbolic link (to {Path(path).readlink()}); "
+                            f"create its target, remove the link, or choose another {option}")
     if path is not None and Path(path).exists() and not Path(path).is_dir():
         raise VaebenchError(f"{option} {path} is a file, not a folder; choose another {option} or move the file")
 
@@ -351,6 +359,12 @@ def main() -> None:
     except BrokenPipeError:  # raised outside a command (help text, click's own output)
         _quiet_stdout()
         sys.exit(EXIT_PIPE)
+    except Exception:  # a bug: its traceback, and a code of its own (1 means "some runs are not done")
+        import traceback
+
+        traceback.print_exc()
+        click.echo("vaebench: internal error (a bug): please report it, with the traceback above", err=True)
+        sys.exit(EXIT_BUG)
 
 
 if __name__ == "__main__":

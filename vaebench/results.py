@@ -91,8 +91,9 @@ def _final_row(terms: dict[str, dict[str, Any]], entries: list[dict[str, Any]], 
 
 def _engine(run_dir: Path) -> dict[str, Any]:
     """The engine that trained the run (env.json) and, under train.engine=auto, why not a faster one."""
-    env = runs.read_json(Path(run_dir) / runs.ENV) or {}
-    return {"engine": env.get("engine"), "engine_why": env.get("engine_why")}
+    env = runs.read_json(Path(run_dir) / runs.ENV)
+    env = env if isinstance(env, dict) else {}
+    return {"engine": runs.engines(env), "engine_why": env.get("engine_why")}
 
 
 def study_order(run_dirs: list[Path]) -> tuple[list[Path], dict[Path, dict[str, Any]]]:

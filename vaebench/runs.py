@@ -48,6 +48,7 @@ EVAL_LOCK = "eval.lock"  # held while an evaluation merges its entry into eval.j
 BEST = "best.pt"  # train.keep_best: {"model", "step", "val"} of the best validation ELBO
 CHECKPOINTS = ("last", "best")  # the models a run keeps: checkpoint.pt's and best.pt's
 SPLIT_ORDER = ("test", "val", "train")
+REPORT_FOLDER = "report"  # RESULTS/report: where `vaebench report` writes, so no study may be named so
 GRID = "grid.yaml"  # beside a study's runs: each run's folder, id and varied values (vaebench.grid)
 METRICS, PARTS = "metrics.parquet", "metrics"
 TERMS = ("rec", "kl", "elbo")
@@ -345,6 +346,28 @@ def environment(device: Any, **extra: Any) -> dict[str, Any]:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "threads": torch.get_num_threads(), "git_commit": commit, "argv": sys.argv, **extra,
     }
+
+
+def record_environment(run_dir: Path, env: dict[str, Any], step: int) -> None:
+    """Write env.json for a training that starts at ``step``, keeping under ``engines`` which engine
+    trained which updates: a resume under another train.engine must not erase the first one's record."""
+    old = read_json(Path(run_dir) / ENV) if step > 0 else None
+    old = old if isinstance(old, dict) else {}
+    history = old.get("engines")
+    if not (isinstance(history, list) and all(isinstance(h, dict) for h in history)):
+        history = [{"engine": old["engine"], "from_step": 0}] if old.get("engine") else []
+    history = [h for h in history if isinstance(h.get("from_step"), int) and h["from_step"] < step]
+    if not history or history[-1].get("engine") != env.get("engine"):
+        history.append({"engine": env.get("engine"), "from_step": step})
+    write_json(Path(run_dir) / ENV, {**env, "engines": history})
+
+
+def engines(env: dict[str, Any]) -> str | None:
+    """The engines that trained a run, in order, e.g. ``fused+torch`` (env.json)."""
+    history = env.get("engines")
+    if isinstance(history, list) and history and all(isinstance(h, dict) for h in history):
+        return "+".join(str(h.get("engine")) for h in history)
+    return env.get("engine")
 
 
 def prepare(run_dir: Path, cfg: Any, env: dict[str, Any] | None = None) -> None:

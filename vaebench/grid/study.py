@@ -24,6 +24,7 @@ from typing import Any
 from ..config import (STUDY_KEYS, RunConfig, apply_overrides, flatten, join_errors, key_info, known_keys,
                       load_imports, read_yaml, resolve,
                       split_override, suggest, yaml_value)
+from .. import runs as runs_mod
 from ..errors import ConfigError
 
 
@@ -51,6 +52,7 @@ class Study:
     # The study's own base, before the grid: each varied config key's value there, and "variant" the
     # variant that changes nothing. A comparison's reference (vaebench.report.studies.references).
     base: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what a user should hear about the expansion (merged runs)
 
     def short_names(self) -> dict[str, str]:
         """Each axis by its last dotted part, or in full where that part is ambiguous."""
@@ -224,9 +226,11 @@ def expand(raw: dict[str, Any], overrides: list[str] | dict[str, Any] | None = N
     raw = dict(raw or {})
     spec = {k: raw.pop(k, None) for k in STUDY_KEYS}
     fixed, cli_axes = parse_cli(overrides)
+    given = {k: source for k in STUDY_KEYS}  # where each study key came from, to blame the right one
     for key in STUDY_KEYS:  # --set seeds=5, --set variants=null: the study's own keys
         if key in fixed:
             spec[key] = fixed.pop(key)
+            given[key] = f"--set {key}={format_value(spec[key])}"
     load_imports(raw, base, imports, source)  # a --set key or value may be a plugin's
     unknown = [k for k in [*fixed, *cli_axes] if k not in known_keys()]
     if unknown:  # every mistyped --set key at once
@@ -237,12 +241,13 @@ def expand(raw: dict[str, Any], overrides: list[str] | dict[str, Any] | None = N
             continue
         for value in values:  # a bad value is the override's fault, not the file's: say so
             resolve({}, dict([_named(key, value)]), source=f"--set {key}={format_value(value)}")
-    grid = {k: v for k, v in _grid(spec["grid"], source).items() if k not in fixed}
+    grid = {k: v for k, v in _grid(spec["grid"], given["grid"]).items() if k not in fixed}
     grid.update({k: _axis_values(v, f"--set {k}") for k, v in cli_axes.items()})
-    zips = [{k: v for k, v in g.items() if k not in fixed and k not in cli_axes} for g in _zip_groups(spec["zip"], source)]
+    zips = [{k: v for k, v in g.items() if k not in fixed and k not in cli_axes}
+            for g in _zip_groups(spec["zip"], given["zip"])]
     zips = [g for g in zips if g]
-    variants = _variants(spec["variants"], source)
-    seeds = _seeds(spec["seeds"], source)
+    variants = _variants(spec["variants"], given["variants"])
+    seeds = _seeds(spec["seeds"], given["seeds"])
     if "seed" in fixed and seeds is not None:
         seeds = None
     if "seed" in grid and seeds is not None:
@@ -272,7 +277,7 @@ def expand(raw: dict[str, Any], overrides: list[str] | dict[str, Any] | None = N
         raise ConfigError(f"{source} expands to {total:,} runs; a study may have at most {MAX_RUNS:,} "
                           f"(vary fewer keys or fewer values)")
     runs: list[RunSpec] = []
-    seen: set[str] = set()
+    seen: dict[str, list[dict[str, Any]]] = {}  # run id -> the varied values of every combo that gives it
     for combo in itertools.product(*choices):
         varied: dict[str, Any] = {}
         sets: dict[str, Any] = {}
@@ -285,12 +290,39 @@ def expand(raw: dict[str, Any], overrides: list[str] | dict[str, Any] | None = N
                           if varied else "")
         cfg = resolve(apply_overrides(raw, sets), source=where, base=base, imports=imports)
         if cfg.run_hash() not in seen:
-            seen.add(cfg.run_hash())
+            seen[cfg.run_hash()] = []
             runs.append(RunSpec(cfg, varied))
+        seen[cfg.run_hash()].append(varied)
     name = runs[0].config.name
     if any(r.config.name != name for r in runs):
         raise ConfigError(f"runs of one study must share a 'name' ({source} varies it); vary something else")
-    return Study(name, axes, runs, _base(raw, fixed, variants, runs, source, base, imports) if axes else {})
+    if name == runs_mod.REPORT_FOLDER:
+        raise ConfigError(f"a study may not be named {name!r} in {source}: RESULTS/{name} is where "
+                          f"`vaebench report` writes; choose another name")
+    merged = _merged(list(seen.values()), total, fixed)
+    return Study(name, axes, runs, _base(raw, fixed, variants, runs, source, base, imports) if axes else {},
+                 [merged] if merged else [])
+
+
+def _merged(groups: list[list[dict[str, Any]]], total: int, cli_fixed: dict[str, Any]) -> str:
+    """One line naming the runs that resolved to the same config (kept once), or "" if none did:
+    e.g. a ``--set objective.k=3`` that makes variants k1, k5 and baseline one run."""
+    said: list[str] = []
+    for group in (g for g in groups if len(g) > 1):
+        differ = [k for k in group[0] if len({format_value(v.get(k)) for v in group}) > 1]
+        if differ == ["variant"]:
+            names = [str(v["variant"]) for v in group]
+            what = "variants " + ", ".join(names[:-1]) + " and " + names[-1]
+        else:
+            labels = [",".join(f"{k}={format_value(v.get(k))}" for k in differ) for v in group]
+            what = "runs " + ", ".join(labels[:-1]) + " and " + labels[-1]
+        if what not in said:
+            said.append(what)
+    if not said:
+        return ""
+    after = (" after --set " + " ".join(f"{k}={format_value(v)}" for k, v in cli_fixed.items())) if cli_fixed else ""
+    return (f"{'; '.join(said)} are the same run{after}: kept once, "
+            f"{len(groups)} runs instead of {total}")
 
 
 def _base(raw: dict[str, Any], fixed: dict[str, Any], variants: list[tuple[str, dict[str, Any]]],

@@ -76,7 +76,7 @@ class Report:
 
 def default_out(root: Path) -> Path:
     """RESULTS/report, or beside a single run folder (the report never writes inside a run)."""
-    return root.parent / f"{root.name}-report" if runs.is_run_dir(root) else root / "report"
+    return root.parent / f"{root.name}-report" if runs.is_run_dir(root) else root / runs.REPORT_FOLDER
 
 
 def run_path(root: Path, label: str) -> Path:

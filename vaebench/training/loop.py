@@ -267,7 +267,7 @@ def train_group(cfgs: list[RunConfig], run_dirs: list[str | Path], device: str |
             name, why = "torch", f"{why}; generic alone is autograd"
         trainers = [t for _, t in group]
         for t in trainers:
-            runs.write_json(t.dir / runs.ENV, runs.environment(dev, engine=name, engine_why=why))
+            runs.record_environment(t.dir, runs.environment(dev, engine=name, engine_why=why), t.step)
         try:
             engine = ENGINES[name](trainers, dev)
         except Exception as e:
