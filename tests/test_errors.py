@@ -104,3 +104,50 @@ def test_a_closed_pipe_ends_quietly():
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert proc.wait() == 141 and err == "", err
+
+
+def test_a_bad_study_key_in_set_names_the_override(tmp_path):
+    cfg = _write(tmp_path, "name: s\nseeds: 2\n")
+    err = _one_line_error(run_cli("run", str(cfg), "--out", str(tmp_path / "out"), "--set", "seeds=abc"),
+                          "--set seeds=abc")
+    assert "cfg.yaml" not in err
+
+
+def test_variants_merged_by_a_set_get_one_notice_line(tmp_path):
+    cfg = _write(tmp_path, "name: s\nobjective: iwae\nvariants:\n  k1: {objective.k: 1}\n  k5: {objective.k: 5}\n"
+                           "  baseline: {}\nseeds: 4\n")
+    proc = run_cli("run", str(cfg), "--out", str(tmp_path / "out"), "--set", "objective.k=3", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    notes = [line for line in proc.stderr.splitlines() if line.startswith("vaebench: note:")]
+    assert notes == ["vaebench: note: variants k1, k5 and baseline are the same run after --set objective.k=3: "
+                     "kept once, 4 runs instead of 12"], proc.stderr
+    assert "4 runs in" in proc.stdout
+
+
+def test_a_broken_symlink_out_is_called_one(tmp_path):
+    link = tmp_path / "gone"
+    link.symlink_to(tmp_path / "nowhere")
+    cfg = _write(tmp_path, "name: s\n")
+    err = _one_line_error(run_cli("run", str(cfg), "--out", str(link)), "broken symbolic link", str(link))
+    assert "is a file" not in err and not (tmp_path / "nowhere").exists()
+
+
+def test_a_study_named_report_is_refused(tmp_path):
+    cfg = _write(tmp_path, "name: report\n")
+    _one_line_error(run_cli("run", str(cfg), "--out", str(tmp_path / "out")), "may not be named 'report'",
+                    "cfg.yaml")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bug_prints_its_traceback_and_exits_70(tmp_path):
+    """Exit 1 means "some runs are not done"; an unexpected exception has a code of its own."""
+    import subprocess
+
+    code = ("import sys, vaebench.api, vaebench.cli as c\n"
+            "def boom(*a, **k):\n    raise ZeroDivisionError('planted bug')\n"
+            "vaebench.api.ls = boom\nsys.argv = ['vaebench', 'ls', sys.argv[1]]\nc.main()\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 70, (proc.returncode, proc.stderr)
+    err = proc.stderr.strip().splitlines()
+    assert err[0].startswith("Traceback") and "ZeroDivisionError: planted bug" in proc.stderr
+    assert err[-1] == "vaebench: internal error (a bug): please report it, with the traceback above"

@@ -301,3 +301,56 @@ def test_ray_executor_on_a_local_instance(tmp_path):
     for rid, d in folders(out / "st").items():
         pd.testing.assert_frame_equal(metrics_of(d), metrics_of(want[rid]))
         assert json.loads((d / runs.ENV).read_text())["threads"] == 1
+
+
+def test_a_set_that_makes_variants_identical_says_which_in_one_note():
+    variants = {"k1": {"objective.k": 1}, "k5": {"objective.k": 5}, "baseline": {}}
+    s = expand({"objective": {"name": "iwae"}, "variants": variants, "seeds": 4}, ["objective.k=3"])
+    assert len(s.runs) == 4 and {r.varied["variant"] for r in s.runs} == {"k1"}
+    assert s.notes == ["variants k1, k5 and baseline are the same run after --set objective.k=3: "
+                       "kept once, 4 runs instead of 12"]
+    same = expand({"objective": {"name": "iwae"}, "variants": variants, "seeds": 2}).notes  # k1 is the default
+    assert same == ["variants k1 and baseline are the same run: kept once, 4 runs instead of 6"]
+    assert expand({"objective": {"name": "iwae"}, "variants": {"k5": {"objective.k": 5}, "base": {}}}).notes == []
+
+
+def test_a_bad_study_key_in_set_is_blamed_on_the_override_not_the_file(tmp_path):
+    with pytest.raises(vaebench.errors.ConfigError) as e:
+        vaebench.study(write_study(tmp_path, seeds=2), ["seeds=abc"])
+    assert str(e.value).startswith("'seeds' in --set seeds=abc must be") and "study.yaml" not in str(e.value)
+    with pytest.raises(vaebench.errors.ConfigError) as e:
+        vaebench.study(write_study(tmp_path, seeds="abc"))
+    assert "study.yaml" in str(e.value)
+
+
+def test_a_study_may_not_be_named_report_where_the_report_is_written(tmp_path):
+    with pytest.raises(vaebench.errors.ConfigError, match="may not be named 'report'"):
+        vaebench.study(write_study(tmp_path, name="report"))
+    assert vaebench.study(write_study(tmp_path, name="reports")).name == "reports"
+
+
+def test_resuming_under_another_engine_keeps_the_first_engines_record(tmp_path, monkeypatch):
+    """env.json lists each engine with the step it started at; load's engine column joins them."""
+    from vaebench.training import train_run
+    from vaebench.training.trainer import TrainingRun
+
+    from conftest import interrupt_at
+
+    def tiny(engine):
+        return resolve({**TINY, "name": "st", "train": {**TINY["train"], "steps": 60, "engine": engine}})
+
+    run_dir = tmp_path / "st" / "one"
+    flush = interrupt_at(monkeypatch, 40)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(tiny("fused"), run_dir, "cpu", progress=False)
+    step = runs.checkpoint_step(run_dir)
+    assert 0 < step < 60
+    monkeypatch.setattr(TrainingRun, "flush", flush)
+    cfg = tiny("torch")
+    assert train_run(cfg, run_dir, "cpu", progress=False).state == "done"
+    env = json.loads((run_dir / runs.ENV).read_text())
+    assert env["engine"] == "torch" and env["engines"] == [{"engine": "fused", "from_step": 0},
+                                                            {"engine": "torch", "from_step": step}]
+    assert vaebench.load(tmp_path, final=True).loc[0, "engine"] == "fused+torch"
+    assert train_run(cfg, run_dir, "cpu", progress=False, force=True).state == "done"  # started over: one engine
+    assert json.loads((run_dir / runs.ENV).read_text())["engines"] == [{"engine": "torch", "from_step": 0}]
