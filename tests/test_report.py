@@ -284,3 +284,56 @@ def test_run_figures_in_pdf_on_request_and_a_wrong_format_in_one_line(results, t
     assert build_report(run_dir, out=tmp_path / "r").drawn == rep.drawn  # other formats: redrawn
     bad = run_cli("report", str(run_dir), "--out", str(tmp_path / "r2"), "--formats", "svg,eps")
     one_line_error(bad, "--formats", "png")
+
+
+MATH, TAGS = r"$\frac$", "<b>bold</b>&amp;"  # mathtext that does not parse, and HTML with an entity
+
+
+def test_variants_named_with_mathtext_and_html_are_drawn_and_escaped_everywhere(tmp_path):
+    """Names are text in every output: figures (mathtext off), summary.md and compare's Markdown
+    (HTML and Markdown specials escaped), index.html and compare's HTML, LaTeX, SVG."""
+    tiny = {**TINY, "train": {**TINY["train"], "steps": 40, "eval_every": 20, "flush_every": 20,
+                              "checkpoint_every": 20}}
+    study = tmp_path / "hostile.yaml"
+    study.write_text(yaml.safe_dump({"name": "hostile", **tiny, "seeds": 2, "variants": {
+        "base": {}, MATH: {"objective.name": "iwae", "objective.k": 2}, TAGS: {"model.latent": 3}}}))
+    out = tmp_path / "results"
+    assert not vaebench.run_study(study, out=out, jobs=2, progress=False).failed
+    r = run_cli("report", str(out))
+    assert r.returncode == 0, r.stderr
+    rep = out / "report"
+    assert "could not be drawn" not in (rep / "index.html").read_text()
+    assert (rep / "studies" / "hostile" / "compare.svg").is_file()
+
+    page = (rep / "index.html").read_text()
+    assert "<b>bold</b>" not in page and "&lt;b&gt;bold&lt;/b&gt;&amp;amp;" in page and MATH in page
+    md = (rep / "summary.md").read_text()
+    assert "<b>" not in md and "&amp;" not in md.replace("&amp;amp;", "")
+    assert "| &lt;b>bold&lt;/b>&amp;amp; |" in md and r"| \$\\frac\$ |" in md
+    for svg in rep.rglob("*.svg"):
+        assert "<b>" not in svg.read_text(), svg
+
+    tables = {f: run_cli("compare", str(out), "--format", f) for f in ("markdown", "latex", "html")}
+    assert all(t.returncode == 0 for t in tables.values()), [t.stderr for t in tables.values()]
+    assert "| &lt;b>bold&lt;/b>&amp;amp; |" in tables["markdown"].stdout and r"\$\\frac\$" in tables["markdown"].stdout
+    assert r"\$\textbackslash{}frac\$" in tables["latex"].stdout
+    assert r"$<$b$>$bold$<$/b$>$\&amp;" in tables["latex"].stdout
+    assert "&lt;b&gt;bold&lt;/b&gt;&amp;amp;" in tables["html"].stdout and "<b>" not in tables["html"].stdout
+
+
+def test_figure_texts_from_names_are_never_mathtext(tmp_path):
+    from matplotlib.text import Text
+
+    from vaebench.report.figures import save
+
+    fig = Figure()
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], label=MATH)
+    ax.set_title(MATH)
+    ax.set_xticks([0, 1], [MATH, TAGS])
+    ax.legend()
+    ax.annotate(MATH, (0.5, 0.5))
+    assert save(fig, tmp_path / "f", ("png", "svg")) == ["f.png", "f.svg"]
+    texts = [t for t in fig.findobj(Text) if t.get_text()]
+    assert sum(t.get_text() == MATH for t in texts) >= 4
+    assert not any(t.get_parse_math() or t.get_usetex() for t in texts)

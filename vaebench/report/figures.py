@@ -523,11 +523,15 @@ def save(fig: Figure, stem, formats: Sequence[str] = FORMATS, dpi: int = 110) ->
 
     from ..runs import atomic_write
 
+    import matplotlib as mpl
+
+    _plain_text(fig)
     names = []
     for fmt in formats:
         buf = io.BytesIO()
-        fig.savefig(buf, format=fmt, dpi=dpi, **({"pil_kwargs": {"compress_level": PNG_COMPRESSION}}
-                                                 if fmt == "png" else {}))
+        with mpl.rc_context(PLAIN_TEXT):  # texts made while drawing (new ticks) are plain too
+            fig.savefig(buf, format=fmt, dpi=dpi, **({"pil_kwargs": {"compress_level": PNG_COMPRESSION}}
+                                                     if fmt == "png" else {}))
         path = Path(f"{stem}.{fmt}")
         atomic_write(path, buf.getvalue())
         names.append(path.name)
@@ -535,6 +539,20 @@ def save(fig: Figure, stem, formats: Sequence[str] = FORMATS, dpi: int = 110) ->
         if _constrained(fig):
             fig.set_layout_engine("none")  # the axes stay where the first format's layout put them
     return names
+
+
+# Labels come from data (variant names, config values): drawn as they are spelled, never parsed as
+# mathtext or TeX, so a variant named $\frac$ neither fails a figure nor turns into a formula.
+PLAIN_TEXT = {"text.parse_math": False, "text.usetex": False}
+
+
+def _plain_text(fig: Figure) -> None:
+    """Every text already in ``fig`` (titles, ticks, legends, annotations) drawn literally."""
+    from matplotlib.text import Text
+
+    for t in fig.findobj(Text):
+        t.set_parse_math(False)
+        t.set_usetex(False)
 
 
 def _keep_title_positions(fig: Figure) -> None:

@@ -65,13 +65,12 @@ def render(cells: pd.DataFrame, fmt: str, header: str = "", notes: list[str] | N
         body = cells.to_string(index=False) if len(cells) else "(no rows)"
         return "\n".join([*([header] if header else []), body, *notes]) + "\n"
     if fmt == "markdown":
-        def md(s) -> str:
-            return str(s).replace("|", "\\|")
-
+        md = markdown_escape
         lines = ["| " + " | ".join(md(c) for c in cells.columns) + " |",
                  "|" + "|".join("---" for _ in cells.columns) + "|"]
         lines += ["| " + " | ".join(md(v) for v in row) + " |" for row in cells.itertuples(index=False)]
-        return "\n".join([*([header, ""] if header else []), *lines, *(["", *notes] if notes else [])]) + "\n"
+        return "\n".join([*([md(header), ""] if header else []), *lines,
+                          *(["", *map(md, notes)] if notes else [])]) + "\n"
     if fmt == "html":
         table = table_html(cells)
         top = f"<p>{html.escape(header)}</p>\n" if header else ""
@@ -88,6 +87,20 @@ def render(cells: pd.DataFrame, fmt: str, header: str = "", notes: list[str] | N
     lines += [f"\\par\\smallskip{{\\footnotesize {latex_escape(n)}}}" for n in notes]
     lines.append("\\end{table}")
     return "\n".join(lines) + "\n"
+
+
+# What Markdown (CommonMark, GitHub's tables and math) would read as markup: emphasis, code, table
+# pipes, strikethrough, math, a link's "](" and raw HTML or an entity. "p < 0.05" and "[95% CI]" stay.
+_MARKDOWN = re.compile(r"[\\`*_|~$]|\](?=[(\[])|&(?=#?\w+;)|<(?=[A-Za-z/!?])")
+
+
+def markdown_escape(value) -> str:
+    """Text shown as spelled in Markdown: a variant named ``<b>x</b>`` or ``$\\frac$`` is neither
+    HTML nor a formula. A number with its interval ("-1.20 [-2.31, -0.09]") is left as is."""
+    text = str(value)
+    if number_text(text):
+        return text
+    return _MARKDOWN.sub(lambda m: {"&": "&amp;", "<": "&lt;"}.get(m[0], "\\" + m[0]), text)
 
 
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -113,6 +126,11 @@ def _numeric(column: pd.Series) -> bool:
 _NUMBER = re.compile(r"[\s\d.,:+\-−±\[\]()%×x=k/]*\d[\s\d.,:+\-−±\[\]()%×x=k/]*|[-−]")
 
 
+def number_text(text: str) -> bool:
+    """A cell that reads as a number ("−37.43 ± 0.65", "256x128", "-"), not a name ("k10")."""
+    return bool(text) and bool(_NUMBER.fullmatch(text)) and not text[0].isalpha()
+
+
 def table_html(table: pd.DataFrame, headers: dict[str, str] | None = None) -> str:
     """An HTML table that fits a page: headers are labels and wrap, numbers ('−37.43 ± 0.65') stay
     on one line, names wrap anywhere (a long variant name must not widen the table)."""
@@ -124,7 +142,7 @@ def table_html(table: pd.DataFrame, headers: dict[str, str] | None = None) -> st
         h.append("<tr>")
         for v in row:
             text = "-" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
-            number = isinstance(v, (int, float, np.number)) or (_NUMBER.fullmatch(text) and not text[0].isalpha())
+            number = isinstance(v, (int, float, np.number)) or number_text(text)
             kind = "num" if number else "text"  # "k10" is a name, "256x128" and "−37.43 ± 0.65" numbers
             cell = html.escape(text) if kind == "num" else html.escape(text).replace("_", "_<wbr>")  # names break at _
             h.append(f"<td class='{kind}'>{cell}</td>")
