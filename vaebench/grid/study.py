@@ -9,7 +9,8 @@ A study is a single-run config plus any of four top-level keys:
 
 Runs = variants x grid x zip groups x seeds, each applied over the base in that order; a
 ``--set key=a,b,c`` on the command line adds (or replaces) a grid axis, a plain ``--set
-key=value`` sets the key in every run. Runs that resolve to the same config are kept once.
+key=value`` sets the key in every run. Runs that resolve to the same config are kept once, and
+``Study.notes`` says which (the CLI prints it as one line).
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import runs as runs_mod
 from ..config import (STUDY_KEYS, RunConfig, apply_overrides, flatten, join_errors, key_info, known_keys,
                       load_imports, read_yaml, resolve,
                       split_override, suggest, yaml_value)
-from .. import runs as runs_mod
 from ..errors import ConfigError
 
 

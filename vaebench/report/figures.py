@@ -521,9 +521,9 @@ def save(fig: Figure, stem, formats: Sequence[str] = FORMATS, dpi: int = 110) ->
     import io
     from pathlib import Path
 
-    from ..runs import atomic_write
-
     import matplotlib as mpl
+
+    from ..runs import atomic_write
 
     _plain_text(fig)
     names = []
