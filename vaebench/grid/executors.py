@@ -166,6 +166,8 @@ def _paused(job: Job, why: str) -> list:
         if st.state == "done":
             out.append(RunResult(d, "skipped", st.step, None, runs.read_final(d)))
         else:
+            if st.state == "partial":  # say why on disk, where ls and a rerun's table read it
+                runs.write_json(d / runs.STATUS, {**runs.read_status(d), "reason": why})
             out.append(RunResult(d, "interrupted", st.step, why))
     return out
 
