@@ -4,6 +4,7 @@ each, a plain rerun resumes every run to the numbers of an uninterrupted study."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -38,6 +39,16 @@ def _start(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "vaebench.cli", *args], cwd=REPO,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+@contextlib.contextmanager
+def _reaped(p: subprocess.Popen):
+    """The command, SIGKILLed with its workers if a check fails while it runs."""
+    try:
+        yield p
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -76,7 +87,7 @@ def _wait_for(p: subprocess.Popen, out: Path, checkpoints: int, workers: int = 0
         if have >= checkpoints and len(kids) >= workers:
             return kids
         time.sleep(0.2)
-    raise AssertionError("the study reached no checkpoint in time")
+    raise AssertionError(f"no {checkpoints} checkpoints and {workers} pool workers in time")
 
 
 def _gone_within(pids: list[int], seconds: float) -> list[int]:
@@ -109,15 +120,11 @@ def reference(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_the_main_process_alone_signalled_takes_its_workers_and_a_rerun_resumes(tmp_path, reference, sig):
     path, out = _study(tmp_path), tmp_path / "r"
-    p = _start("run", str(path), "--out", str(out), "-j", "2")
-    try:
+    with _reaped(_start("run", str(path), "--out", str(out), "-j", "2")) as p:
         workers = _wait_for(p, out, checkpoints=1, workers=2)
         os.kill(p.pid, sig)  # the command alone, as a scheduler or `kill PID` does, not its process group
         _, stderr = p.communicate(timeout=60)
         assert _gone_within(workers, 10) == [], "pool workers outlived their parent by 10 s"
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
     if sig == signal.SIGTERM:
         assert p.returncode == 143, stderr
         assert stderr.strip() == "vaebench: interrupted by SIGTERM; run the same command again to resume", stderr
@@ -130,14 +137,10 @@ def test_the_main_process_alone_signalled_takes_its_workers_and_a_rerun_resumes(
 
 def test_sigterm_to_one_worker_pauses_its_run_only(tmp_path, reference):
     path, out = _study(tmp_path), tmp_path / "r"
-    p = _start("run", str(path), "--out", str(out), "-j", "2")
-    try:
+    with _reaped(_start("run", str(path), "--out", str(out), "-j", "2")) as p:
         victim = _wait_for(p, out, checkpoints=2, workers=2)[0]
         os.kill(victim, signal.SIGTERM)  # a scheduler preempting one worker
         stdout, stderr = p.communicate(timeout=300)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
     assert p.returncode == 1, stdout + stderr
     assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
     assert "of 4 runs are not done (1 partial)" in stderr and "run the same command again" in stderr, stderr
@@ -152,14 +155,10 @@ def test_sigterm_to_one_worker_pauses_its_run_only(tmp_path, reference):
 
 def test_sigterm_to_a_single_process_run_leaves_it_partial_and_resumable(tmp_path, reference):
     path, out = _study(tmp_path, seeds=1), tmp_path / "r"
-    p = _start("run", str(path), "--out", str(out), "-j", "1")
-    try:
+    with _reaped(_start("run", str(path), "--out", str(out), "-j", "1")) as p:
         _wait_for(p, out, checkpoints=1)
         os.kill(p.pid, signal.SIGTERM)
         _, stderr = p.communicate(timeout=60)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
     assert p.returncode == 143, stderr
     assert stderr.strip() == "vaebench: interrupted by SIGTERM; run the same command again to resume", stderr
     (d,) = runs.find_runs(out)
@@ -174,18 +173,11 @@ def test_sigterm_to_a_single_process_run_leaves_it_partial_and_resumable(tmp_pat
 
 def test_ctrl_c_while_the_workers_start_prints_one_line(tmp_path):
     path, out = _study(tmp_path), tmp_path / "r"
-    p = _start("run", str(path), "--out", str(out), "-j", "2")
-    try:
-        deadline = time.monotonic() + 120
-        while len(_workers(p.pid)) < 2 and time.monotonic() < deadline:
-            assert p.poll() is None, p.communicate()
-            time.sleep(0.05)
+    with _reaped(_start("run", str(path), "--out", str(out), "-j", "2")) as p:
+        _wait_for(p, out, checkpoints=0, workers=2)
         time.sleep(0.5)  # the workers are importing torch
         os.killpg(p.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole foreground group
         _, stderr = p.communicate(timeout=60)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
     assert p.returncode == 130, stderr
     assert stderr.strip() == "vaebench: interrupted; run the same command again to resume", stderr
 
@@ -197,19 +189,11 @@ def test_an_interrupted_report_stops_at_once_quietly(tmp_path, sig):
     train = {**STUDY["train"], "steps": 20, "eval_every": 10, "flush_every": 10, "checkpoint_every": 10}
     made = _run("run", str(_study(tmp_path, seeds=12, train=train)), "--out", str(out), "-j", "2")
     assert made.returncode == 0, made.stderr
-    p = _start("report", str(out), "-j", "2")
-    try:
-        deadline = time.monotonic() + 120
-        while len(_workers(p.pid)) < 2 and time.monotonic() < deadline:
-            assert p.poll() is None, p.communicate()
-            time.sleep(0.05)
-        workers = _workers(p.pid)
+    with _reaped(_start("report", str(out), "-j", "2")) as p:
+        workers = _wait_for(p, out, checkpoints=0, workers=2)
         time.sleep(1.0)
         os.killpg(p.pid, sig) if sig == signal.SIGINT else os.kill(p.pid, sig)
         _, stderr = p.communicate(timeout=10)  # a timeout, not a measurement: queued drawings are dropped
         assert _gone_within(workers, 10) == []
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
     assert p.returncode == 128 + sig, stderr
     assert len(stderr.strip().splitlines()) == 1 and stderr.startswith("vaebench: interrupted"), stderr
