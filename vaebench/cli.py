@@ -8,6 +8,7 @@ import click
 
 from . import __version__
 from .errors import VaebenchError, describe_os_error
+from .signals import Terminated, raise_on_sigterm
 
 
 class _Group(click.Group):
@@ -28,9 +29,12 @@ class _Group(click.Group):
                 raise
             click.echo(f"vaebench: error: {describe_os_error(e)}", err=True)
             ctx.exit(2)
-        except KeyboardInterrupt:
-            click.echo("vaebench: interrupted; run the same command again to resume", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (vaebench.signals): runs saved their status
+            from .signals import exit_code
+
+            how = " by SIGTERM" if isinstance(e, Terminated) else ""
+            click.echo(f"vaebench: interrupted{how}; run the same command again to resume", err=True)
+            ctx.exit(exit_code(e))
 
 
 # What a shell reports for a process ended by a closed pipe (128 + SIGPIPE), as `yes | head` does.
@@ -95,7 +99,8 @@ def run(config: str, overrides: tuple[str, ...], out: str, device: str, jobs: in
       2    a mistake in the config, an override or the environment (a full disk,
            a read-only folder, a path that is a file); one line says which
       70   an internal error (a bug in vaebench): a traceback; please report it
-      130  interrupted (Ctrl-C); run the same command again to resume"""
+      130  interrupted (Ctrl-C); run the same command again to resume
+      143  stopped by SIGTERM (a scheduler, kill); as 130: runs saved, a rerun resumes"""
     from tqdm.auto import tqdm
 
     from .api import run_study, study
@@ -354,6 +359,7 @@ def main() -> None:
     import gc
 
     gc.freeze()
+    raise_on_sigterm()  # a scheduler's SIGTERM is a Ctrl-C: every run saves its status, exit 143
     try:
         cli(prog_name="vaebench")
     except BrokenPipeError:  # raised outside a command (help text, click's own output)

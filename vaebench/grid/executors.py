@@ -20,6 +20,7 @@ from typing import Callable
 
 from ..errors import ConfigError
 from ..registry import Registry
+from ..signals import EXIT_TERM, Terminated, die_with_parent, spawning_workers, stop_pool
 from .jobs import Job, clear_interrupted, execute, init_worker
 
 OnDone = Callable[[Job, list], None]
@@ -46,7 +47,8 @@ def available_cores() -> int:
 def local(jobs: list[Job], on_done: OnDone, opts: ExecOptions) -> None:
     """One job at a time in this process, or a pool of ``workers`` processes (spawned: torch and fork
     don't mix). Each worker draws its own progress-bar row. A worker that dies (the OOM killer, a
-    kill -9) fails its own runs with that reason; the other jobs go on in a new pool."""
+    kill -9) fails its own runs with that reason; one stopped by SIGTERM (a scheduler) leaves its own
+    runs partial; the other jobs go on in a new pool. Workers ignore SIGINT and die with this process."""
     if opts.workers <= 1 or len(jobs) <= 1:
         clear_interrupted()
         for job in jobs:
@@ -69,10 +71,11 @@ def local(jobs: list[Job], on_done: OnDone, opts: ExecOptions) -> None:
 def _pool_round(jobs: list[Job], todo: list[int], on_done: OnDone, opts: ExecOptions, ctx, lock, slots) -> list[int]:
     """Run jobs[todo] in one pool; return the jobs to run again when a worker died under it (those
     that were queued or ran in a worker the pool stopped), after failing the dead worker's own."""
-    started = ctx.SimpleQueue()  # (job index, worker pid) as each job starts
+    started = ctx.SimpleQueue()  # ("start" or "term", job index, worker pid) as each job starts or is stopped
     with ProcessPoolExecutor(max_workers=min(opts.workers, len(todo)), mp_context=ctx, initializer=_init_pool_worker,
-                             initargs=(lock, slots, started)) as pool:
-        pending = {pool.submit(_execute_reporting, i, jobs[i]): i for i in todo}
+                             initargs=(lock, slots, started, os.getpid())) as pool:
+        with spawning_workers():  # submit spawns the workers
+            pending = {pool.submit(_execute_reporting, i, jobs[i]): i for i in todo}
         procs: dict[int, mp.Process] = {}
         broken = False
         try:
@@ -86,31 +89,37 @@ def _pool_round(jobs: list[Job], todo: list[int], on_done: OnDone, opts: ExecOpt
                         broken = True
                         continue
                     on_done(jobs[pending.pop(fut)], results)
-        except BaseException:  # Ctrl-C: stop queued runs, interrupt running ones (they save their status)
-            procs = dict(getattr(pool, "_processes", None) or {})
-            pool.shutdown(wait=False, cancel_futures=True)
-            for proc in procs.values():
-                if proc.is_alive():
-                    os.kill(proc.pid, signal.SIGINT)
+        except BaseException:  # Ctrl-C or SIGTERM: stop queued runs; running ones save their status and exit
+            stop_pool(pool)
             raise
     if not pending:
         return []
-    # a worker died: the pool stopped every other worker (SIGTERM) and failed every future
+    # a worker died: the pool stopped every other worker (SIGTERM: they save their runs and exit) and
+    # failed every future
     where: dict[int, int] = {}
+    termed: list[int] = []  # workers stopped by SIGTERM, in order: the first is the one signalled from outside
     while not started.empty():
-        i, pid = started.get()
-        where[i] = pid
+        kind, i, pid = started.get()
+        if kind == "start":
+            where[i] = pid
+        elif pid not in termed:
+            termed.append(pid)
     for p in procs.values():
         p.join(timeout=10)
-    dead = {p.pid: p.exitcode for p in procs.values() if p.exitcode not in (0, -signal.SIGTERM, None)}
+    stopped = (0, -signal.SIGTERM, EXIT_TERM, None)
+    dead = {p.pid: p.exitcode for p in procs.values() if p.exitcode not in stopped}
     lost = list(pending.values())
-    if not dead:  # every worker ended by SIGTERM: the one killed from outside can't be told apart
+    paused = termed[0] if termed and not dead else None
+    if not dead and paused is None:  # every worker ended by SIGTERM before it said so: can't be told apart
         dead = {p.pid: p.exitcode for p in procs.values()}
     again = []
     for i in lost:
         pid = where.get(i)
         if pid in dead:
             on_done(jobs[i], _failed(jobs[i], _death(dead[pid], pid)))
+        elif pid is not None and pid == paused:
+            on_done(jobs[i], _paused(jobs[i], f"its worker process (pid {pid}) was stopped by SIGTERM; "
+                                              f"run the same command again to resume"))
         else:
             again.append(i)
     return again
@@ -146,20 +155,66 @@ def _failed(job: Job, why: str) -> list:
     return out
 
 
+def _paused(job: Job, why: str) -> list:
+    """The job's runs as a signal left them: partial (their status says so), done if they finished."""
+    from .. import runs
+    from ..training import RunResult
+
+    out = []
+    for d in map(Path, job.run_dirs):
+        st = runs.run_state(d)
+        if st.state == "done":
+            out.append(RunResult(d, "skipped", st.step, None, runs.read_final(d)))
+        else:
+            if st.state == "partial":  # say why on disk, where ls and a rerun's table read it
+                runs.write_json(d / runs.STATUS, {**runs.read_status(d), "reason": why})
+            out.append(RunResult(d, "interrupted", st.step, why))
+    return out
+
+
 _started = None
+_in_job = False
 
 
-def _init_pool_worker(lock, slots, started) -> None:
+def _init_pool_worker(lock, slots, started, parent: int) -> None:
     global _started
     _started = started
+    die_with_parent(parent)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     init_worker(lock, slots)
+
+
+def _on_sigterm(signum, frame) -> None:
+    """In a pool worker: inside a job, stop it as Ctrl-C does (its runs save their status, their locks
+    are released), then exit; between jobs, exit at once. The parent reads who was stopped."""
+    global _in_job
+    if _in_job:
+        _in_job = False
+        raise Terminated()
+    _say("term", None)
+    os._exit(EXIT_TERM)
+
+
+def _say(kind: str, i: int | None) -> None:
+    if _started is not None:
+        with contextlib.suppress(OSError, ValueError):
+            _started.put((kind, i, os.getpid()))
 
 
 def _execute_reporting(i: int, job: Job) -> list:
     """execute(job) in a pool worker, after telling the parent which worker took it."""
-    if _started is not None:
-        _started.put((i, os.getpid()))
-    return execute(job)
+    global _in_job
+    _say("start", i)
+    _in_job = True
+    try:
+        return execute(job)
+    except KeyboardInterrupt:  # SIGTERM (SIGINT is ignored): from a scheduler, the parent, or its death
+        _in_job = False
+        _say("term", i)
+        sys.stderr.flush()
+        os._exit(EXIT_TERM)
+    finally:
+        _in_job = False
 
 
 def loopback(address: str | None) -> bool:
