@@ -101,10 +101,13 @@ def test_a_module_name_is_found_beside_the_config_then_in_the_current_directory(
     (tmp_path / "cfgs" / "pkg").mkdir()
     (tmp_path / "cfgs" / "pkg" / "__init__.py").write_text("")
     (tmp_path / "cfgs" / "pkg" / "parts.py").write_text("")
+    (tmp_path / "path").mkdir()
+    (tmp_path / "path" / "on_path13.py").write_text("")  # the user's own module on sys.path: kept by name
+    monkeypatch.syspath_prepend(str(tmp_path / "path"))
     monkeypatch.chdir(tmp_path)
-    got = plugins.resolve(["beside", "here", "pkg.parts", "beside.py", "json"], base=tmp_path / "cfgs")
+    got = plugins.resolve(["beside", "here", "pkg.parts", "beside.py", "on_path13"], base=tmp_path / "cfgs")
     assert got == [str(tmp_path / "cfgs" / "beside.py"), str(tmp_path / "here.py"),
-                   str(tmp_path / "cfgs" / "pkg" / "parts.py"), "json"]  # beside.py is beside itself: kept once
+                   str(tmp_path / "cfgs" / "pkg" / "parts.py"), "on_path13"]  # beside.py is beside itself: kept once
     with pytest.raises(ConfigError, match="plugin 'nowhere' .*not found"):
         plugins.resolve(["nowhere"], base=tmp_path / "cfgs")
     with pytest.raises(ConfigError, match="no file"):
