@@ -94,6 +94,9 @@ def fingerprint(run_dir: Path) -> str:
             parts.append(f"{path.name}:{st.st_size}:{st.st_mtime_ns}")
         except FileNotFoundError:
             parts.append(f"{path.name}:-")
+    items = list((runs.read_code(run_dir) or {}).get("plugins") or {})
+    if items:  # a plugin changed, or trusted (--import, --trust) now and not before: the model figures change
+        parts.append(f"code:{plugins.fingerprint(items)}:{plugins.missing(items)}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
