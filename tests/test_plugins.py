@@ -272,6 +272,16 @@ def test_a_plugin_changed_between_a_kill_and_the_rerun_is_refused_then_restarted
     r = run_cli("ls", str(tmp_path / "res"))
     assert r.returncode == 0 and "unknown" in r.stdout and plugins.code_id(after) in r.stdout, r.stdout
 
+    _plugin(plugin, "chg_act", 3.0)  # changed after training: eval refuses, the report marks the run
+    ev = ["eval", str(tmp_path / "res" / "chg"), "--split", "val", "--k", "4", "--trust"]
+    one_line_error(run_cli(*ev), str(plugin.resolve()), "changed since this run was trained", "--allow-changed-code")
+    assert runs.read_evals(run_dir) == []
+    r = run_cli("report", str(tmp_path / "res" / "chg"), "--trust", "--out", str(tmp_path / "rep"))
+    assert r.returncode == 0 and "figures missing" in r.stdout, r.stdout + r.stderr[-2000:]
+    assert "changed since this run was trained" in (tmp_path / "rep" / "index.html").read_text()
+    r = run_cli(*ev, "--allow-changed-code")
+    assert r.returncode == 0 and "evaluated" in r.stdout, r.stderr[-2000:]
+
 
 def test_reading_a_results_folder_runs_none_of_its_code_unless_asked(tmp_path):
     plugin = _plugin(tmp_path / "marker_plugin.py", "marker_act", 1.0, marker=True)

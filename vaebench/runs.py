@@ -434,8 +434,8 @@ def load_model(run_dir: str | Path, device: str = "cpu", checkpoint: str = "last
                             f"(or --trust to import every run's recorded plugins), if you trust that code")
     changed = [] if allow_changed_code else changed_code(run_dir, imports)
     if changed:
-        raise VaebenchError(changed_code_message(run_dir, changed, "restore it, or pass --allow-changed-code "
-                                                               "to use the code as it is now"))
+        raise VaebenchError(changed_code_message(run_dir, changed, "restore it (eval, sample and reconstruct "
+                                                               "take --allow-changed-code to use it as it is now)"))
     state = torch.load(ckpt, map_location=device, weights_only=True)
     model_state = state["model"]
     try:
