@@ -230,6 +230,8 @@ def load(path: str | Path = "results", final: bool = False, split: str | list[st
     raw = [runs.read_config(d) for d in run_dirs]
     if trust:
         import_recorded(raw, strict=False)
+    else:
+        _entry_points()
     configs = [flatten(c, tuples=True) for c in raw]
     states = [runs.run_state(d) for d in run_dirs]
     labels = [_run_label(d, root) for d in run_dirs]
@@ -322,6 +324,17 @@ def format_value(v: Any) -> str:
     if isinstance(v, float) and v.is_integer() and abs(v) < 1e6:
         return str(int(v))
     return str(v)
+
+
+def _entry_points() -> None:
+    """Installed packages' components (the user's installed choice, not the folder's code), for
+    their keys' labels; a broken one leaves readable names, as an untrusted plugin does."""
+    from .errors import ConfigError
+
+    try:
+        plugins.load_entry_points()
+    except ConfigError:
+        pass
 
 
 def import_recorded(configs: list[dict[str, Any]], strict: bool = True) -> None:
