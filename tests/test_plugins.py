@@ -268,7 +268,9 @@ def test_a_plugin_changed_between_a_kill_and_the_rerun_is_refused_then_restarted
     assert df[f"old/{fresh.name}"] == "unknown"
     assert df[f"chg/{run_dir.name}"] == plugins.code_id(after) != plugins.code_id(before)
     _plugin(plugin, "chg_act", 2.0)
-    vaebench.run_study(cfg, out=tmp_path / "fresh", overrides=CODE_TINY, jobs=1, progress=False)  # same code: skipped
+    (fresh / runs.CODE).unlink()  # a run folder from before records: skipped as done, not refused, still unknown
+    res = vaebench.run_study(cfg, out=tmp_path / "fresh", overrides=CODE_TINY, jobs=1, progress=False)
+    assert res.states == ["done"] and not res.results and runs.read_code(fresh) is None
     r = run_cli("ls", str(tmp_path / "res"))
     assert r.returncode == 0 and "unknown" in r.stdout and plugins.code_id(after) in r.stdout, r.stdout
 
