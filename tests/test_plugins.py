@@ -223,43 +223,50 @@ def _snapshot(run_dir: Path) -> dict[str, bytes]:
             if p.is_file() and p.name != runs.LOCK}
 
 
-def test_a_plugin_changed_between_a_kill_and_the_rerun_is_refused_then_restarted(tmp_path, monkeypatch):
-    import vaebench
-    from vaebench.training.trainer import TrainingRun
+def test_a_plugin_changed_between_a_kill_and_the_rerun_is_refused_then_restarted(tmp_path):
+    """SIGKILL (of the command's process group, via tests/faults/inject) after the second checkpoint."""
+    import os
+    import subprocess
 
-    from conftest import interrupt_at
+    import vaebench
 
     plugin = _plugin(tmp_path / "chg_plugin.py", "chg_act", 1.0)
-    cfg = write(tmp_path, "name: chg\nimports: [chg_plugin.py]\nmodel: {encoder: {activation: chg_act}}\n")
-    args = [a for o in CODE_TINY for a in ("--set", o)]
-    flush = interrupt_at(monkeypatch, 40)
-    with pytest.raises(KeyboardInterrupt):
-        vaebench.run_study(cfg, out=tmp_path / "res", overrides=CODE_TINY, jobs=1, progress=False)
-    monkeypatch.setattr(TrainingRun, "flush", flush)
+    nested: dict = {}
+    for o in CODE_TINY:
+        key, value = o.split("=")
+        section, name = key.split(".")
+        nested.setdefault(section, {})[name] = yaml.safe_load(value)
+    cfg = write(tmp_path, yaml.safe_dump({"name": "chg", "imports": ["chg_plugin.py"],
+                                          "model": {"encoder": {"activation": "chg_act"}}, **nested}))
+    env = dict(os.environ, VAEBENCH_KILL="replace:checkpoint.pt:after:2",
+               PYTHONPATH=os.pathsep.join([str(REPO / "tests" / "faults" / "inject"), os.environ.get("PYTHONPATH", "")]))
+    killed = subprocess.run([sys.executable, "-m", "vaebench.cli", "run", str(cfg), "--out", str(tmp_path / "res")],
+                            cwd=tmp_path, env=env, capture_output=True, start_new_session=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
     (run_dir,) = runs.find_runs(tmp_path / "res")
-    assert runs.run_state(run_dir).state == "partial"
+    assert runs.run_state(run_dir).state == "partial" and runs.checkpoint_step(run_dir) == 40
     before = runs.read_code(run_dir)
     assert before["plugins"] == plugins.fingerprint([str(plugin.resolve())]) and before["vaebench"] == vaebench.__version__
     kept = _snapshot(run_dir)
 
     _plugin(plugin, "chg_act", 2.0)  # the same name, other math
-    err = one_line_error(run_cli("run", str(cfg), "--out", str(tmp_path / "res"), *args, cwd=tmp_path),
+    err = one_line_error(run_cli("run", str(cfg), "--out", str(tmp_path / "res"), cwd=tmp_path),
                          str(plugin.resolve()), "changed since this run was trained", "--restart-changed")
     assert run_dir.name in err
     assert _snapshot(run_dir) == kept  # refused before anything: nothing resumed, nothing mixed
 
-    r = run_cli("run", str(cfg), "--out", str(tmp_path / "res"), "--restart-changed", *args, cwd=tmp_path)
+    r = run_cli("run", str(cfg), "--out", str(tmp_path / "res"), "--restart-changed", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     after = runs.read_code(run_dir)
     assert after["plugins"] == plugins.fingerprint([str(plugin.resolve())]) != before["plugins"]
-    r = run_cli("run", str(cfg), "--out", str(tmp_path / "fresh"), *args, cwd=tmp_path)  # the new code, uninterrupted
+    r = run_cli("run", str(cfg), "--out", str(tmp_path / "fresh"), cwd=tmp_path)  # the new code, uninterrupted
     assert r.returncode == 0, r.stderr[-3000:]
     (fresh,) = runs.find_runs(tmp_path / "fresh")
     assert runs.read_final(run_dir) == runs.read_final(fresh)  # started over: no update of the old code in it
     assert runs.read_metrics(run_dir).equals(runs.read_metrics(fresh))
 
     _plugin(plugin, "chg_act", 1.0)  # a done run is not skipped as done under other code either
-    one_line_error(run_cli("run", str(cfg), "--out", str(tmp_path / "res"), *args, cwd=tmp_path), "--restart-changed")
+    one_line_error(run_cli("run", str(cfg), "--out", str(tmp_path / "res"), cwd=tmp_path), "--restart-changed")
 
     # the code column tells the two codes apart; a folder from before the record is unknown, not refused
     shutil.copytree(tmp_path / "fresh" / "chg", tmp_path / "res" / "old")
@@ -269,7 +276,7 @@ def test_a_plugin_changed_between_a_kill_and_the_rerun_is_refused_then_restarted
     assert df[f"chg/{run_dir.name}"] == plugins.code_id(after) != plugins.code_id(before)
     _plugin(plugin, "chg_act", 2.0)
     (fresh / runs.CODE).unlink()  # a run folder from before records: skipped as done, not refused, still unknown
-    res = vaebench.run_study(cfg, out=tmp_path / "fresh", overrides=CODE_TINY, jobs=1, progress=False)
+    res = vaebench.run_study(cfg, out=tmp_path / "fresh", jobs=1, progress=False)
     assert res.states == ["done"] and not res.results and runs.read_code(fresh) is None
     r = run_cli("ls", str(tmp_path / "res"))
     assert r.returncode == 0 and "unknown" in r.stdout and plugins.code_id(after) in r.stdout, r.stdout
