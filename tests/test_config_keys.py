@@ -87,11 +87,12 @@ def test_the_key_lists_follow_from_the_fields():
     assert not is_execution_key("objective.k") and not is_execution_key("seed") and not is_execution_key("run")
 
 
-def test_the_run_id_leaves_out_exactly_the_execution_keys():
+def test_the_run_id_leaves_out_exactly_the_execution_keys(tmp_path):
+    (tmp_path / "nothing_plugin.py").write_text("NAMES = []  # a plugin that registers nothing\n")
     cfg = resolve({"objective": {"k": 5}})
     same = resolve(cfg.to_dict(), ["name=other", "train.flush_every=7", "train.checkpoint_every=9", "train.threads=2",
                                    "train.engine=torch", "train.stack=off", "eval.k=10", "eval.splits=[test]",
-                                   "eval.batch=5", "imports=[json]", "data.root=/x"])
+                                   "eval.batch=5", f"imports=[{tmp_path / 'nothing_plugin.py'}]", "data.root=/x"])
     assert same.run_hash() == cfg.run_hash()
     assert "eval" not in cfg.result_dict() and "imports" not in cfg.result_dict()
     for override in ("seed=1", "train.eval_every=50", "data.val_from=test", "data.val_size=50", "objective.warmup=3",

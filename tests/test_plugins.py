@@ -101,10 +101,13 @@ def test_a_module_name_is_found_beside_the_config_then_in_the_current_directory(
     (tmp_path / "cfgs" / "pkg").mkdir()
     (tmp_path / "cfgs" / "pkg" / "__init__.py").write_text("")
     (tmp_path / "cfgs" / "pkg" / "parts.py").write_text("")
+    (tmp_path / "path").mkdir()
+    (tmp_path / "path" / "on_path13.py").write_text("")  # the user's own module on sys.path: kept by name
+    monkeypatch.syspath_prepend(str(tmp_path / "path"))
     monkeypatch.chdir(tmp_path)
-    got = plugins.resolve(["beside", "here", "pkg.parts", "beside.py", "json"], base=tmp_path / "cfgs")
+    got = plugins.resolve(["beside", "here", "pkg.parts", "beside.py", "on_path13"], base=tmp_path / "cfgs")
     assert got == [str(tmp_path / "cfgs" / "beside.py"), str(tmp_path / "here.py"),
-                   str(tmp_path / "cfgs" / "pkg" / "parts.py"), "json"]  # beside.py is beside itself: kept once
+                   str(tmp_path / "cfgs" / "pkg" / "parts.py"), "on_path13"]  # beside.py is beside itself: kept once
     with pytest.raises(ConfigError, match="plugin 'nowhere' .*not found"):
         plugins.resolve(["nowhere"], base=tmp_path / "cfgs")
     with pytest.raises(ConfigError, match="no file"):
@@ -160,9 +163,9 @@ def test_report_and_eval_of_a_run_whose_plugin_is_gone_say_so(tmp_path):
     (run_dir,) = runs.find_runs(tmp_path / "res")
     assert runs.read_config(run_dir)["imports"] == [str((tmp_path / "my_components.py").resolve())]  # recorded
     (tmp_path / "my_components.py").unlink()
-    one_line_error(run_cli("eval", str(tmp_path / "res"), "--split", "val", "--k", "4"), "my_components.py",
-                   "not found")
-    r = run_cli("report", str(tmp_path / "res"))
+    one_line_error(run_cli("eval", str(tmp_path / "res"), "--split", "val", "--k", "4", "--trust"),
+                   "my_components.py", "not found")
+    r = run_cli("report", str(tmp_path / "res"), "--trust")
     assert r.returncode == 0, r.stderr
     assert "figures missing" in r.stdout
     assert "my_components.py" in (tmp_path / "res" / "report" / "index.html").read_text()
@@ -199,3 +202,142 @@ def test_vaebench_config_prints_each_key_with_its_description(tmp_path):
     k = next(line for line in lines if line.strip().startswith("k: "))
     assert "z samples per image" in k and "varied: 2, 1, 5, 10" in k, k
     assert "[not in the run id]" in next(line for line in lines if line.strip().startswith("flush_every:"))
+
+
+# -- code is part of a run's identity; reading a folder runs none of its code -----------------------
+CODE_TINY = ["data.per_class=30", "data.val_size=40", "train.steps=60", "train.batch_size=30", "train.eval_every=20",
+             "train.flush_every=20", "train.checkpoint_every=20", "train.threads=1", "eval.enabled=false"]
+
+
+def _plugin(path: Path, name: str, scale: float, marker: bool = False) -> Path:
+    """An activation tanh(scale * x) registered as ``name``; with ``marker``, importing it leaves a file."""
+    mark = f"open({str(path) + '.marker'!r}, 'a').write('imported\\n')\n" if marker else ""
+    path.write_text(f"import torch\nfrom torch import nn\nfrom vaebench.components import ACTIVATIONS\n{mark}\n\n"
+                    f"@ACTIVATIONS.register({name!r})\nclass Act(nn.Module):\n"
+                    f"    def forward(self, x):\n        return torch.tanh({scale} * x)\n")
+    return path
+
+
+def _snapshot(run_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
+            if p.is_file() and p.name != runs.LOCK}
+
+
+def test_a_plugin_changed_between_a_kill_and_the_rerun_is_refused_then_restarted(tmp_path):
+    """SIGKILL (of the command's process group, via tests/faults/inject) after the second checkpoint."""
+    import os
+    import subprocess
+
+    import vaebench
+
+    plugin = _plugin(tmp_path / "chg_plugin.py", "chg_act", 1.0)
+    nested: dict = {}
+    for o in CODE_TINY:
+        key, value = o.split("=")
+        section, name = key.split(".")
+        nested.setdefault(section, {})[name] = yaml.safe_load(value)
+    cfg = write(tmp_path, yaml.safe_dump({"name": "chg", "imports": ["chg_plugin.py"],
+                                          "model": {"encoder": {"activation": "chg_act"}}, **nested}))
+    env = dict(os.environ, VAEBENCH_KILL="replace:checkpoint.pt:after:2",
+               PYTHONPATH=os.pathsep.join([str(REPO / "tests" / "faults" / "inject"), os.environ.get("PYTHONPATH", "")]))
+    killed = subprocess.run([sys.executable, "-m", "vaebench.cli", "run", str(cfg), "--out", str(tmp_path / "res")],
+                            cwd=tmp_path, env=env, capture_output=True, start_new_session=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    (run_dir,) = runs.find_runs(tmp_path / "res")
+    assert runs.run_state(run_dir).state == "partial" and runs.checkpoint_step(run_dir) == 40
+    before = runs.read_code(run_dir)
+    assert before["plugins"] == plugins.fingerprint([str(plugin.resolve())]) and before["vaebench"] == vaebench.__version__
+    kept = _snapshot(run_dir)
+
+    _plugin(plugin, "chg_act", 2.0)  # the same name, other math
+    err = one_line_error(run_cli("run", str(cfg), "--out", str(tmp_path / "res"), cwd=tmp_path),
+                         str(plugin.resolve()), "changed since this run was trained", "--restart-changed")
+    assert run_dir.name in err
+    assert _snapshot(run_dir) == kept  # refused before anything: nothing resumed, nothing mixed
+
+    r = run_cli("run", str(cfg), "--out", str(tmp_path / "res"), "--restart-changed", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    after = runs.read_code(run_dir)
+    assert after["plugins"] == plugins.fingerprint([str(plugin.resolve())]) != before["plugins"]
+    r = run_cli("run", str(cfg), "--out", str(tmp_path / "fresh"), cwd=tmp_path)  # the new code, uninterrupted
+    assert r.returncode == 0, r.stderr[-3000:]
+    (fresh,) = runs.find_runs(tmp_path / "fresh")
+    assert runs.read_final(run_dir) == runs.read_final(fresh)  # started over: no update of the old code in it
+    assert runs.read_metrics(run_dir).equals(runs.read_metrics(fresh))
+
+    _plugin(plugin, "chg_act", 1.0)  # a done run is not skipped as done under other code either
+    one_line_error(run_cli("run", str(cfg), "--out", str(tmp_path / "res"), cwd=tmp_path), "--restart-changed")
+
+    # the code column tells the two codes apart; a folder from before the record is unknown, not refused
+    shutil.copytree(tmp_path / "fresh" / "chg", tmp_path / "res" / "old")
+    (tmp_path / "res" / "old" / fresh.name / runs.CODE).unlink()
+    df = vaebench.ls(tmp_path / "res").set_index("run")["code"].astype(str)
+    assert df[f"old/{fresh.name}"] == "unknown"
+    assert df[f"chg/{run_dir.name}"] == plugins.code_id(after) != plugins.code_id(before)
+    _plugin(plugin, "chg_act", 2.0)
+    (fresh / runs.CODE).unlink()  # a run folder from before records: skipped as done, not refused, still unknown
+    res = vaebench.run_study(cfg, out=tmp_path / "fresh", jobs=1, progress=False)
+    assert res.states == ["done"] and not res.results and runs.read_code(fresh) is None
+    r = run_cli("ls", str(tmp_path / "res"))
+    assert r.returncode == 0 and "unknown" in r.stdout and plugins.code_id(after) in r.stdout, r.stdout
+
+    _plugin(plugin, "chg_act", 3.0)  # changed after training: eval refuses, the report marks the run
+    ev = ["eval", str(tmp_path / "res" / "chg"), "--split", "val", "--k", "4", "--trust"]
+    one_line_error(run_cli(*ev), str(plugin.resolve()), "changed since this run was trained", "--allow-changed-code")
+    assert runs.read_evals(run_dir) == []
+    r = run_cli("report", str(tmp_path / "res" / "chg"), "--trust", "--out", str(tmp_path / "rep"))
+    assert r.returncode == 0 and "figures missing" in r.stdout, r.stdout + r.stderr[-2000:]
+    assert "changed since this run was trained" in (tmp_path / "rep" / "index.html").read_text()
+    r = run_cli(*ev, "--allow-changed-code")
+    assert r.returncode == 0 and "evaluated" in r.stdout, r.stderr[-2000:]
+
+
+def test_reading_a_results_folder_runs_none_of_its_code_unless_asked(tmp_path):
+    plugin = _plugin(tmp_path / "marker_plugin.py", "marker_act", 1.0, marker=True)
+    marker = Path(str(plugin) + ".marker")
+    cfg = write(tmp_path, "name: m\nimports: [marker_plugin.py]\nmodel: {encoder: {activation: marker_act}}\n")
+    r = run_cli("run", str(cfg), "--out", str(tmp_path / "res"), *[a for o in CODE_TINY for a in ("--set", o)],
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (run_dir,) = runs.find_runs(tmp_path / "res")
+    assert marker.is_file()  # training imports it, as asked
+    marker.unlink()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    r = run_cli("ls", str(tmp_path / "res"), cwd=elsewhere)
+    assert r.returncode == 0 and run_dir.name in r.stdout, r.stderr
+    code = ("import sys, vaebench; df = vaebench.load(sys.argv[1]); f = vaebench.load(sys.argv[1], final=True); "
+            "print(len(df), f['model.encoder.activation'].astype(str).iloc[0])")
+    import subprocess
+    import os
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "res")], capture_output=True, text=True,
+                       cwd=elsewhere, env=dict(os.environ), timeout=120)
+    assert p.returncode == 0 and p.stdout.split()[1] == "marker_act", p.stderr  # the keys still read
+    r = run_cli("report", str(tmp_path / "res"), cwd=elsewhere)
+    assert r.returncode == 0 and "figures missing" in r.stdout, r.stderr[-3000:]
+    assert (tmp_path / "res" / "report" / "runs" / "m" / run_dir.name / "terms.png").is_file()
+    assert "--trust" in (tmp_path / "res" / "report" / "index.html").read_text()
+    needs = (f"needs plugin {plugin.resolve()}", f"--import {plugin.resolve()}", "--trust")
+    one_line_error(run_cli("eval", str(tmp_path / "res"), "--split", "val", "--k", "4", cwd=elsewhere), *needs)
+    one_line_error(run_cli("sample", str(run_dir), "--out", str(tmp_path / "s.png"), cwd=elsewhere), *needs)
+    one_line_error(run_cli("reconstruct", str(run_dir), "--out", str(tmp_path / "r.png"), cwd=elsewhere), *needs)
+    assert not marker.exists() and not (tmp_path / "s.png").exists()
+    assert runs.read_evals(run_dir) == []
+
+    r = run_cli("eval", str(tmp_path / "res"), "--split", "val", "--k", "4", "--trust", cwd=elsewhere)
+    assert r.returncode == 0 and "evaluated" in r.stdout, r.stderr[-3000:]
+    assert marker.read_text() == "imported\n"  # once, by the eval that trusted it
+    r = run_cli("sample", str(run_dir), "--out", str(tmp_path / "s.png"), "--import", str(plugin), cwd=elsewhere)
+    assert r.returncode == 0 and (tmp_path / "s.png").is_file(), r.stderr
+    r = run_cli("report", str(tmp_path / "res"), "--trust", "--out", str(tmp_path / "rep2"), cwd=elsewhere)
+    assert r.returncode == 0 and "figures missing" not in r.stdout, r.stdout + r.stderr[-3000:]
+
+
+@pytest.mark.parametrize("name", ["os", "json", "yaml", "os.path"])
+def test_a_standard_library_or_installed_module_is_not_a_plugin(tmp_path, name):
+    cfg = write(tmp_path, f"imports: [{name}]\n")
+    one_line_error(run_cli("config", str(cfg)), repr(name), "standard library or installed module")
+    one_line_error(run_cli("ls", str(tmp_path), "--import", name), repr(name), "not a plugin")
+    with pytest.raises(ConfigError, match="not a plugin"):
+        plugins.resolve([name])

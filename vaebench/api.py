@@ -29,6 +29,16 @@ def import_plugins(imports: list[str] | tuple[str, ...] = ()) -> list[str]:
     return plugins.load(plugins.resolve(imports, None, "--import"))
 
 
+def trust_runs(path: str | Path, trust: bool = False, strict: bool = True) -> None:
+    """``trust``: import the plugins that the runs under ``path`` recorded (running their code);
+    without it, a run that needs one says so in one line (runs.load_model). ``strict``: a plugin that
+    fails to import is its one-line error (else the runs needing it say so, as the report does)."""
+    if trust:
+        from .results import import_recorded
+
+        import_recorded([runs.read_config(d) for d in runs.find_runs(path)], strict)
+
+
 def study(config: str | Path | dict[str, Any] | RunConfig,
           overrides: list[str] | dict[str, Any] | None = None, imports: list[str] | tuple[str, ...] = ()) -> Study:
     """The flat list of runs a config or study file describes (with ``--set``-style overrides); its
@@ -42,19 +52,21 @@ def run_study(config: str | Path | dict[str, Any] | RunConfig | Study, out: str 
               jobs: int | None = None, executor: str = "local", ray_address: str | None = None,
               gpus_per_run: float | None = None, force: bool = False, retry_failed: bool = False,
               dry_run: bool = False, progress: bool | None = None, on_result=None,
-              imports: list[str] | tuple[str, ...] = ()) -> StudyResult:
-    """Run every missing run of a study (any config file is a study of one run); see vaebench.grid."""
+              imports: list[str] | tuple[str, ...] = (), restart_changed: bool = False) -> StudyResult:
+    """Run every missing run of a study (any config file is a study of one run); see vaebench.grid.
+    A run whose plugin code changed since it started is refused, or with ``restart_changed`` trained over."""
     if isinstance(config, Study) and (overrides or imports):
         raise ConfigError("give overrides and imports to vaebench.study, which builds the Study")
     s = config if isinstance(config, Study) else study(config, overrides, imports)
     return _run_study(s, out, device=device, jobs=jobs, executor=executor, ray_address=ray_address,
                       gpus_per_run=gpus_per_run, force=force, retry_failed=retry_failed, dry_run=dry_run,
-                      progress=progress, on_result=on_result)
+                      progress=progress, on_result=on_result, restart_changed=restart_changed)
 
 
 def run(config: str | Path | dict[str, Any] | RunConfig, out: str | Path = "results",
         overrides: list[str] | dict[str, Any] | None = None, device: str = "auto",
-        progress: bool | None = None, force: bool = False, imports: list[str] | tuple[str, ...] = ()):
+        progress: bool | None = None, force: bool = False, imports: list[str] | tuple[str, ...] = (),
+        restart_changed: bool = False):
     """Train the one run a config describes (resuming or skipping it if it exists); return its RunResult."""
     from .training import RunResult
 
@@ -62,7 +74,7 @@ def run(config: str | Path | dict[str, Any] | RunConfig, out: str | Path = "resu
     if s.axes:
         raise ConfigError(f"{config if isinstance(config, (str, Path)) else 'this config'} describes a study of "
                           f"{len(s.runs)} runs; use vaebench.run_study (or `vaebench run` on the command line)")
-    res = _run_study(s, out, device=device, jobs=1, progress=progress, force=force)
+    res = _run_study(s, out, device=device, jobs=1, progress=progress, force=force, restart_changed=restart_changed)
     run_dir = res.run_dirs[0]
     if 0 in res.results:
         return res.results[0]
@@ -104,51 +116,67 @@ def summary_text(table: pd.DataFrame, format: str = "text") -> str:
     return _text(table, format)
 
 
-def sample(run: str | Path, out: str | Path, n: int = 64) -> Path:
-    """Draw ``n`` samples of a trained run (its checkpoint) into the image file ``out``."""
+def sample(run: str | Path, out: str | Path, n: int = 64, imports: list[str] | tuple[str, ...] = (),
+           trust: bool = False, allow_changed_code: bool = False) -> Path:
+    """Draw ``n`` samples of a trained run (its checkpoint) into the image file ``out``; its plugins
+    come from ``imports`` or, with ``trust``, from its record (see evaluate)."""
     from .report.build import draw_samples
 
+    import_plugins(imports)
+    trust_runs(run, trust)
+
     if n < 1:
         raise ConfigError(f"n must be at least 1, got {n}")
-    return draw_samples(run, out, n)
+    return draw_samples(run, out, n, allow_changed_code=allow_changed_code)
 
 
-def reconstruct(run: str | Path, out: str | Path, split: str = "val", n: int = 20) -> Path:
-    """Draw ``n`` images of a run's ``split`` beside their reconstructions into the image file ``out``."""
+def reconstruct(run: str | Path, out: str | Path, split: str = "val", n: int = 20,
+                imports: list[str] | tuple[str, ...] = (), trust: bool = False,
+                allow_changed_code: bool = False) -> Path:
+    """Draw ``n`` images of a run's ``split`` beside their reconstructions into the image file ``out``;
+    plugins as in sample."""
     from .report.build import draw_reconstructions
 
+    import_plugins(imports)
+    trust_runs(run, trust)
+
     if n < 1:
         raise ConfigError(f"n must be at least 1, got {n}")
-    return draw_reconstructions(run, out, split, n)
+    return draw_reconstructions(run, out, split, n, allow_changed_code=allow_changed_code)
 
 
 def report(path: str | Path = "results", out: str | Path | None = None, force: bool = False,
-           jobs: int | None = None, imports: list[str] | tuple[str, ...] = (), formats=("png", "svg")):
+           jobs: int | None = None, imports: list[str] | tuple[str, ...] = (), formats=("png", "svg"),
+           trust: bool = False):
     """Draw every figure of every run and study under ``path`` into ``out`` (default PATH/report)
-    with an index.html; redraws only what changed since the last report. Each run's own plugins
-    (its config's imports) are imported where its figures are drawn; ``imports`` adds more.
+    with an index.html; redraws only what changed since the last report. Runs' plugins are imported
+    only from ``imports`` or, with ``trust``, from their records; a run whose plugin is not, or whose
+    plugin changed since training, has its model figures marked missing with the reason.
     ``formats``: those of each run's figures ("png,svg,pdf" adds PDF; study figures always have it)."""
     from .report import build_report
 
     import_plugins(imports)
+    trust_runs(path, trust, strict=False)
     return build_report(path, out=out, force=force, jobs=jobs, formats=formats)
 
 
 def evaluate(path: str | Path = "results", k: int = 5000, split: str = "test", device: str = "auto",
              batch: int | None = None, force: bool = False, on_result=None, threads: int | None = None,
              progress: bool | None = False, imports: list[str] | tuple[str, ...] = (),
-             checkpoint: str = "last") -> pd.DataFrame:
+             checkpoint: str = "last", trust: bool = False, allow_changed_code: bool = False) -> pd.DataFrame:
     """Evaluate every done run under ``path`` (a run or a study) on ``split`` with ``k`` importance
     samples per image, into each run's eval.json beside its other (split, k, checkpoint) entries;
     runs with that entry already are skipped unless ``force``. ``checkpoint``: "last" or "best"
     (best.pt, kept by train.keep_best: true). Returns one row per run: run, state (evaluated /
     skipped / not done / no best.pt), the split's numbers. ``on_result(row)`` is called after each
     run. threads: torch threads (default one); progress: a bar of images done and time left per run
-    (None: on a terminal only). Each run's own plugins are imported before its model is built;
-    ``imports`` adds more."""
+    (None: on a terminal only). A run's plugins are imported only from ``imports`` or, with ``trust``,
+    from its record (running their code); a run whose plugin changed since training is refused
+    unless ``allow_changed_code``."""
     from .evaluation import SPLITS, evaluate_run, resolve_device
 
     import_plugins(imports)
+    trust_runs(path, trust)
     if k < 1:
         raise ConfigError(f"k must be at least 1, got {k}")
     if split not in SPLITS:
@@ -166,7 +194,7 @@ def evaluate(path: str | Path = "results", k: int = 5000, split: str = "test", d
         raise VaebenchError(f"{run_dirs[0]} is not done ({runs.run_state(run_dirs[0]).state}); "
                             f"finish it first (vaebench run)")
     if len(run_dirs) == 1 and checkpoint == "best":
-        runs.load_model(run_dirs[0], checkpoint="best")  # no best.pt: its one-line error, before anything
+        runs.load_model(run_dirs[0], checkpoint="best", allow_changed_code=allow_changed_code)  # no best.pt: its one-line error, before anything
     rows = []
     for run_dir in run_dirs:
         row: dict[str, Any] = {"run": _run_label(run_dir, root), "split": split, "checkpoint": checkpoint}
@@ -179,7 +207,8 @@ def evaluate(path: str | Path = "results", k: int = 5000, split: str = "test", d
             row |= {**done, "state": "skipped"}
         else:
             row |= {**evaluate_run(run_dir, k=k, split=split, device=device, batch=batch, threads=threads,
-                                   progress=progress, checkpoint=checkpoint), "state": "evaluated"}
+                                   progress=progress, checkpoint=checkpoint,
+                                   allow_changed_code=allow_changed_code), "state": "evaluated"}
         row.pop("kl_per_dim", None)
         rows.append(row)
         if on_result:

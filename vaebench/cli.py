@@ -61,6 +61,20 @@ def _imports(f):
                              "imports:, relative to the config file.")(f)
 
 
+def _trust(f):
+    """--trust and --import for commands that read a results folder: they run none of its code unasked."""
+    f = click.option("--trust", is_flag=True,
+                     help="Import the plugins the runs recorded (their imports:), running that code: only "
+                          "for results folders you trust; --import names them one by one instead.")(f)
+    return _imports(f)
+
+
+def _changed(f):
+    return click.option("--allow-changed-code", is_flag=True,
+                        help="Use a run's plugins as they are now even where they changed since it was trained "
+                             "(the numbers are then not those of the trained model's code).")(f)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="vaebench")
 def cli() -> None:
@@ -85,11 +99,13 @@ def cli() -> None:
               help="GPUs a Ray task asks for (default 1 with --device cuda, else 0); 0.125 packs 8 runs per GPU.")
 @click.option("--force", is_flag=True, help="Redo every run, even those that are done.")
 @click.option("--retry-failed", is_flag=True, help="Rerun runs that failed (they are skipped otherwise).")
+@click.option("--restart-changed", is_flag=True,
+              help="Train over the runs whose plugin code changed since they started (refused otherwise).")
 @click.option("--dry-run", is_flag=True, help="Print the runs and their state (done/partial/failed/new); run nothing.")
 @_imports
 def run(config: str, overrides: tuple[str, ...], out: str, device: str, jobs: int | None, executor: str,
         ray_address: str | None, gpus_per_run: float | None, force: bool, retry_failed: bool,
-        dry_run: bool, imports: tuple[str, ...]) -> None:
+        restart_changed: bool, dry_run: bool, imports: tuple[str, ...]) -> None:
     """Train the runs CONFIG describes (one run, or a study); rerunning does only what is missing.
 
     \b
@@ -97,7 +113,8 @@ def run(config: str, overrides: tuple[str, ...], out: str, device: str, jobs: in
       0    every run of the study is done (--dry-run: the listing was printed)
       1    some runs are not done: failed, cut, or being trained by another process
       2    a mistake in the config, an override or the environment (a full disk,
-           a read-only folder, a path that is a file); one line says which
+           a read-only folder, a path that is a file, a plugin changed since its
+           runs started: --restart-changed); one line says which
       70   an internal error (a bug in vaebench): a traceback; please report it
       130  interrupted (Ctrl-C); run the same command again to resume
       143  stopped by SIGTERM (a scheduler, kill); as 130: runs saved, a rerun resumes"""
@@ -111,6 +128,7 @@ def run(config: str, overrides: tuple[str, ...], out: str, device: str, jobs: in
         click.echo(f"vaebench: note: {note}", err=True)
     res = run_study(s, out=out, device=device, jobs=jobs, executor=executor, ray_address=ray_address,
                     gpus_per_run=gpus_per_run, force=force, retry_failed=retry_failed, dry_run=dry_run,
+                    restart_changed=restart_changed,
                     on_result=lambda root, r: (tqdm.write(_line(r)), sys.stdout.flush()))
     table = res.table()
     if dry_run:
@@ -176,13 +194,14 @@ def _run_k(run_dir) -> int | None:
 
 @cli.command(name="ls")
 @click.argument("results", default="results", type=click.Path())
-@_imports
-def ls_command(results: str, imports: tuple[str, ...]) -> None:
-    """List the runs under RESULTS: varied values, state, steps, final validation ELBO."""
+@_trust
+def ls_command(results: str, trust: bool, imports: tuple[str, ...]) -> None:
+    """List the runs under RESULTS: varied values, state, code (a hash of the plugins' code: runs of
+    different code differ), steps, final validation ELBO."""
     from .api import import_plugins, ls
 
     import_plugins(imports)
-    click.echo(_table(ls(results)))
+    click.echo(_table(ls(results, trust=trust)))
 
 
 @cli.command(name="report")
@@ -194,14 +213,14 @@ def ls_command(results: str, imports: tuple[str, ...]) -> None:
 @click.option("--force", is_flag=True, help="Redraw every figure, even those whose run did not change.")
 @click.option("--formats", default="png,svg", show_default=True,
               help="Each run's figure files: png and any of svg, pdf (study figures are always png, svg, pdf).")
-@_imports
+@_trust
 def report_command(results: str, out: str | None, jobs: int | None, force: bool, formats: str,
-                   imports: tuple[str, ...]) -> None:
+                   trust: bool, imports: tuple[str, ...]) -> None:
     """Draw every run's figures, every study's comparisons and a summary table, with an index.html."""
     from .api import report
 
     _folder("--out", out)
-    rep = report(results, out=out, force=force, jobs=jobs, imports=imports, formats=formats)
+    rep = report(results, out=out, force=force, jobs=jobs, imports=imports, formats=formats, trust=trust)
     click.echo(_table(rep.summary.drop(columns=[c for c in rep.summary if c.endswith("_ci95")])))
     missing = f"; {len(rep.missing)} runs have figures missing (see the index)" if rep.missing else ""
     click.echo(f"drew {len(rep.drawn)}, reused {len(rep.reused)} unchanged{missing}")
@@ -212,12 +231,14 @@ def report_command(results: str, out: str | None, jobs: int | None, force: bool,
 @click.argument("run", metavar="RUN", type=click.Path(file_okay=False))
 @click.option("-n", "n", type=click.IntRange(min=1), default=64, show_default=True, help="Samples to draw.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Image file (.png, .svg or .pdf).")
-def sample_command(run: str, n: int, out: str) -> None:
+@_changed
+@_trust
+def sample_command(run: str, n: int, out: str, allow_changed_code: bool, trust: bool, imports: tuple[str, ...]) -> None:
     """The decoder's means of p(x|z) for z ~ N(0, I) from RUN's checkpoint (for any likelihood), as one
     image grid."""
     from .api import sample
 
-    click.echo(f"wrote {sample(run, out, n)}")
+    click.echo(f"wrote {sample(run, out, n, imports, trust, allow_changed_code)}")
 
 
 @cli.command(name="reconstruct")
@@ -225,11 +246,14 @@ def sample_command(run: str, n: int, out: str) -> None:
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="val", show_default=True)
 @click.option("-n", "n", type=click.IntRange(min=1), default=20, show_default=True, help="Images (every digit in turn).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Image file (.png, .svg or .pdf).")
-def reconstruct_command(run: str, split: str, n: int, out: str) -> None:
+@_changed
+@_trust
+def reconstruct_command(run: str, split: str, n: int, out: str, allow_changed_code: bool, trust: bool,
+                        imports: tuple[str, ...]) -> None:
     """Images of RUN's split beside the decoder's means at z = E_q[z], from its checkpoint."""
     from .api import reconstruct
 
-    click.echo(f"wrote {reconstruct(run, out, split, n)}")
+    click.echo(f"wrote {reconstruct(run, out, split, n, imports, trust, allow_changed_code)}")
 
 
 def _table_options(f):
@@ -291,9 +315,10 @@ def summary_command(path: str, k: int | None, reduce: str, fmt: str) -> None:
               help="The model evaluated: the last checkpoint, or best.pt (the best validation ELBO, "
                    "kept with train.keep_best: true).")
 @click.option("--force", is_flag=True, help="Evaluate again runs that already have this split, k and checkpoint.")
-@_imports
+@_changed
+@_trust
 def eval_command(path: str, k: int, split: str, device: str, batch: int | None, threads: int | None,
-                 checkpoint: str, force: bool, imports: tuple[str, ...]) -> None:
+                 checkpoint: str, force: bool, allow_changed_code: bool, trust: bool, imports: tuple[str, ...]) -> None:
     """Importance-weighted log p(x), ELBO, active units and KL per dimension of every done run under
     RUN_OR_STUDY, into each run's eval.json (vaebench ls shows them)."""
     from .api import evaluate
@@ -308,7 +333,7 @@ def eval_command(path: str, k: int, split: str, device: str, batch: int | None, 
                        f"{row['active_units']} active units, {row['seconds']:.1f}s")
 
     evaluate(path, k=k, split=split, device=device, batch=batch, force=force, on_result=line, threads=threads,
-             progress=None, imports=imports, checkpoint=checkpoint)
+             progress=None, imports=imports, checkpoint=checkpoint, trust=trust, allow_changed_code=allow_changed_code)
 
 
 @cli.command(name="config")

@@ -14,10 +14,13 @@ evaluation call before they build a model.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
+import json
 import re
 import sys
+import sysconfig
 import traceback
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -31,7 +34,8 @@ _loaded: dict[str, Any] = {}  # resolved item -> its module, in load order
 _entry_points_done = False
 
 
-def _is_path(item: str) -> bool:
+def is_path(item: str) -> bool:
+    """Whether a plugin item is a file (else a module name)."""
     return item.endswith(".py") or "/" in item or "\\" in item
 
 
@@ -55,7 +59,7 @@ def resolve(items: Iterable[Any], base: str | Path | None = None, where: str = "
         if not isinstance(item, str) or not item.strip():
             raise ConfigError(f"{where}: each plugin must be a module name or a path to a .py file, got {item!r}")
         item = item.strip()
-        if _is_path(item):
+        if is_path(item):
             path = Path(item).expanduser()
             path = (path if path.is_absolute() else folders[0] / path).resolve()
             if path.is_dir() and (path / "__init__.py").is_file():
@@ -71,6 +75,7 @@ def resolve(items: Iterable[Any], base: str | Path | None = None, where: str = "
             if local is not None:
                 found = str(local)
             elif item in sys.modules or _installed(item):
+                _refuse_library(item, where)
                 found = item
             else:
                 shown = " or ".join(str(f) for f in folders)
@@ -81,11 +86,93 @@ def resolve(items: Iterable[Any], base: str | Path | None = None, where: str = "
     return out
 
 
+def _library_folders() -> list[Path]:
+    """The standard library's and site-packages' folders: what is installed, not the user's own code."""
+    paths = sysconfig.get_paths()
+    return list(dict.fromkeys(Path(paths[k]).resolve() for k in ("stdlib", "platstdlib", "purelib", "platlib")
+                              if paths.get(k)))
+
+
+def _refuse_library(name: str, where: str) -> None:
+    """A plugin is the user's own module: a standard library or installed module (``os``) is refused,
+    since a run folder's ``imports:`` would then run whatever that module does on import. Installed
+    packages register components through the ``vaebench.components`` entry points instead."""
+    top = name.split(".")[0]
+    spec = None
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        pass
+    origin = getattr(spec, "origin", None)
+    builtin = top in sys.builtin_module_names or origin in (None, "built-in", "frozen")
+    where_from = None if builtin else Path(origin).resolve()
+    if builtin or top in getattr(sys, "stdlib_module_names", ()) or \
+            any(where_from.is_relative_to(f) for f in _library_folders()):
+        raise ConfigError(f"plugin {name!r} ({where}) is a standard library or installed module, not a plugin; "
+                          f"name your own module or .py file (installed packages register theirs through the "
+                          f"entry points {ENTRY_POINT_GROUP})")
+
+
 def _installed(name: str) -> bool:
     try:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):
         return False
+
+
+def _source_files(item: str) -> tuple[Path, list[Path]]:
+    """The folder and files a plugin's code is: its .py file, or every .py file of its package."""
+    if is_path(item):
+        path = Path(item)
+    else:
+        try:
+            spec = importlib.util.find_spec(item)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or not spec.origin or not Path(spec.origin).is_file():
+            return Path(), []
+        path = Path(spec.origin)
+    if path.name == "__init__.py":
+        return path.parent, sorted(p for p in path.parent.rglob("*.py") if "__pycache__" not in p.parts)
+    return path.parent, [path] if path.is_file() else []
+
+
+def fingerprint(items: Iterable[str]) -> dict[str, str]:
+    """Each resolved plugin's code as a short hash of its files' bytes (names relative to the
+    plugin's folder, so a moved copy hashes the same); "missing" where no file is there."""
+    out: dict[str, str] = {}
+    for item in items:
+        root, files = _source_files(item)
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+        out[item] = h.hexdigest()[:16] if files else "missing"
+    return out
+
+
+def code_id(record: dict[str, Any] | None) -> str:
+    """A code record's short name for tables (``ls``/``load``'s ``code`` column): the hash of its
+    plugins' hashes and vaebench's version; "unknown" for a run folder written before records."""
+    if not isinstance(record, dict) or not isinstance(record.get("plugins"), dict):
+        return "unknown"
+    blob = json.dumps({"plugins": record["plugins"], "vaebench": record.get("vaebench")}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def changed(record: dict[str, Any] | None, items: Iterable[str]) -> list[str]:
+    """The plugins whose code differs from a run's record (none for a folder without one: unknown
+    code is shown as such, not refused)."""
+    if not isinstance(record, dict) or not isinstance(record.get("plugins"), dict):
+        return []
+    items = list(items)
+    now = fingerprint(items)
+    old = record["plugins"]
+    return [i for i in dict.fromkeys([*old, *items]) if old.get(i) != now.get(i)]
+
+
+def missing(items: Iterable[str]) -> list[str]:
+    """The items this process has not imported (a run's plugins that reading it did not trust)."""
+    return [i for i in items if i not in _loaded]
 
 
 def load(items: Sequence[str] = ()) -> list[str]:
@@ -94,7 +181,7 @@ def load(items: Sequence[str] = ()) -> list[str]:
     load_entry_points()
     for item in items:
         if item not in _loaded:
-            _loaded[item] = _import_file(Path(item)) if _is_path(item) else _import(item, item)
+            _loaded[item] = _import_file(Path(item)) if is_path(item) else _import(item, item)
     return list(items)
 
 

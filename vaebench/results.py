@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import runs
+from . import plugins, runs
 from .config import flatten, is_execution_key, key_info
 from .errors import VaebenchError
 
@@ -186,8 +186,12 @@ def _as_list(v: str | list[str] | None, allowed: tuple[str, ...], what: str) -> 
 
 def load(path: str | Path = "results", final: bool = False, split: str | list[str] | None = None,
          term: str | list[str] | None = None, columns: list[str] | None = None, k: int | None = None,
-         reduce: str = "last") -> pd.DataFrame:
+         reduce: str = "last", trust: bool = False) -> pd.DataFrame:
     """Every run under ``path`` (any depth) as a compact, typed DataFrame.
+
+    ``code``: a short hash of the plugin code (and vaebench version) each run was trained with,
+    "unknown" for folders written before it was recorded. Reading runs none of the folder's code:
+    ``trust=True`` imports the runs' recorded plugins first, so their keys get their own labels.
 
     Long form (default): one row per logged value with columns run, study (the folder holding the
     run), variant (a study's variant name, when it has variants), step, split (train/val), term
@@ -225,7 +229,10 @@ def load(path: str | Path = "results", final: bool = False, split: str | list[st
     if not run_dirs:
         raise VaebenchError(f"no runs found under {root}")
     raw = [runs.read_config(d) for d in run_dirs]
-    _import_plugins(raw)
+    if trust:
+        import_recorded(raw, strict=False)
+    else:
+        _entry_points()
     configs = [flatten(c, tuples=True) for c in raw]
     states = [runs.run_state(d) for d in run_dirs]
     labels = [_run_label(d, root) for d in run_dirs]
@@ -269,6 +276,7 @@ def load(path: str | Path = "results", final: bool = False, split: str | list[st
         cols[key] = _labels(counts, [str(names[d].get(key, "")) for d in run_dirs], ordered=True)
     cols.update({k: body[k] for k in order if k in body})
     cols["state"] = _labels(counts, [st.state for st in states])
+    cols["code"] = _labels(counts, [plugins.code_id(runs.read_code(d)) for d in run_dirs])  # runs of other code
     if final:  # why a run is not done, and which engine trained it
         cols["reason"] = [st.reason for st in states]
         for key, vals in pd.DataFrame([_engine(d) for d in run_dirs]).items():
@@ -281,7 +289,7 @@ def load(path: str | Path = "results", final: bool = False, split: str | list[st
         if col is not None:
             cols[key] = col
     if wanted is not None:
-        keep = {"run", "study", "step", "split", "term", "value", "state", "reason", "engine", "engine_why", *(k for k in extra if k == "variant")}
+        keep = {"run", "study", "step", "split", "term", "value", "state", "code", "reason", "engine", "engine_why", *(k for k in extra if k == "variant")}
         unknown = [c for c in columns if c not in cols and c not in keep]
         if unknown:
             raise VaebenchError(f"no column {unknown[0]!r} in {root}; columns are: {', '.join(cols)}")
@@ -319,10 +327,21 @@ def format_value(v: Any) -> str:
     return str(v)
 
 
-def _import_plugins(configs: list[dict[str, Any]]) -> None:
-    """The plugins the runs were trained with, so their keys have their own labels and facts here
-    too; one that no longer imports leaves its keys with readable names (the report says why)."""
-    from . import plugins
+def _entry_points() -> None:
+    """Installed packages' components (the user's installed choice, not the folder's code), for
+    their keys' labels; a broken one leaves readable names, as an untrusted plugin does."""
+    from .errors import ConfigError
+
+    try:
+        plugins.load_entry_points()
+    except ConfigError:
+        pass
+
+
+def import_recorded(configs: list[dict[str, Any]], strict: bool = True) -> None:
+    """Import the plugins the runs were trained with: only when the user trusts the folder
+    (``--trust``, ``trust=True``), since importing runs their code. ``strict``: a plugin that no
+    longer imports is its one-line error; else its keys keep readable names (the report says why)."""
     from .errors import ConfigError
 
     items = list(dict.fromkeys(i for c in configs for i in (c.get("imports") or []) if isinstance(i, str)))
@@ -330,7 +349,8 @@ def _import_plugins(configs: list[dict[str, Any]]) -> None:
         try:
             plugins.load([item])
         except ConfigError:
-            pass
+            if strict:
+                raise
 
 
 def key_label(key: str) -> str:
@@ -363,14 +383,14 @@ def varied_keys(df: pd.DataFrame) -> list[str]:
     return [c for c in config_cols if not is_execution_key(c) and df[c].astype(str).nunique(dropna=False) > 1]
 
 
-def ls(path: str | Path = "results") -> pd.DataFrame:
-    """One row per run, in study order: its variant and varied values, state, progress, final
-    validation ELBO and any held-out log-likelihood (``vaebench ls``)."""
-    df = load(path, final=True)
+def ls(path: str | Path = "results", trust: bool = False) -> pd.DataFrame:
+    """One row per run, in study order: its variant and varied values, state, code, progress, final
+    validation ELBO and any held-out log-likelihood (``vaebench ls``); ``trust`` as in load."""
+    df = load(path, final=True, trust=trust)
     keys = (["variant"] if "variant" in df else []) + [k for k in varied_keys(df) if k != "train.steps"]
     df = df.rename(columns={"train.steps": "steps"})
     metrics = [c for c in ("val_elbo", "val_rec", "val_kl", "test_elbo", "test_elbo_se", "test_iw_ll", "test_iw_ll_se",
                            "test_k") if c in df]
     metrics += sorted(c for c in df.columns if c.endswith(("_iw_ll", "_iw_ll_se", "_k")) and "." not in c
                       and c not in metrics)
-    return df[["run", *keys, "state", "step", "steps", "engine", *metrics]].reset_index(drop=True)
+    return df[["run", *keys, "state", "code", "step", "steps", "engine", *metrics]].reset_index(drop=True)

@@ -6,6 +6,7 @@ never through the trainer. A run folder holds:
     config.yaml       the resolved config, every default filled in
     status.json       running / done / failed, the step, and the reason
     env.json          versions, device, git commit
+    code.json         the code the run was trained with: each plugin's hash, vaebench's version (read_code)
     metrics.parquet   per-step terms (while running: metrics/part-*.parquet)
     final.json        terms on the whole train and validation splits at the end
     eval.json         held-out evaluations, one entry per (split, k, checkpoint) (read_evals)
@@ -43,6 +44,7 @@ from .errors import VaebenchError
 CONFIG, STATUS, ENV, FINAL, CHECKPOINT = "config.yaml", "status.json", "env.json", "final.json", "checkpoint.pt"
 # A stack's next checkpoint, written by every member before any becomes checkpoint.pt (see TrainingRun.restore)
 CHECKPOINT_NEXT = "checkpoint.next.pt"
+CODE = "code.json"  # {"plugins": {item: hash}, "vaebench": version, "git_commit": ...}, at the run's start
 EVAL = "eval.json"  # held-out evaluations: {"entries": [{"split", "k", "checkpoint", "iw_ll", ...}, ...]}
 EVAL_LOCK = "eval.lock"  # held while an evaluation merges its entry into eval.json
 BEST = "best.pt"  # train.keep_best: {"model", "step", "val"} of the best validation ELBO
@@ -315,8 +317,9 @@ def write_status(run_dir: Path, state: str, step: int, steps: int, reason: str |
 
 
 def clear(run_dir: Path) -> None:
-    """Forget a run's results (--force): checkpoint, metrics, final and status; config and env stay."""
-    for name in (CHECKPOINT, CHECKPOINT_NEXT, BEST, METRICS, FINAL, STATUS):
+    """Forget a run's results (--force, --restart-changed): checkpoint, metrics, final, status and the
+    record of the code that made them; config and env stay."""
+    for name in (CHECKPOINT, CHECKPOINT_NEXT, BEST, METRICS, FINAL, STATUS, CODE):
         (Path(run_dir) / name).unlink(missing_ok=True)
     shutil.rmtree(Path(run_dir) / PARTS, ignore_errors=True)
 
@@ -326,6 +329,42 @@ def commit_checkpoint(run_dir: Path) -> None:
     os.replace(Path(run_dir) / CHECKPOINT_NEXT, Path(run_dir) / CHECKPOINT)
 
 
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def code_record(imports: list[str]) -> dict[str, Any]:
+    """What code.json records: the hash of each plugin's source, vaebench's version and commit."""
+    from . import __version__
+
+    return {"plugins": plugins.fingerprint(imports), "vaebench": __version__, "git_commit": _git_commit()}
+
+
+def read_code(run_dir: Path) -> dict[str, Any] | None:
+    """A run's code record; None for a folder written before records (or an unreadable one): unknown code."""
+    try:
+        doc = read_json(Path(run_dir) / CODE)
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and isinstance(doc.get("plugins"), dict) else None
+
+
+def changed_code(run_dir: Path, imports: list[str] | None = None) -> list[str]:
+    """The plugins of a run (its config's imports, or ``imports``) whose code differs from its record."""
+    items = imports if imports is not None else (read_config(run_dir).get("imports") or [])
+    return plugins.changed(read_code(run_dir), items)
+
+
+def changed_code_message(run_dir: Path, changed: list[str], how: str) -> str:
+    """The one line that says a run's plugin changed since it was trained, and ``how`` to proceed."""
+    return (f"{run_dir}: plugin {changed[0]} changed since this run was trained"
+            f"{f' (and {len(changed) - 1} more)' if len(changed) > 1 else ''}; {how}")
+
+
 def environment(device: Any, **extra: Any) -> dict[str, Any]:
     """What env.json records: versions, device, threads, commit, argv, and ``extra`` (the engine)."""
     import numpy as np
@@ -333,11 +372,7 @@ def environment(device: Any, **extra: Any) -> dict[str, Any]:
 
     from . import __version__
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).resolve().parent).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
+    commit = _git_commit()
     device = torch.device(device)
     return {
         "vaebench": __version__, "torch": torch.__version__, "numpy": np.__version__,
@@ -387,13 +422,17 @@ def prepare(run_dir: Path, cfg: Any, env: dict[str, Any] | None = None) -> None:
 
             raise ConfigError(f"{run_dir} holds a run of a different config; choose another --out or delete it")
     atomic_write(cfg_path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))  # execution-only keys may have changed
+    if not (run_dir / CODE).is_file() and not (run_dir / CHECKPOINT).is_file():  # at the start, kept on resume;
+        write_json(run_dir / CODE, code_record(list(cfg.imports)))  # a run trained before records stays unknown
     if env is not None:
         write_json(run_dir / ENV, env)
 
 
-def load_model(run_dir: str | Path, device: str = "cpu", checkpoint: str = "last"):
+def load_model(run_dir: str | Path, device: str = "cpu", checkpoint: str = "last", allow_changed_code: bool = False):
     """Rebuild a run's VAE from its config and checkpoint (eval mode), without the trainer;
-    ``checkpoint``: "last" (checkpoint.pt) or "best" (best.pt, kept with train.keep_best)."""
+    ``checkpoint``: "last" (checkpoint.pt) or "best" (best.pt, kept with train.keep_best).
+    Its plugins must have been imported by the caller (``--import``/``--trust``: reading a folder runs
+    none of its code unasked), and be the code it was trained with unless ``allow_changed_code``."""
     import torch
 
     from .components import build_model
@@ -408,7 +447,18 @@ def load_model(run_dir: str | Path, device: str = "cpu", checkpoint: str = "last
     if not ckpt.is_file():
         raise VaebenchError(f"{run_dir} has no checkpoint yet; train it first (vaebench run)")
     cfg = read_config(run_dir)
-    plugins.load(cfg.get("imports") or [])  # the components the run was trained with, in any process
+    imports = [i for i in cfg.get("imports") or [] if isinstance(i, str)]
+    need = plugins.missing(imports)
+    if need and plugins.is_path(need[0]) and not Path(need[0]).is_file():
+        raise VaebenchError(f"{run_dir} needs plugin {need[0]} to build its model, and that file is not found; "
+                            f"restore it")
+    if need:
+        raise VaebenchError(f"{run_dir} needs plugin {need[0]} to build its model; pass --import {need[0]} "
+                            f"(or --trust to import every run's recorded plugins), if you trust that code")
+    changed = [] if allow_changed_code else changed_code(run_dir, imports)
+    if changed:
+        raise VaebenchError(changed_code_message(run_dir, changed, "restore it (eval, sample and reconstruct "
+                                                               "take --allow-changed-code to use it as it is now)"))
     state = torch.load(ckpt, map_location=device, weights_only=True)
     model_state = state["model"]
     try:

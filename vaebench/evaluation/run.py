@@ -73,7 +73,8 @@ def planned_evals(cfg, run_dir: str | Path, force: bool = False) -> list[tuple[s
 
 def evaluate_run(run_dir: str | Path, k: int = 5000, split: str = "test", device: str | torch.device = "auto",
                  batch: int | None = None, threads: int | None = None,
-                 progress: bool | None = False, checkpoint: str = "last") -> dict[str, Any]:
+                 progress: bool | None = False, checkpoint: str = "last",
+                 allow_changed_code: bool = False) -> dict[str, Any]:
     """Evaluate a run's checkpoint ("last", or "best": best.pt) on ``split`` with ``k`` samples per
     image; merge into its eval.json beside the entries of other (split, k, checkpoint).
     threads: torch threads (default one: vaebench.devices.set_threads); progress: a bar of images
@@ -84,7 +85,7 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, split: str = "test", device
     if not runs.is_run_dir(run_dir):
         raise VaebenchError(f"{run_dir} is not a run folder (no {runs.CONFIG})")
     dev = resolve_device(device)
-    model = runs.load_model(run_dir, device=str(dev), checkpoint=checkpoint)
+    model = runs.load_model(run_dir, device=str(dev), checkpoint=checkpoint, allow_changed_code=allow_changed_code)
     x = split_images(runs.read_config(run_dir)["data"], split, dev)
     from tqdm.auto import tqdm
 

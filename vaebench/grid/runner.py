@@ -96,6 +96,24 @@ def _eval_missing(cfg, run_dir: Path) -> bool:
     return bool(planned_evals(cfg, run_dir))
 
 
+def _changed_code(study: Study, run_dirs: list[Path], states: list[str], force: bool,
+                  restart: bool) -> list[int]:
+    """The runs that would resume or be skipped under plugin code other than their record's; without
+    ``restart``, the first of them is refused in one line. vaebench's own version is recorded and
+    shown (``ls``'s code column) but not refused: its releases keep a run's numbers (tests/test_reference)."""
+    found = []
+    for i, (spec, d, s) in enumerate(zip(study.runs, run_dirs, states)):
+        if s in ("new", "running") or force:
+            continue
+        changed = runs.changed_code(d, list(spec.config.imports))
+        if changed and not restart:
+            raise ConfigError(runs.changed_code_message(
+                d, changed, "rerun with --restart-changed to train the changed runs over, or restore its code"))
+        if changed:
+            found.append(i)
+    return found
+
+
 def _check_inputs(study: Study, todo: list[int], device: str) -> None:
     """Fail before anything runs on what would fail every run: no data, no such device."""
     from ..data import load_splits
@@ -143,13 +161,19 @@ def stack_groups(cfgs: list, device: str) -> list[list[int]]:
 def run_study(study: Study, out: str | Path = "results", device: str = "auto", jobs: int | None = None,
               executor: str = "local", ray_address: str | None = None, gpus_per_run: float | None = None,
               force: bool = False, retry_failed: bool = False, dry_run: bool = False,
-              progress: bool | None = None, on_result: Callable[[Path, Any], None] | None = None) -> StudyResult:
-    """Run every missing run of ``study`` under ``out/<name>/``; see the module docstring."""
+              progress: bool | None = None, on_result: Callable[[Path, Any], None] | None = None,
+              restart_changed: bool = False) -> StudyResult:
+    """Run every missing run of ``study`` under ``out/<name>/``; see the module docstring.
+    ``restart_changed``: runs whose plugin code changed since they started are trained over (without
+    it, such a run is refused rather than resumed or skipped under code that did not make it)."""
     run_executor = EXECUTORS.get(executor)
     root = Path(out) / study.name
     run_dirs = locate(root, study)
     before = [runs.run_state(d) for d in run_dirs]
     states = [b.state for b in before]
+    restart = _changed_code(study, run_dirs, states, force, restart_changed)
+    for i in restart:
+        states[i] = "new"
     result = StudyResult(study, root, run_dirs, states, before)
     todo = _todo(states, force, retry_failed)
     todo = sorted(todo + [i for i, (s, spec, d) in enumerate(zip(states, study.runs, run_dirs))
@@ -157,6 +181,9 @@ def run_study(study: Study, out: str | Path = "results", device: str = "auto", j
     if dry_run or not todo:
         return result
     _check_inputs(study, todo, device)
+    for i in restart:  # asked for, and nothing failed first: these runs start over, and their
+        runs.clear(run_dirs[i])  # evaluations (of a model the changed code no longer builds) go too
+        (run_dirs[i] / runs.EVAL).unlink(missing_ok=True)
 
     grid = study.to_dict()
     for entry, d in zip(grid["runs"], run_dirs):

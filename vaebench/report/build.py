@@ -95,6 +95,9 @@ def fingerprint(run_dir: Path) -> str:
             parts.append(f"{path.name}:{st.st_size}:{st.st_mtime_ns}")
         except FileNotFoundError:
             parts.append(f"{path.name}:-")
+    items = list((runs.read_code(run_dir) or {}).get("plugins") or {})
+    if items:  # a plugin changed, or trusted (--import, --trust) now and not before: the model figures change
+        parts.append(f"code:{plugins.fingerprint(items)}:{plugins.missing(items)}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -180,8 +183,14 @@ def draw_run(run_dir: str | Path, fig_dir: str | Path, title: str, note: str = "
         save(F.plot_train_val(m, "rec", window, title), "train_val")
     else:
         missing["terms"] = missing["train_val"] = "no metrics logged yet"
+    images = None
     if (run_dir / runs.CHECKPOINT).is_file():
-        images, shape, step = _images(run_dir, cfg)
+        try:
+            images, shape, step = _images(run_dir, cfg)
+        except VaebenchError as e:  # its plugin not trusted, or changed since training: the run is marked so
+            for name in ("recon_train", "recon_val", "samples", "latent", "traversals"):
+                missing[name] = str(e)
+    if images is not None:
         at = f"checkpoint at update {step:,}"
         for split, name in (("train", "training"), ("val", "validation")):
             x, recon = images[split]
@@ -189,7 +198,7 @@ def draw_run(run_dir: str | Path, fig_dir: str | Path, title: str, note: str = "
         save(F.plot_samples(images["samples"], shape, title, subtitle=at), "samples")
         save(F.plot_latent(*images["latent"], title, subtitle=at), "latent")
         save(F.plot_traversals(images["traversals"], shape, TRAVERSAL_VALUES, title, subtitle=at), "traversals")
-    else:
+    elif not (run_dir / runs.CHECKPOINT).is_file():
         for name in ("recon_train", "recon_val", "samples", "latent", "traversals"):
             missing[name] = "no checkpoint yet"
     for name in missing:  # a figure from an earlier report that can no longer be drawn is stale
@@ -215,18 +224,19 @@ def _title_of(run_dir: Path, cfg: dict) -> str:
                        f"seed {cfg.get('seed', 0)}"])
 
 
-def _model_and_data(run: str | Path):
+def _model_and_data(run: str | Path, allow_changed_code: bool = False):
     run_dir = Path(run)
     if not runs.is_run_dir(run_dir):
         raise VaebenchError(f"{run_dir} is not a run folder (no {runs.CONFIG}); give one run, e.g. results/baseline/<id>")
-    return run_dir, runs.load_model(run_dir), runs.read_config(run_dir)
+    return run_dir, runs.load_model(run_dir, allow_changed_code=allow_changed_code), runs.read_config(run_dir)
 
 
-def draw_samples(run: str | Path, out: str | Path, n: int = 64, seed: int = SAMPLE_SEED) -> Path:
+def draw_samples(run: str | Path, out: str | Path, n: int = 64, seed: int = SAMPLE_SEED,
+                 allow_changed_code: bool = False) -> Path:
     """``vaebench sample``: the decoder's means of p(x|z) for ``n`` draws z ~ N(0, I) from a run's checkpoint."""
     import torch
 
-    run_dir, model, cfg = _model_and_data(run)
+    run_dir, model, cfg = _model_and_data(run, allow_changed_code)
     stem, fmt = _out_file(out)
     d = cfg["data"]
     shape = tuple(_splits(d)["train"].shape)
@@ -238,7 +248,8 @@ def draw_samples(run: str | Path, out: str | Path, n: int = 64, seed: int = SAMP
     return stem.with_suffix("." + fmt)
 
 
-def draw_reconstructions(run: str | Path, out: str | Path, split: str = "val", n: int = N_IMAGES) -> Path:
+def draw_reconstructions(run: str | Path, out: str | Path, split: str = "val", n: int = N_IMAGES,
+                         allow_changed_code: bool = False) -> Path:
     """``vaebench reconstruct``: ``n`` images of a run's ``split`` (every digit in turn) beside the
     decoder's means at z = E_q[z], from its checkpoint."""
     import torch
@@ -247,7 +258,7 @@ def draw_reconstructions(run: str | Path, out: str | Path, split: str = "val", n
 
     if split not in ("train", "val", "test"):
         raise VaebenchError(f"unknown split {split!r}; use one of train, val, test")
-    run_dir, model, cfg = _model_and_data(run)
+    run_dir, model, cfg = _model_and_data(run, allow_changed_code)
     stem, fmt = _out_file(out)
     d = cfg["data"]
     splits = _splits(d)
