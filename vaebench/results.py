@@ -371,6 +371,8 @@ def varied_keys(df: pd.DataFrame) -> list[str]:
     """The config columns whose values differ across the runs in ``df``: a study's axes and seeds
     (execution-only keys such as train.threads aside)."""
     config_cols = [c for c in df.columns if "." in c or c == "seed"]
+    if config_cols:  # a run whose config.yaml is unreadable has no values: it varies nothing
+        df = df[df[config_cols].notna().any(axis=1)]
     return [c for c in config_cols if not is_execution_key(c) and df[c].astype(str).nunique(dropna=False) > 1]
 
 
