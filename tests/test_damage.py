@@ -145,11 +145,16 @@ def test_each_reader_names_the_damaged_run_and_goes_on(study, case, tmp_path):
     assert snapshot(bad) == kept[bad]  # nothing removed or rewritten in the damaged folder
 
 
-def test_force_leaves_a_hand_edited_folder_untouched(study):
+@pytest.mark.parametrize("force", [True, False])
+def test_a_hand_edited_folder_with_short_metrics_is_never_emptied(study, force):
+    """The identity check comes before anything is removed: --force, and the repair of a short
+    metrics.parquet, leave a folder whose config.yaml is not the run's as it is."""
     cfg, out, dirs = study
     _edit_lr(dirs[0])
+    table = runs.read_metrics_table(dirs[0])
+    runs.write_table(dirs[0] / runs.METRICS, table.slice(0, 10))  # short: a plain rerun would retrain
     kept = snapshot(dirs[0])
-    res = invoke("run", str(cfg), "--out", str(out), "--force")
+    res = invoke("run", str(cfg), "--out", str(out), *(["--force"] if force else []))
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert snapshot(dirs[0]) == kept
     assert runs.run_state(dirs[0]).state == "damaged"
@@ -201,6 +206,8 @@ def test_an_eval_entry_survives_run_of_the_study_with_one_more_seed(study):
     for d in dirs:
         ks = {e["k"] for e in runs.read_evals(d)}
         assert {2, 7} <= ks, (d, ks)
+    assert invoke("run", str(more), "--out", str(out), "--force").exit_code == 0  # retrains, re-evaluates k = 2
+    assert all({2, 7} <= {e["k"] for e in runs.read_evals(d)} for d in dirs)
 
 
 def test_wrong_type_eval_json_is_no_error_and_kept_aside(study):

@@ -566,7 +566,11 @@ def _hash_config(path: str, mtime_ns: int, size: int, _plugins: tuple) -> tuple[
     except UnknownComponentError:  # a plugin's component that is not imported here: the id can't be checked
         return None, None
     except Exception as e:  # noqa: BLE001 - pydantic's errors, a hand-edited value
-        return None, f"{CONFIG} is not a valid run config ({(str(e).splitlines() or [''])[0][:120]})"
+        errors = e.errors() if hasattr(e, "errors") else []
+        if errors and all(str(x.get("msg", "")).startswith("Value error, unknown ") for x in errors):
+            return None, None  # only components not registered here (a plugin not imported): can't tell
+        msg = "; ".join(f"{'.'.join(map(str, x.get('loc', ())))}: {x.get('msg')}" for x in errors[:2]) or str(e)
+        return None, f"{CONFIG} is not a valid run config ({(msg.splitlines() or [''])[0][:160]})"
 
 
 def config_problem(run_dir: Path, run_id: str | None = None) -> str | None:
