@@ -276,7 +276,8 @@ def compare_command(path: str, metric: str | None, reference: str | None, per_ce
                     reduce: str, fmt: str) -> None:
     """Each axis value (each variant) against the reference, paired by seed within each cell of the
     other axes: mean difference, its 95% Student-t interval over seeds, the share of pairs better, and
-    a verdict at Holm-adjusted p < 0.05 across the table."""
+    a verdict at Holm-adjusted p < 0.05 across the table. Exit status 1: some runs are damaged (one
+    line each) and left out."""
     from .api import compare, compare_text
     from .report.compare import default_metric
     from .report.studies import load_final
@@ -284,6 +285,8 @@ def compare_command(path: str, metric: str | None, reference: str | None, per_ce
     final = load_final(path, k, reduce)
     table = compare(final, metric or default_metric(final), reference, k=k, reduce=reduce, per_cell=per_cell)
     click.echo(compare_text(table, fmt), nl=False)
+    if _say_damaged(final):  # its seeds are not among the pairs: say so, not silently fewer
+        sys.exit(1)
 
 
 @cli.command(name="summary")
