@@ -276,7 +276,7 @@ def test_eval_cli_writes_eval_json_and_ls_shows_it(tmp_path, tiny_overrides):
     assert bad.returncode == 2 and bad.stderr.strip() == "vaebench: error: k must be at least 1, got 0"
     (res.path / runs.CHECKPOINT).unlink()
     bad = run_cli("eval", str(res.path), "--force")
-    assert bad.returncode != 0 and "no checkpoint" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode != 0 and "checkpoint.pt is missing" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_every_run_ends_with_test_metrics_unless_disabled(tmp_path, tiny_overrides):

@@ -220,11 +220,11 @@ def test_a_corrupt_checkpoint_fails_its_own_run_only(tmp_path):
     (bad / runs.CHECKPOINT).write_bytes((bad / runs.CHECKPOINT).read_bytes()[:100])  # a cut write
     for d in (bad, good):  # both cut before they finished: resumable
         (d / runs.STATUS).write_text(json.dumps({"state": "running", "step": 40}))
-    r = run_cli("run", str(path), "--out", str(tmp_path))
-    assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert f"unreadable checkpoint {bad / runs.CHECKPOINT}" in r.stdout and "--force" in r.stdout
-    assert runs.read_status(bad)["state"] == "failed" and runs.read_status(good)["state"] == "done"
-    assert run_cli("run", str(path), "--out", str(tmp_path), "--force").returncode == 0
+    r = run_cli("run", str(path), "--out", str(tmp_path))  # damaged: named, left as it is; the other resumes
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "(1 damaged)" in r.stderr
+    assert f"{runs.CHECKPOINT} is truncated or corrupt" in r.stdout and f"--retry {bad.name}" in r.stdout
+    assert runs.run_state(bad).state == "damaged" and runs.read_status(good)["state"] == "done"
+    assert run_cli("run", str(path), "--out", str(tmp_path), "--retry", bad.name).returncode == 0  # that run, from 0
     assert runs.read_status(bad)["state"] == "done"
 
 

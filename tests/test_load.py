@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+import torch
 import yaml
 
 import vaebench
@@ -38,7 +39,9 @@ def write_study(root: Path) -> Path:
         rec = -100.0 + step + spec.config.seed
         runs.write_table(d / runs.METRICS, pa.table({"step": step, "split": split, "rec": rec, "kl": np.full(len(step), 5.0),
                                                      "elbo": rec - 5}, schema=runs.METRICS_SCHEMA))
-        runs.write_json(d / runs.FINAL, {"val": {"elbo": -40.0, "rec": -35.0, "kl": 5.0, "n": 100}})
+        runs.write_json(d / runs.FINAL, {"val": {"elbo": -40.0, "rec": -35.0, "kl": 5.0, "n": 100},
+                                         "train": {"elbo": -39.0, "rec": -34.0, "kl": 5.0, "n": 100}})
+        torch.save({"step": STEPS}, d / runs.CHECKPOINT)  # a readable checkpoint: the run is done (run_state)
     runs.atomic_write(study / runs.GRID, yaml.safe_dump(s.to_dict(), sort_keys=False))
     return study
 

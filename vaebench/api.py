@@ -52,15 +52,18 @@ def run_study(config: str | Path | dict[str, Any] | RunConfig | Study, out: str 
               jobs: int | None = None, executor: str = "local", ray_address: str | None = None,
               gpus_per_run: float | None = None, force: bool = False, retry_failed: bool = False,
               dry_run: bool = False, progress: bool | None = None, on_result=None,
-              imports: list[str] | tuple[str, ...] = (), restart_changed: bool = False) -> StudyResult:
+              imports: list[str] | tuple[str, ...] = (), restart_changed: bool = False,
+              retry: list[str] | tuple[str, ...] = (), retry_damaged: bool = False) -> StudyResult:
     """Run every missing run of a study (any config file is a study of one run); see vaebench.grid.
-    A run whose plugin code changed since it started is refused, or with ``restart_changed`` trained over."""
+    A run whose plugin code changed since it started is refused, or with ``restart_changed`` trained over.
+    ``retry``: folder names, ids or globs of failed or damaged runs to redo; ``retry_damaged``: all damaged."""
     if isinstance(config, Study) and (overrides or imports):
         raise ConfigError("give overrides and imports to vaebench.study, which builds the Study")
     s = config if isinstance(config, Study) else study(config, overrides, imports)
     return _run_study(s, out, device=device, jobs=jobs, executor=executor, ray_address=ray_address,
                       gpus_per_run=gpus_per_run, force=force, retry_failed=retry_failed, dry_run=dry_run,
-                      progress=progress, on_result=on_result, restart_changed=restart_changed)
+                      progress=progress, on_result=on_result, restart_changed=restart_changed, retry=retry,
+                      retry_damaged=retry_damaged)
 
 
 def run(config: str | Path | dict[str, Any] | RunConfig, out: str | Path = "results",
@@ -168,7 +171,7 @@ def evaluate(path: str | Path = "results", k: int = 5000, split: str = "test", d
     samples per image, into each run's eval.json beside its other (split, k, checkpoint) entries;
     runs with that entry already are skipped unless ``force``. ``checkpoint``: "last" or "best"
     (best.pt, kept by train.keep_best: true). Returns one row per run: run, state (evaluated /
-    skipped / not done / no best.pt), the split's numbers. ``on_result(row)`` is called after each
+    skipped / not done / no best.pt / damaged, with its reason), the split's numbers. ``on_result(row)`` is called after each
     run. threads: torch threads (default one); progress: a bar of images done and time left per run
     (None: on a terminal only). A run's plugins are imported only from ``imports`` or, with ``trust``,
     from its record (running their code); a run whose plugin changed since training is refused
@@ -189,6 +192,8 @@ def evaluate(path: str | Path = "results", k: int = 5000, split: str = "test", d
     if not run_dirs:
         raise VaebenchError(f"no runs found under {root}")
     if len(run_dirs) == 1 and runs.run_state(run_dirs[0]).state != "done":
+        if runs.run_state(run_dirs[0]).state == "damaged":
+            raise VaebenchError(f"{run_dirs[0]} is damaged: {runs.run_state(run_dirs[0]).reason}")
         if not (run_dirs[0] / runs.CHECKPOINT).is_file():
             raise VaebenchError(f"{run_dirs[0]} has no checkpoint yet; train it first (vaebench run)")
         raise VaebenchError(f"{run_dirs[0]} is not done ({runs.run_state(run_dirs[0]).state}); "
@@ -199,16 +204,24 @@ def evaluate(path: str | Path = "results", k: int = 5000, split: str = "test", d
     for run_dir in run_dirs:
         row: dict[str, Any] = {"run": _run_label(run_dir, root), "split": split, "checkpoint": checkpoint}
         done = runs.find_eval(runs.read_evals(run_dir), split, k, checkpoint)
-        if runs.run_state(run_dir).state != "done":
+        st = runs.run_state(run_dir)
+        if st.state == "damaged":  # skipped with its reason; the others go on
+            row |= {"state": "damaged", "reason": st.reason}
+        elif st.state != "done":
             row["state"] = "not done"
         elif checkpoint == "best" and not (run_dir / runs.BEST).is_file():
             row["state"] = f"no {runs.BEST}"
         elif done and not force:
             row |= {**done, "state": "skipped"}
         else:
-            row |= {**evaluate_run(run_dir, k=k, split=split, device=device, batch=batch, threads=threads,
-                                   progress=progress, checkpoint=checkpoint,
-                                   allow_changed_code=allow_changed_code), "state": "evaluated"}
+            try:
+                row |= {**evaluate_run(run_dir, k=k, split=split, device=device, batch=batch, threads=threads,
+                                       progress=progress, checkpoint=checkpoint,
+                                       allow_changed_code=allow_changed_code), "state": "evaluated"}
+            except VaebenchError as e:  # e.g. best.pt unreadable: this run is skipped, the others go on
+                if len(run_dirs) == 1:
+                    raise
+                row |= {"state": "damaged", "reason": str(e)}
         row.pop("kl_per_dim", None)
         rows.append(row)
         if on_result:

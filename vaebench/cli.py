@@ -101,17 +101,23 @@ def cli() -> None:
 @click.option("--retry-failed", is_flag=True, help="Rerun runs that failed (they are skipped otherwise).")
 @click.option("--restart-changed", is_flag=True,
               help="Train over the runs whose plugin code changed since they started (refused otherwise).")
-@click.option("--dry-run", is_flag=True, help="Print the runs and their state (done/partial/failed/new); run nothing.")
+@click.option("--retry", "retry", multiple=True, metavar="RUN_OR_GLOB",
+              help="Redo the failed or damaged runs named (a folder name, an id, or a glob); a damaged one "
+                   "starts over, its old files kept in RUN/.damaged-<time>/. Repeatable.")
+@click.option("--retry-damaged", is_flag=True, help="Redo every damaged run (as --retry does).")
+@click.option("--dry-run", is_flag=True,
+              help="Print the runs and their state (done/partial/failed/damaged/new); run nothing.")
 @_imports
 def run(config: str, overrides: tuple[str, ...], out: str, device: str, jobs: int | None, executor: str,
         ray_address: str | None, gpus_per_run: float | None, force: bool, retry_failed: bool,
-        restart_changed: bool, dry_run: bool, imports: tuple[str, ...]) -> None:
+        restart_changed: bool, retry: tuple[str, ...], retry_damaged: bool, dry_run: bool,
+        imports: tuple[str, ...]) -> None:
     """Train the runs CONFIG describes (one run, or a study); rerunning does only what is missing.
 
     \b
     Exit status:
       0    every run of the study is done (--dry-run: the listing was printed)
-      1    some runs are not done: failed, cut, or being trained by another process
+      1    some runs are not done: failed, damaged, cut, or being trained by another process
       2    a mistake in the config, an override or the environment (a full disk,
            a read-only folder, a path that is a file, a plugin changed since its
            runs started: --restart-changed); one line says which
@@ -128,18 +134,20 @@ def run(config: str, overrides: tuple[str, ...], out: str, device: str, jobs: in
         click.echo(f"vaebench: note: {note}", err=True)
     res = run_study(s, out=out, device=device, jobs=jobs, executor=executor, ray_address=ray_address,
                     gpus_per_run=gpus_per_run, force=force, retry_failed=retry_failed, dry_run=dry_run,
-                    restart_changed=restart_changed,
+                    restart_changed=restart_changed, retry=retry, retry_damaged=retry_damaged,
                     on_result=lambda root, r: (tqdm.write(_line(r)), sys.stdout.flush()))
     table = res.table()
     if dry_run:
         counts = table["state"].value_counts()
         click.echo(_table(table.drop(columns=["reason", "val_elbo"])))
         click.echo(f"{len(table)} runs in {res.root}: " + ", ".join(f"{counts.get(k, 0)} {k}" for k in
-                                                               ("done", "partial", "running", "failed", "new")))
+                                                               ("done", "partial", "running", "failed", "damaged", "new")))
+        _say_damaged(table)
         return
     if not res.results:
         click.echo(f"nothing to do: all {len(table)} runs in {res.root} are done"
                    + (" or failed (--retry-failed reruns those)" if (table["state"] == "failed").any() else "")
+                   + (" or damaged (--retry-damaged redoes those)" if (table["state"] == "damaged").any() else "")
                    + (" or running elsewhere" if (table["state"] == "running").any() else ""))
     if len(table) > 1:
         click.echo(_table(table if table["reason"].astype(bool).any() else table.drop(columns=["reason"])))
@@ -148,10 +156,22 @@ def run(config: str, overrides: tuple[str, ...], out: str, device: str, jobs: in
         states = table["state"].iloc[not_done].value_counts()
         what = ", ".join(f"{n} {s}" for s, n in states.items())
         hint = "; --retry-failed reruns failed ones" if "failed" in states else ""
+        hint += "; --retry-damaged (or --retry RUN) redoes damaged ones" if "damaged" in states else ""
         hint += "; run the same command again to finish partial ones" if "partial" in states else ""
         click.echo(f"vaebench: {len(not_done)} of {len(table)} runs are not done ({what}); see each run's "
                    f"status.json{hint}", err=True)
         sys.exit(1)
+
+
+def _say_damaged(damaged) -> int:
+    """One line on stderr per damaged run (its folder, the file and the fix); returns how many.
+    ``damaged``: {run: reason}, or a table with state and reason columns."""
+    if not isinstance(damaged, dict):
+        bad = damaged[damaged["state"] == "damaged"]
+        damaged = dict(zip(bad["run"], bad["reason"]))
+    for run, why in damaged.items():
+        click.echo(f"vaebench: damaged: {run}: {why}", err=True)
+    return len(damaged)
 
 
 def _folder(option: str, path: str | None) -> None:
@@ -197,11 +217,18 @@ def _run_k(run_dir) -> int | None:
 @_trust
 def ls_command(results: str, trust: bool, imports: tuple[str, ...]) -> None:
     """List the runs under RESULTS: varied values, state, code (a hash of the plugins' code: runs of
-    different code differ), steps, final validation ELBO."""
+    different code differ), steps, final validation ELBO.
+
+    \b
+    Exit status: 0 listed; 1 listed, but some runs are damaged (one line each on stderr names the
+    run, the file and the fix); 2 a mistake (no such folder)."""
     from .api import import_plugins, ls
 
     import_plugins(imports)
-    click.echo(_table(ls(results, trust=trust)))
+    table = ls(results, trust=trust)
+    click.echo(_table(table))
+    if _say_damaged(table.attrs["damaged"]):
+        sys.exit(1)
 
 
 @cli.command(name="report")
@@ -216,7 +243,11 @@ def ls_command(results: str, trust: bool, imports: tuple[str, ...]) -> None:
 @_trust
 def report_command(results: str, out: str | None, jobs: int | None, force: bool, formats: str,
                    trust: bool, imports: tuple[str, ...]) -> None:
-    """Draw every run's figures, every study's comparisons and a summary table, with an index.html."""
+    """Draw every run's figures, every study's comparisons and a summary table, with an index.html.
+
+    \b
+    Exit status: 0 drawn; 1 drawn, but some runs are damaged (one line each names the run, the file
+    and the fix; the index lists them and draws what their readable files allow); 2 a mistake."""
     from .api import report
 
     _folder("--out", out)
@@ -225,6 +256,8 @@ def report_command(results: str, out: str | None, jobs: int | None, force: bool,
     missing = f"; {len(rep.missing)} runs have figures missing (see the index)" if rep.missing else ""
     click.echo(f"drew {len(rep.drawn)}, reused {len(rep.reused)} unchanged{missing}")
     click.echo(f"report: {rep.index}")
+    if _say_damaged(rep.damaged):
+        sys.exit(1)
 
 
 @cli.command(name="sample")
@@ -281,7 +314,8 @@ def compare_command(path: str, metric: str | None, reference: str | None, per_ce
                     reduce: str, fmt: str) -> None:
     """Each axis value (each variant) against the reference, paired by seed within each cell of the
     other axes: mean difference, its 95% Student-t interval over seeds, the share of pairs better, and
-    a verdict at Holm-adjusted p < 0.05 across the table."""
+    a verdict at Holm-adjusted p < 0.05 across the table. Exit status 1: some runs are damaged (one
+    line each) and left out."""
     from .api import compare, compare_text
     from .report.compare import default_metric
     from .report.studies import load_final
@@ -289,6 +323,8 @@ def compare_command(path: str, metric: str | None, reference: str | None, per_ce
     final = load_final(path, k, reduce)
     table = compare(final, metric or default_metric(final), reference, k=k, reduce=reduce, per_cell=per_cell)
     click.echo(compare_text(table, fmt), nl=False)
+    if _say_damaged(final):  # its seeds are not among the pairs: say so, not silently fewer
+        sys.exit(1)
 
 
 @cli.command(name="summary")
@@ -320,11 +356,17 @@ def summary_command(path: str, k: int | None, reduce: str, fmt: str) -> None:
 def eval_command(path: str, k: int, split: str, device: str, batch: int | None, threads: int | None,
                  checkpoint: str, force: bool, allow_changed_code: bool, trust: bool, imports: tuple[str, ...]) -> None:
     """Importance-weighted log p(x), ELBO, active units and KL per dimension of every done run under
-    RUN_OR_STUDY, into each run's eval.json (vaebench ls shows them)."""
+    RUN_OR_STUDY, into each run's eval.json (vaebench ls shows them).
+
+    \b
+    Exit status: 0 every run evaluated or skipped as done before; 1 some runs were skipped as
+    damaged (one line each names the run, the file and the fix); 2 a mistake."""
     from .api import evaluate
 
     def line(row) -> None:
-        if "iw_ll" not in row:
+        if row["state"] == "damaged":
+            click.echo(f"vaebench: damaged: {row['run']}: {row['reason']}", err=True)
+        elif "iw_ll" not in row:
             click.echo(f"{row['state']:9s} {row['run']}")
         else:
             best = f" (best.pt, step {row.get('step', '?')})" if checkpoint == "best" else ""
@@ -332,8 +374,13 @@ def eval_command(path: str, k: int, split: str, device: str, batch: int | None, 
                        f"± {row['iw_ll_se']:.2f}, ELBO {row['elbo']:.2f} ± {row['elbo_se']:.2f}, "
                        f"{row['active_units']} active units, {row['seconds']:.1f}s")
 
-    evaluate(path, k=k, split=split, device=device, batch=batch, force=force, on_result=line, threads=threads,
-             progress=None, imports=imports, checkpoint=checkpoint, trust=trust, allow_changed_code=allow_changed_code)
+    rows = evaluate(path, k=k, split=split, device=device, batch=batch, force=force, on_result=line,
+                    threads=threads, progress=None, imports=imports, checkpoint=checkpoint, trust=trust,
+                    allow_changed_code=allow_changed_code)
+    if (rows["state"] == "damaged").any():
+        click.echo(f"vaebench: {int((rows['state'] == 'damaged').sum())} of {len(rows)} runs were skipped as "
+                   f"damaged (named above)", err=True)
+        sys.exit(1)
 
 
 @cli.command(name="config")

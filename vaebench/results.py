@@ -228,13 +228,15 @@ def load(path: str | Path = "results", final: bool = False, split: str | list[st
     run_dirs, names = study_order(runs.find_runs(root))
     if not run_dirs:
         raise VaebenchError(f"no runs found under {root}")
-    raw = [runs.read_config(d) for d in run_dirs]
+    raw = [_config_or_none(d) for d in run_dirs]
     if trust:
-        import_recorded(raw, strict=False)
+        import_recorded([c for c in raw if c is not None], strict=False)
     else:
         _entry_points()
-    configs = [flatten(c, tuples=True) for c in raw]
     states = [runs.run_state(d) for d in run_dirs]
+    # a damaged config.yaml's values are not the run's: its row has none (and no numbers)
+    raw = [c if c is not None and st.file != runs.CONFIG else {} for c, st in zip(raw, states)]
+    configs = [flatten(c, tuples=True) for c in raw]
     labels = [_run_label(d, root) for d in run_dirs]
     studies = [_study_label(d, root) for d in run_dirs]
     n = len(run_dirs)
@@ -263,7 +265,7 @@ def load(path: str | Path = "results", final: bool = False, split: str | list[st
     else:
         splits = _as_list(split, ("train", "val"), "split")
         terms = _as_list(term, runs.TERMS, "term")
-        chunks = [_long_metrics(d, splits, terms) for d in run_dirs]
+        chunks = [_long_metrics(d, splits, terms, st) for d, st in zip(run_dirs, states)]
         counts = np.array([len(c[0]) for c in chunks], dtype=np.int64)
         body = {"step": np.concatenate([c[0] for c in chunks]) if n else np.zeros(0, np.int32),
                 "split": pd.Categorical.from_codes(np.concatenate([c[1] for c in chunks]), categories=["train", "val"]),
@@ -302,10 +304,20 @@ def load(path: str | Path = "results", final: bool = False, split: str | list[st
     return df
 
 
-def _long_metrics(run_dir: Path, splits: list[str], terms: list[str]) -> tuple[np.ndarray, ...]:
+def _config_or_none(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return runs.read_config(run_dir)
+    except VaebenchError:  # run_state names the file: the run is damaged, the others load
+        return None
+
+
+def _long_metrics(run_dir: Path, splits: list[str], terms: list[str],
+                  state: runs.RunState | None = None) -> tuple[np.ndarray, ...]:
     """A run's logged terms as flat arrays (step, split code, term code, value), term-major, with
-    the split filter applied to the Arrow table before anything becomes a NumPy array."""
-    table = runs.read_metrics_table(run_dir)
+    the split filter applied to the Arrow table before anything becomes a NumPy array; none for a
+    run whose metrics or config are damaged (its row of load(final=True) says why)."""
+    damaged = state is not None and state.state == "damaged" and state.file in (runs.CONFIG, runs.METRICS)
+    table = runs.METRICS_SCHEMA.empty_table() if damaged else runs.read_metrics_table(run_dir)
     if len(splits) < 2:
         table = table.filter(pc.is_in(table["split"], value_set=pa.array(splits)))
     split_codes = pc.index_in(table["split"], value_set=pa.array(["train", "val"])).to_numpy(zero_copy_only=False)
@@ -380,6 +392,8 @@ def varied_keys(df: pd.DataFrame) -> list[str]:
     """The config columns whose values differ across the runs in ``df``: a study's axes and seeds
     (execution-only keys such as train.threads aside)."""
     config_cols = [c for c in df.columns if "." in c or c == "seed"]
+    if config_cols:  # a run whose config.yaml is unreadable has no values: it varies nothing
+        df = df[df[config_cols].notna().any(axis=1)]
     return [c for c in config_cols if not is_execution_key(c) and df[c].astype(str).nunique(dropna=False) > 1]
 
 
@@ -393,4 +407,7 @@ def ls(path: str | Path = "results", trust: bool = False) -> pd.DataFrame:
                            "test_k") if c in df]
     metrics += sorted(c for c in df.columns if c.endswith(("_iw_ll", "_iw_ll_se", "_k")) and "." not in c
                       and c not in metrics)
-    return df[["run", *keys, "state", "code", "step", "steps", "engine", *metrics]].reset_index(drop=True)
+    out = df[["run", *keys, "state", "code", "step", "steps", "engine", *metrics]].reset_index(drop=True)
+    bad = df["state"] == "damaged"
+    out.attrs["damaged"] = dict(zip(df["run"][bad].astype(str), df["reason"][bad]))  # run: the file and the fix
+    return out

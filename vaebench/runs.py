@@ -194,11 +194,15 @@ def read_config(run_dir: Path) -> dict[str, Any]:
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:
-    return read_json(Path(run_dir) / STATUS) or {"state": "new", "step": 0}
+    """status.json as a mapping; a missing or damaged one reads as new (run_state says damaged)."""
+    doc = read_json(Path(run_dir) / STATUS)
+    return doc if isinstance(doc, dict) else {"state": "new", "step": 0}
 
 
 def read_final(run_dir: Path) -> dict[str, Any] | None:
-    return read_json(Path(run_dir) / FINAL)
+    """final.json when it is a mapping (valid JSON of another type reads as none: run_state says damaged)."""
+    doc = read_json(Path(run_dir) / FINAL)
+    return doc if isinstance(doc, dict) else None
 
 
 def _eval_entries(doc: Any) -> list[dict[str, Any]]:
@@ -234,6 +238,9 @@ def add_eval(run_dir: Path, entry: dict[str, Any]) -> None:
     run_dir = Path(run_dir)
     ident = (entry["split"], entry["k"], entry["checkpoint"])
     with FileLock(run_dir / EVAL_LOCK):
+        path = run_dir / EVAL
+        if path.is_file() and not isinstance(read_json(path), dict):  # damaged: kept beside, not overwritten
+            os.replace(path, run_dir / f"{EVAL}.damaged-{_dt.datetime.now(_dt.timezone.utc):%Y%m%dT%H%M%S%f}")
         kept = [e for e in read_evals(run_dir) if (e["split"], e["k"], e["checkpoint"]) != ident]
         entries = sorted([*kept, entry], key=lambda e: (
             SPLIT_ORDER.index(e["split"]) if e["split"] in SPLIT_ORDER else len(SPLIT_ORDER), e["split"],
@@ -322,6 +329,27 @@ def clear(run_dir: Path) -> None:
     for name in (CHECKPOINT, CHECKPOINT_NEXT, BEST, METRICS, FINAL, STATUS, CODE):
         (Path(run_dir) / name).unlink(missing_ok=True)
     shutil.rmtree(Path(run_dir) / PARTS, ignore_errors=True)
+
+
+SET_ASIDE = ".damaged-"  # a retried damaged run's old files: <run>/.damaged-<time>/ (readers skip dot folders)
+
+
+def set_aside(run_dir: Path, run_id: str) -> Path | None:
+    """Before a damaged run is retrained (--retry, its lock held): move what it wrote (and a
+    config.yaml that does not hash to ``run_id``) into ``.damaged-<time>/``, so nothing is lost and
+    the run starts from 0. Returns that folder (None when there was nothing to move)."""
+    run_dir = Path(run_dir)
+    names = [CHECKPOINT, CHECKPOINT_NEXT, BEST, METRICS, PARTS, FINAL, STATUS]
+    if config_problem(run_dir, run_id):
+        names.append(CONFIG)
+    present = [n for n in names if (run_dir / n).exists()]
+    if not present:
+        return None
+    dest = run_dir / (SET_ASIDE + _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f"))
+    dest.mkdir()
+    for n in present:
+        os.replace(run_dir / n, dest / n)
+    return dest
 
 
 def commit_checkpoint(run_dir: Path) -> None:
@@ -413,14 +441,7 @@ def prepare(run_dir: Path, cfg: Any, env: dict[str, Any] | None = None) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = run_dir / CONFIG
     if cfg_path.is_file():
-        try:
-            same = type(cfg).model_validate(read_config(run_dir)).run_hash() == cfg.run_hash()
-        except Exception:  # unreadable or no longer valid: not this run
-            same = False
-        if not same:
-            from .errors import ConfigError
-
-            raise ConfigError(f"{run_dir} holds a run of a different config; choose another --out or delete it")
+        check_identity(run_dir, cfg.run_hash())
     atomic_write(cfg_path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))  # execution-only keys may have changed
     if not (run_dir / CODE).is_file() and not (run_dir / CHECKPOINT).is_file():  # at the start, kept on resume;
         write_json(run_dir / CODE, code_record(list(cfg.imports)))  # a run trained before records stays unknown
@@ -445,7 +466,9 @@ def load_model(run_dir: str | Path, device: str = "cpu", checkpoint: str = "last
         raise VaebenchError(f"{run_dir} has no {BEST} (trained without train.keep_best); train it again with "
                             f"--set train.keep_best=true --force, or use the last checkpoint")
     if not ckpt.is_file():
-        raise VaebenchError(f"{run_dir} has no checkpoint yet; train it first (vaebench run)")
+        st = run_state(run_dir)  # a done run's missing checkpoint is damage, not "not trained yet"
+        raise VaebenchError(f"{run_dir}: {st.reason}" if st.state == "damaged" else
+                            f"{run_dir} has no checkpoint yet; train it first (vaebench run)")
     cfg = read_config(run_dir)
     imports = [i for i in cfg.get("imports") or [] if isinstance(i, str)]
     need = plugins.missing(imports)
@@ -459,13 +482,20 @@ def load_model(run_dir: str | Path, device: str = "cpu", checkpoint: str = "last
     if changed:
         raise VaebenchError(changed_code_message(run_dir, changed, "restore it (eval, sample and reconstruct "
                                                                "take --allow-changed-code to use it as it is now)"))
-    state = torch.load(ckpt, map_location=device, weights_only=True)
-    model_state = state["model"]
+    bad = config_problem(run_dir) or checkpoint_problem(ckpt)
+    if bad:  # never a model under a config it was not trained with, nor torch's own message
+        raise VaebenchError(f"{run_dir}: {bad}")
     try:
+        state = torch.load(ckpt, map_location=device, weights_only=True)
+        model_state = state["model"]
         model = build_model(cfg["model"], _data_dim(model_state)).to(device)
+        model.load_state_dict(model_state)
     except VaebenchError as e:
         raise VaebenchError(f"{run_dir}: {e}") from None
-    model.load_state_dict(model_state)
+    except Exception as e:  # readable, but not this run's model
+        raise VaebenchError(f"{run_dir}: {ckpt.name} does not hold this run's model ({type(e).__name__}: "
+                            f"{(str(e).splitlines() or [''])[0][:120]}); retrain it with vaebench run CONFIG "
+                            f"--retry {run_dir.name}") from None
     model.trained_steps = int(state.get("step", 0))
     return model.eval()
 
@@ -555,40 +585,184 @@ def checkpoint_step(run_dir: Path) -> int | None:
 @dataclass(frozen=True)
 class RunState:
     """What a run is now: new, running (its lock is held), partial (resumable from ``step``),
-    failed (``reason``) or done (its metrics hold every row its steps give)."""
+    failed (``reason``), damaged (``file`` unreadable or not this run's: ``reason`` names it and
+    the fix) or done (config, metrics, final.json and checkpoint readable and complete)."""
 
     state: str
     step: int = 0
     reason: str | None = None
+    file: str | None = None  # damaged: the file at fault
 
     def __str__(self) -> str:
         return self.state
 
 
+def retry_hint(run_dir: Path) -> str:
+    return f"retrain it with vaebench run CONFIG --retry {Path(run_dir).name} (its old files are kept aside)"
+
+
+def folder_id(run_dir: Path) -> str | None:
+    """The run id a folder is named by (``<varied values>-<id>``, or grid.yaml's entry), or None."""
+    run_dir = Path(run_dir)
+    tail = run_dir.name.rsplit("-", 1)[-1]
+    if len(tail) == 10 and all(c in "0123456789abcdef" for c in tail):
+        return tail
+    for e in _grid_doc(run_dir.parent).get("runs") or []:
+        if isinstance(e, dict) and e.get("folder") == run_dir.name and isinstance(e.get("id"), str):
+            return e["id"]
+    return None
+
+
+def _config_hash(run_dir: Path) -> tuple[str | None, str | None]:
+    """(the id config.yaml hashes to, or None; the problem, or None), cached while the file is unchanged."""
+    path = Path(run_dir) / CONFIG
+    try:
+        st = path.stat()
+    except OSError:  # a folder not prepared yet: a new run
+        return None, None
+    from .plugins import loaded
+
+    return _hash_config(str(path), st.st_mtime_ns, st.st_size, tuple(loaded()))
+
+
+@functools.lru_cache(maxsize=4096)
+def _hash_config(path: str, mtime_ns: int, size: int, _plugins: tuple) -> tuple[str | None, str | None]:
+    from .config import schema
+    from .errors import UnknownComponentError
+
+    try:
+        cfg = read_config(Path(path).parent)
+    except VaebenchError as e:
+        return None, f"{CONFIG} is unreadable ({str(e).split(': ', 1)[-1].split(';')[0]})"
+    try:
+        return schema().model_validate(cfg).run_hash(), None
+    except UnknownComponentError:  # a plugin's component that is not imported here: the id can't be checked
+        return None, None
+    except Exception as e:  # noqa: BLE001 - pydantic's errors, a hand-edited value
+        errors = e.errors() if hasattr(e, "errors") else []
+        if errors and all(str(x.get("msg", "")).startswith("Value error, unknown ") for x in errors):
+            return None, None  # only components not registered here (a plugin not imported): can't tell
+        msg = "; ".join(f"{'.'.join(map(str, x.get('loc', ())))}: {x.get('msg')}" for x in errors[:2]) or str(e)
+        return None, f"{CONFIG} is not a valid run config ({(msg.splitlines() or [''])[0][:160]})"
+
+
+def config_problem(run_dir: Path, run_id: str | None = None) -> str | None:
+    """Why config.yaml is not this run's (unreadable, invalid, or hashing to another id than
+    ``run_id``, by default the folder's), or None."""
+    run_id = run_id or folder_id(run_dir)
+    got, problem = _config_hash(run_dir)
+    if problem:
+        return problem
+    if got is not None and run_id is not None and got != run_id:
+        return (f"{CONFIG} does not hash to the run's id {run_id} (it hashes to {got}: edited by hand?); "
+                f"its numbers are not of this config")
+    return None
+
+
+def check_identity(run_dir: Path, run_id: str) -> None:
+    """Refuse, before anything is removed or written, a folder whose config.yaml is not run ``run_id``'s."""
+    bad = config_problem(run_dir, run_id)
+    if bad:
+        from .errors import ConfigError
+
+        raise ConfigError(f"{run_dir} holds another run or a damaged one: {bad}; restore it, "
+                          f"{retry_hint(run_dir)}, or choose another --out")
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a checkpoint file can't be read (missing, truncated, corrupt), or None; a zip check of
+    every member's CRC (torch.save's format), cached while the file is unchanged."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError:
+        return f"{path.name} is missing"
+    return _check_zip(str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=4096)
+def _check_zip(path: str, mtime_ns: int, size: int) -> str | None:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+        if bad is None:
+            return None
+        why = f"member {bad} is corrupt"
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as e:
+        why = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:80]}"
+    return f"{Path(path).name} is truncated or corrupt ({size:,} bytes; {why})"
+
+
+def final_problem(run_dir: Path) -> str | None:
+    """Why final.json is not a done run's (missing, not JSON, or not {split: {rec, kl, elbo}}), or None."""
+    path = Path(run_dir) / FINAL
+    if not path.is_file():
+        return f"{FINAL} is missing"
+    doc = read_json(path)
+    if not isinstance(doc, dict):
+        return f"{FINAL} is not a JSON object" if doc is not None else f"{FINAL} is not valid JSON"
+    for split in ("train", "val"):
+        terms = doc.get(split)
+        if not (isinstance(terms, dict) and all(isinstance(terms.get(t), (int, float)) and
+                                                not isinstance(terms.get(t), bool) for t in TERMS)):
+            return f"{FINAL} has no {split} rec, kl and elbo numbers"
+    return None
+
+
+def _status_problem(run_dir: Path) -> str | None:
+    path = Path(run_dir) / STATUS
+    if not path.exists():
+        return None
+    doc = read_json(path)
+    if isinstance(doc, dict) and isinstance(doc.get("state", "new"), str):
+        return None
+    return f"{STATUS} is not a JSON object" if doc is not None or path.stat().st_size else f"{STATUS} is empty"
+
+
+def _damaged(run_dir: Path, step: int, file: str, problem: str) -> RunState:
+    return RunState("damaged", step, f"{problem}; {retry_hint(run_dir)}", file)
+
+
 def run_state(run_dir: str | Path) -> RunState:
     """The one derivation of a run's state that ls, --dry-run, the report and load(final=True) show.
 
-    running only while its lock is held; otherwise done only when metrics.parquet holds the rows its
-    steps give (a short file is partial: the rerun repairs it), failed with the reason on disk, or
-    partial at its last checkpointed step."""
+    running only while its lock is held; damaged when config.yaml is unreadable or does not hash to
+    the folder's id, or status.json is not a mapping, or (a done run) metrics.parquet, final.json
+    or checkpoint.pt is unreadable, or (a partial run) its checkpoint is; otherwise done only when
+    metrics.parquet holds the rows its steps give (a short file is partial: the rerun repairs it),
+    failed with the reason on disk, or partial at its last checkpointed step."""
     run_dir = Path(run_dir)
     status = read_status(run_dir)
     state = status.get("state", "new")
+    step = status.get("step", 0)
+    step = step if isinstance(step, int) and not isinstance(step, bool) else 0
     if is_locked(run_dir):
-        return RunState("running", int(status.get("step", 0) or 0), status.get("reason"))
+        return RunState("running", step, status.get("reason"))
+    for file, problem in ((CONFIG, config_problem(run_dir)), (STATUS, _status_problem(run_dir))):
+        if problem:
+            return _damaged(run_dir, step, file, problem)
     if state == "done":
         want = _want_rows(run_dir, status)
         have = metrics_rows(run_dir)
-        if want is None or have == want:
-            return RunState("done", int(status.get("step", 0) or 0))
-        return RunState("partial", checkpoint_step(run_dir) or 0,
-                        f"{METRICS} holds {have or 0} of {want} rows; run the same command again to repair it")
+        if have is None and (run_dir / METRICS).is_file():
+            return _damaged(run_dir, step, METRICS, f"{METRICS} is unreadable (not a parquet file)")
+        if not (want is None or have == want):
+            return RunState("partial", checkpoint_step(run_dir) or 0,
+                            f"{METRICS} holds {have or 0} of {want} rows; run the same command again to repair it")
+        for file, problem in ((FINAL, final_problem(run_dir)), (CHECKPOINT, checkpoint_problem(run_dir / CHECKPOINT))):
+            if problem:
+                return _damaged(run_dir, step, file, problem)
+        return RunState("done", step)
     if state == "failed":
-        return RunState("failed", int(status.get("step", 0) or 0), status.get("reason"))
-    step = checkpoint_step(run_dir)
-    if state == "new" and step is None:
+        return RunState("failed", step, status.get("reason"))
+    if (run_dir / CHECKPOINT).is_file() and (problem := checkpoint_problem(run_dir / CHECKPOINT)):
+        return _damaged(run_dir, 0, CHECKPOINT, problem)
+    ckpt = checkpoint_step(run_dir)
+    if state == "new" and ckpt is None:
         return RunState("new")
-    return RunState("partial", step or 0, status.get("reason") if state == "running" else None)
+    return RunState("partial", ckpt or 0, status.get("reason") if state == "running" else None)
 
 
 def _want_rows(run_dir: Path, status: dict[str, Any]) -> int | None:
@@ -599,18 +773,21 @@ def _want_rows(run_dir: Path, status: dict[str, Any]) -> int | None:
         return None
 
 
-def repair(run_dir: Path) -> str | None:
+def repair(run_dir: Path, run_id: str | None = None) -> str | None:
     """Before a run trains again (its lock held): remove dead writers' temp files, finish a cut
-    compaction, and make a done run whose metrics are short train again. Returns what was done."""
+    compaction, and make a done run whose metrics are short train again. Returns what was done.
+    Nothing is removed from a folder whose config.yaml is not run ``run_id``'s (check_identity)."""
     run_dir = Path(run_dir)
     clean_temps(run_dir)
     clean_temps(run_dir / PARTS)
     status = read_status(run_dir)
-    if status.get("state") != "done":
+    if status.get("state") != "done" or config_problem(run_dir, run_id):
         return None
     want = _want_rows(run_dir, status)
     if want is None:
         return None
+    if metrics_rows(run_dir) is None and (run_dir / METRICS).is_file():
+        return None  # unreadable, not short: damaged, retrained only with --retry (run_state)
     have = metrics_rows(run_dir) or 0
     if have != want and part_files(run_dir):
         have = compact_metrics(run_dir)

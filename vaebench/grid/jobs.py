@@ -38,6 +38,7 @@ class Job:
     threads: int = 1
     force: bool = False
     progress: bool | None = None
+    retry: tuple[Path, ...] = ()  # damaged runs to start over (--retry): their files are set aside first
 
 
 def init_worker(lock: Any, slots: Any) -> None:
@@ -99,8 +100,10 @@ def execute(job: Job) -> list:
             results[i] = RunResult(run_dir, "failed", 0, reason(e))
             continue
         try:
-            if not job.force:
-                runs.repair(run_dir)  # temp files of killed writes, a cut compaction, a short done run
+            if run_dir in job.retry:
+                runs.set_aside(run_dir, job.configs[i].run_hash())  # kept in .damaged-<time>/, retrained from 0
+            elif not job.force:
+                runs.repair(run_dir, job.configs[i].run_hash())  # killed writes, a cut compaction, a short done run
         except OSError as e:
             lock.release()
             results[i] = RunResult(run_dir, "failed", 0, reason(e))

@@ -22,11 +22,11 @@ from .jobs import Job, execute
 from .study import Study, format_value
 
 GRID_FILE = runs.GRID
-STATES = ("new", "partial", "running", "failed", "done")
+STATES = ("new", "partial", "running", "failed", "damaged", "done")
 
 
 def run_state(run_dir: Path) -> str:
-    """new / partial / running / failed / done, as vaebench.runs.run_state derives it."""
+    """new / partial / running / failed / damaged / done, as vaebench.runs.run_state derives it."""
     return runs.run_state(run_dir).state
 
 
@@ -84,9 +84,29 @@ class StudyResult:
         return [i for i in range(len(self.run_dirs)) if self.state(i).state != "done"]
 
 
-def _todo(states: list[str], force: bool, retry_failed: bool) -> list[int]:
-    wanted = {"new", "partial"} | ({"failed"} if retry_failed else set())
-    return [i for i, s in enumerate(states) if s != "running" and (force or s in wanted)]
+def _todo(states: list[str], force: bool, retry_failed: bool, named: set[int] = frozenset(),
+          retry_damaged: bool = False) -> list[int]:
+    """What this command runs: new and partial runs; failed ones with --retry-failed, damaged ones
+    with --retry-damaged, either when --retry names them (``named``); everything with --force (a
+    damaged folder then fails on its identity check, untouched, unless its config is its own)."""
+    wanted = {"new", "partial"} | ({"failed"} if retry_failed else set()) | ({"damaged"} if retry_damaged else set())
+    return [i for i, s in enumerate(states) if s != "running"
+            and (force or s in wanted or (i in named and s in ("failed", "damaged")))]
+
+
+def match_runs(patterns: list[str] | tuple[str, ...], run_dirs: list[Path], hashes: list[str]) -> set[int]:
+    """The runs --retry names: each pattern a folder name, its id or a glob of either (or of the path)."""
+    from fnmatch import fnmatchcase
+
+    found: set[int] = set()
+    for pat in patterns:
+        pat_name = Path(pat).name or pat
+        hits = {i for i, (d, h) in enumerate(zip(run_dirs, hashes))
+                if fnmatchcase(d.name, pat_name) or fnmatchcase(h, pat_name) or fnmatchcase(str(d), pat)}
+        if not hits:
+            raise ConfigError(f"--retry {pat} names no run of this study; vaebench run CONFIG --dry-run lists them")
+        found |= hits
+    return found
 
 
 def _eval_missing(cfg, run_dir: Path) -> bool:
@@ -162,10 +182,13 @@ def run_study(study: Study, out: str | Path = "results", device: str = "auto", j
               executor: str = "local", ray_address: str | None = None, gpus_per_run: float | None = None,
               force: bool = False, retry_failed: bool = False, dry_run: bool = False,
               progress: bool | None = None, on_result: Callable[[Path, Any], None] | None = None,
-              restart_changed: bool = False) -> StudyResult:
+              restart_changed: bool = False, retry: list[str] | tuple[str, ...] = (),
+              retry_damaged: bool = False) -> StudyResult:
     """Run every missing run of ``study`` under ``out/<name>/``; see the module docstring.
     ``restart_changed``: runs whose plugin code changed since they started are trained over (without
-    it, such a run is refused rather than resumed or skipped under code that did not make it)."""
+    it, such a run is refused rather than resumed or skipped under code that did not make it).
+    ``retry``: folder names, ids or globs of failed or damaged runs to redo (each damaged one from 0,
+    its old files kept in ``.damaged-<time>/``); ``retry_damaged``: every damaged run."""
     run_executor = EXECUTORS.get(executor)
     root = Path(out) / study.name
     run_dirs = locate(root, study)
@@ -175,7 +198,9 @@ def run_study(study: Study, out: str | Path = "results", device: str = "auto", j
     for i in restart:
         states[i] = "new"
     result = StudyResult(study, root, run_dirs, states, before)
-    todo = _todo(states, force, retry_failed)
+    named = match_runs(retry, run_dirs, [r.hash for r in study.runs])
+    todo = _todo(states, force, retry_failed, named, retry_damaged)
+    again = tuple(run_dirs[i] for i in todo if states[i] == "damaged" and (i in named or retry_damaged))
     todo = sorted(todo + [i for i, (s, spec, d) in enumerate(zip(states, study.runs, run_dirs))
                           if s == "done" and i not in todo and _eval_missing(spec.config, d)])
     if dry_run or not todo:
@@ -200,7 +225,8 @@ def run_study(study: Study, out: str | Path = "results", device: str = "auto", j
         cfg = study.runs[todo[group[0]]].config
         threads = cfg.train.threads or DEFAULT_THREADS  # one run per core, one thread each (devices.set_threads)
         job_list.append(Job(tuple(study.runs[todo[g]].config for g in group),
-                            tuple(run_dirs[todo[g]] for g in group), device, threads, force, progress))
+                            tuple(run_dirs[todo[g]] for g in group), device, threads, force, progress,
+                            tuple(run_dirs[todo[g]] for g in group if run_dirs[todo[g]] in again)))
 
     from tqdm.auto import tqdm
 

@@ -73,6 +73,7 @@ class Report:
     reused: list[str] = field(default_factory=list)  # unchanged since the last report
     missing: dict[str, dict[str, str]] = field(default_factory=dict)  # run -> figure -> why it is missing
     seconds: dict[str, float] = field(default_factory=dict)  # wall time of each phase: read, draw, write
+    damaged: dict[str, str] = field(default_factory=dict)  # run -> the damaged file and the fix (run_state)
 
 
 def default_out(root: Path) -> Path:
@@ -171,20 +172,30 @@ def draw_run(run_dir: str | Path, fig_dir: str | Path, title: str, note: str = "
     torch.set_num_threads(1)
     run_dir, fig_dir = Path(run_dir), Path(fig_dir)
     fig_dir.mkdir(parents=True, exist_ok=True)
-    cfg = runs.read_config(run_dir)
     missing: dict[str, str] = {}
-    m = runs.read_metrics(run_dir)
+    bad_config = runs.config_problem(run_dir)  # a damaged run draws what its readable files allow
+    if bad_config:
+        missing = {name: bad_config for name in RUN_FIGURES}
+        cfg, m, bad_ckpt = {}, None, bad_config
+    else:
+        cfg = runs.read_config(run_dir)
+        try:
+            m = runs.read_metrics(run_dir)
+        except VaebenchError:
+            m, missing["terms"], missing["train_val"] = None, *[f"{runs.METRICS} is unreadable"] * 2
+        ckpt = run_dir / runs.CHECKPOINT
+        bad_ckpt = "no checkpoint yet" if not ckpt.is_file() else runs.checkpoint_problem(ckpt)
     window = int(cfg.get("train", {}).get("eval_every", 100))
     def save(fig, name):
         F.save(F.footnote(fig, note) if note else fig, fig_dir / name, formats)
 
-    if len(m):
+    if m is not None and len(m):
         save(F.plot_terms(m, window, title), "terms")
         save(F.plot_train_val(m, "rec", window, title), "train_val")
-    else:
+    elif m is not None:
         missing["terms"] = missing["train_val"] = "no metrics logged yet"
     images = None
-    if (run_dir / runs.CHECKPOINT).is_file():
+    if bad_ckpt is None:
         try:
             images, shape, step = _images(run_dir, cfg)
         except VaebenchError as e:  # its plugin not trusted, or changed since training: the run is marked so
@@ -198,9 +209,9 @@ def draw_run(run_dir: str | Path, fig_dir: str | Path, title: str, note: str = "
         save(F.plot_samples(images["samples"], shape, title, subtitle=at), "samples")
         save(F.plot_latent(*images["latent"], title, subtitle=at), "latent")
         save(F.plot_traversals(images["traversals"], shape, TRAVERSAL_VALUES, title, subtitle=at), "traversals")
-    elif not (run_dir / runs.CHECKPOINT).is_file():
+    elif bad_ckpt is not None:
         for name in ("recon_train", "recon_val", "samples", "latent", "traversals"):
-            missing[name] = "no checkpoint yet"
+            missing[name] = bad_ckpt
     for name in missing:  # a figure from an earlier report that can no longer be drawn is stale
         for fmt in F.FORMATS:
             (fig_dir / f"{name}.{fmt}").unlink(missing_ok=True)
@@ -380,6 +391,8 @@ def build_report(path: str | Path = "results", out: str | Path | None = None, fo
     same = manifest.get("version") == _FORMAT_VERSION and tuple(manifest.get("formats", RUN_FORMATS)) == formats
     old = manifest.get("runs", {}) if same else {}
     report = Report(out, out / "index.html", summary(final))
+    bad = final["state"] == "damaged"
+    report.damaged = dict(zip(final["run"][bad].astype(str), final["reason"][bad]))
 
     run_dirs = {label: run_path(root, label) for label in final["run"]}
     prints = {label: fingerprint(d) for label, d in run_dirs.items()}
@@ -518,7 +531,7 @@ img{max-width:100%;height:auto;border:1px solid #eee;display:block}
 figcaption{font-size:0.8em;color:#555} pre{background:#f7f7f7;padding:6px;font-size:0.75em;overflow:auto}
 nav.toc{background:#fafafa;border:1px solid #e4e4e4;padding:6px 14px;font-size:0.9em}
 nav.toc ol{margin:0.3em 0;padding-left:1.4em} nav.toc .runs{font-size:0.9em;color:#555}
-.state-failed{color:#b00020;font-weight:600} .state-done{color:#1b7f3a} .state-partial,.state-new,.state-running{color:#a06000}
+.state-failed{color:#b00020;font-weight:600} .state-done{color:#1b7f3a} .state-partial,.state-new,.state-running{color:#a06000} .state-damaged{color:#b00020;font-weight:600}
 details{margin:0.6em 0} summary{cursor:pointer} small.id{color:#888;font-weight:400;font-size:0.6em;overflow-wrap:anywhere}
 """
 
@@ -604,7 +617,10 @@ def _index_html(root: Path, final: pd.DataFrame, views: dict[str, StudyView], st
             if r["state"] == "done" and not why:
                 continue
             reason = r.get("reason") if isinstance(r.get("reason"), str) else ""
-            figs = "; ".join(f"{k}: {v}" for k, v in why.items())
+            by_reason: dict[str, list[str]] = {}
+            for fig, because in why.items():  # each reason once, with the figures it costs
+                by_reason.setdefault("see above" if because and because in reason else because, []).append(fig)
+            figs = "; ".join(f"{', '.join(names)} ({because})" for because, names in by_reason.items())
             h.append(f"<li><a href='#{_anchor('run', r['run'])}'>{html.escape(r['run'])}</a>: "
                      f"<span class='state-{r['state']}'>{html.escape(str(r['state']))}</span> at update "
                      f"{int(r['step']):,}{' — ' + html.escape(reason) if reason else ''}"

@@ -124,7 +124,7 @@ def _axis_rows(study: str, axis: tuple[str, ...], final: pd.DataFrame, labels: d
     others = [a for a in labels if a != axis]
     cells = pd.Series([", ".join(f"{axis_label(o)} = {labels[o][i]}" for o in others) for i in final.index],
                       index=final.index, dtype=object) if others else pd.Series("", index=final.index, dtype=object)
-    seeds = final["seed"].astype(int) if "seed" in final else pd.Series(0, index=final.index)
+    seeds = final["seed"].fillna(-1).astype(int) if "seed" in final else pd.Series(0, index=final.index)  # -1: no config
     done = (final["state"].astype(str) == "done") & final[metric].notna()
     long = pd.DataFrame({"cell": cells, "seed": seeds, "value": labels[axis], "m": final[metric].astype(float)})[done]
     per = long.groupby(["cell", "seed", "value"], sort=False)["m"].mean().unstack("value")  # (cell, seed) x value

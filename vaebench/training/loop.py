@@ -216,8 +216,11 @@ def save_checkpoints(engine: Engine) -> None:
 
 # -- entry points -------------------------------------------------------------------------------
 def _begin(cfg: RunConfig, run_dir: Path, force: bool) -> RunResult | None:
-    """Clear a forced run; return the skip result of a done one."""
+    """Clear a forced run (only once its config.yaml is known to be this run's); return the skip
+    result of a done one."""
     status = runs.read_status(run_dir)
+    if (run_dir / runs.CONFIG).is_file():
+        runs.check_identity(run_dir, cfg.run_hash())  # before anything is removed
     if force and run_dir.exists():
         runs.clear(run_dir)
     elif status.get("state") == "done":
@@ -239,7 +242,13 @@ def train_group(cfgs: list[RunConfig], run_dirs: list[str | Path], device: str |
     results: dict[int, RunResult] = {}
     groups: dict[tuple, list[tuple[int, TrainingRun]]] = {}
     for i, (cfg, d) in enumerate(zip(cfgs, map(Path, run_dirs))):
-        skipped = _begin(cfg, d, force)
+        try:
+            skipped = _begin(cfg, d, force)
+        except VaebenchError as e:  # another run's or a damaged folder: untouched, this run fails
+            if len(cfgs) == 1:
+                raise
+            results[i] = RunResult(d, "failed", 0, str(e))
+            continue
         if skipped:
             results[i] = skipped
             continue

@@ -172,7 +172,7 @@ class TrainingRun:
         except Exception as e:  # truncated, corrupt, or from another model
             why = (str(e).splitlines() or [""])[0].split(". ")[0][:160]
             raise VaebenchError(f"unreadable checkpoint {ckpt_path} ({type(e).__name__}: {why}); "
-                                f"rerun with --force to start this run over") from None
+                                f"{runs.retry_hint(self.dir)}") from None
         for p in runs.part_files(self.dir):
             if runs.part_end(p) > self.step:
                 p.unlink()
