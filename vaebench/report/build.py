@@ -11,7 +11,6 @@ import hashlib
 import html
 import json
 import os
-import re
 import time
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
