@@ -57,3 +57,26 @@ def reparameterize(mu: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor) -> 
 def k_sample_mean(log_liks: torch.Tensor) -> torch.Tensor:
     """Average of per-sample log-likelihoods over the K axis (dim 0): the K-sample estimate of E_q[log p(x|z)]."""
     return log_liks.mean(0)
+
+
+def gaussian_log_prob_per_dim(z: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """log N(z; mu, sigma^2) per latent dimension (the terms gaussian_log_prob sums)."""
+    return -0.5 * ((z - mu) / sigma) ** 2 - torch.log(sigma) - 0.5 * LOG_2PI
+
+
+def kl_monte_carlo_per_dim(z: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """kl_monte_carlo per latent dimension (N(0, I) factorizes): (B, L) from z (K, B, L)."""
+    return (gaussian_log_prob_per_dim(z, mu, sigma) + 0.5 * z**2 + 0.5 * LOG_2PI).mean(0)
+
+
+def mixture_log_prob(z: torch.Tensor, log_weights: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """log sum_c w_c N(z; mu_c, diag sigma_c^2) for z (..., L), components (C, L), log_weights (C,)
+    normalized: the mixture priors' density (MoG; VampPrior with mu_c, sigma_c = q(z|u_c))."""
+    comp = gaussian_log_prob(z.unsqueeze(-2), mu, sigma)  # (..., C)
+    return torch.logsumexp(comp + log_weights, dim=-1)
+
+
+def free_bits(kl: torch.Tensor, floor: float) -> torch.Tensor:
+    """Kingma et al. (2016), eq. 15: sum over groups of max(floor, the group's KL averaged over the
+    batch); ``kl`` (B, G), one column per group (a latent dimension, or one column: the total)."""
+    return torch.clamp(kl.mean(0), min=floor).sum()

@@ -8,6 +8,8 @@ Importing this package registers every built-in component. Each registry entry i
 from .networks import ACTIVATIONS, NETWORKS, MLP, MLPConfig
 from .posteriors import POSTERIORS
 from .priors import PRIORS
+from .flows import FLOWS
+from .gradients import GRADIENTS
 from .kl import KL_ESTIMATORS
 from .likelihoods import LIKELIHOODS
 from .objectives import OBJECTIVES, ObjectiveConfig, Terms
@@ -16,7 +18,7 @@ from .vae import VAE, ModelConfig, Parts, build, build_model
 from .kernels import KernelMismatch, check_kernels
 
 __all__ = [
-    "ACTIVATIONS", "NETWORKS", "MLP", "MLPConfig", "POSTERIORS", "PRIORS", "KL_ESTIMATORS", "LIKELIHOODS",
+    "ACTIVATIONS", "NETWORKS", "MLP", "MLPConfig", "POSTERIORS", "PRIORS", "FLOWS", "GRADIENTS", "KL_ESTIMATORS", "LIKELIHOODS",
     "OBJECTIVES", "ObjectiveConfig", "Terms", "OPTIMIZERS", "SCHEDULES", "AdamConfig", "OptimConfig",
     "SGDConfig", "VAE", "ModelConfig", "Parts", "build", "build_model", "KernelMismatch", "check_kernels",
 ]

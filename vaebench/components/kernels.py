@@ -111,6 +111,14 @@ class LogRatio(Protocol):
     def __call__(self, eps: torch.Tensor, z: torch.Tensor, log_sigma_sum: torch.Tensor) -> torch.Tensor: ...
 
 
+class DepartsFrom(Protocol):
+    """() -> None when this instance is the composition its class declares, else a one-line reason
+    it is not (a VAE with a flow, an ELBO with another gradient estimator): the fast paths then
+    refuse it and say why."""
+
+    def __call__(self) -> str | None: ...
+
+
 class NetworkLayers(Protocol):
     """() -> (the network's nn.Linear layers in order, the bound Activation kernel between each
     two), or a one-line reason the fused engine cannot run this instance."""
@@ -232,10 +240,11 @@ class Model:
     exactly what the VAE writes, so a fast path may compute them from its parts' kernels:
     encode(x) = (mu, posterior.sigma(raw)) with (mu, raw) = encoder(x).chunk(2, -1);
     decode(z) = decoder(z); log_likelihood(z, x) = likelihood.log_prob(decoder(z), x).
-    Reference: those three methods."""
+    Reference: those three methods. ``departs``: DepartsFrom (None: every instance is that composition)."""
 
     kind: ClassVar[str] = "model"
     reference: ClassVar[tuple[str, ...]] = ("encode", "decode", "log_likelihood")
+    departs: Callable | None = None
     example: Callable | None = None
 
 
@@ -245,10 +254,11 @@ class Objective:
     the fused engine computes it from the kernels: (mu, sigma) = model.encode(x), z = mu + sigma *
     eps (eps of shape ``eps_shape``), rec = mean over K of model.log_likelihood(z, x),
     kl = self.kl(mu, sigma, z), loss = -mean(rec - self.kl_weight(step) * kl), elbo = rec - kl.
-    Reference: ``__call__``."""
+    Reference: ``__call__``. ``departs``: DepartsFrom (None: every instance is that composition)."""
 
     kind: ClassVar[str] = "objective"
     reference: ClassVar[tuple[str, ...]] = ("__call__",)
+    departs: Callable | None = None
     example: Callable | None = None
 
 
@@ -358,6 +368,13 @@ def of(component: Any, kind: str) -> Any:
     if _is_function(fn):
         return _bind(k, (), kw) if kw else k
     return k if isinstance(fn, type) else _bind(k, (fn,), {})
+
+
+def departs(component: Any, kind: str) -> str | None:
+    """Why ``component``'s instance is not the composition its kernel of ``kind`` (model, objective)
+    declares, from its ``departs``; None: it is (or it declares no such kernel)."""
+    k = of(component, kind)
+    return k.departs() if k is not None and getattr(k, "departs", None) is not None else None
 
 
 # -- checking ---------------------------------------------------------------------------------

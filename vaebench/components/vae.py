@@ -1,4 +1,5 @@
-"""The VAE: an encoder to (mu, sigma), a decoder to logits, a likelihood on those logits, a prior.
+"""The VAE: an encoder to (mu, sigma), an optional flow on q's samples, a decoder to logits, a
+likelihood on those logits, a prior.
 
 ``ModelConfig`` is the ``model`` section; :func:`build` makes everything one run's config names
 (model, objective, optimizer, schedule): the one construction that training, evaluation, the report
@@ -14,8 +15,10 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from .. import elbo
 from ..errors import ConfigError
 from ..registry import Section, component, current, key, section
+from .flows import FLOWS
 from .kl import closed_form
 from .kernels import Model
 from .likelihoods import LIKELIHOODS
@@ -36,7 +39,11 @@ class ModelConfig(Section):
     likelihood: component(LIKELIHOODS, "bernoulli") = key(
         "bernoulli", "p(x|z) given the decoder's output", "likelihood", in_id_at_default=True)
     prior: component(PRIORS, "standard_normal") = key(
-        "standard_normal", "p(z): standard_normal (N(0, I)) or any registered prior", "prior")
+        "standard_normal", "p(z): standard_normal (N(0, I)), mog (a learned mixture of Gaussians), vamp (the "
+        "VampPrior) or any registered prior", "prior")
+    flow: component(FLOWS, "none") = key(
+        "none", "a flow applied to q's samples, its log-determinant in log q(z|x): none, planar or iaf",
+        "posterior flow")
 
 
 class VAE(nn.Module):
@@ -44,10 +51,12 @@ class VAE(nn.Module):
     # here, from the networks', posterior's and likelihood's kernels.
     kernels = Model(example=lambda cls: [cls(6, 2, {"name": "mlp", "hidden": [5]}, {"name": "mlp", "hidden": [5]}),
                                          cls(6, 2, {"name": "mlp", "hidden": [5], "activation": "relu"},
-                                             {"name": "mlp", "hidden": [4, 3]}, posterior="log_sigma")])
+                                             {"name": "mlp", "hidden": [4, 3]}, posterior="log_sigma")],
+                    departs=lambda self: "model.flow" if self.flow is not None else None)
 
     def __init__(self, data_dim: int, latent: int, encoder: Any = "mlp", decoder: Any = "mlp",
-                 posterior: Any = "sigma", likelihood: Any = "bernoulli", prior: Any = "standard_normal"):
+                 posterior: Any = "sigma", likelihood: Any = "bernoulli", prior: Any = "standard_normal",
+                 flow: Any = "none"):
         super().__init__()
         self.data_dim, self.latent = data_dim, latent
         self.encoder = NETWORKS.build(encoder, n_in=data_dim, n_out=2 * latent)
@@ -55,10 +64,23 @@ class VAE(nn.Module):
         self.posterior = POSTERIORS.build(posterior)
         self.likelihood = LIKELIHOODS.build(likelihood)
         self.prior = PRIORS.build(prior, latent=latent)
+        if callable(getattr(self.prior, "bind", None)):
+            self.prior.bind(self)  # a prior made of the model's parts (VampPrior: the encoder)
+        self.flow = FLOWS.build(flow, latent=latent)  # None: no flow
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, raw = self.encoder(x).chunk(2, dim=-1)
         return mu, self.posterior.sigma(raw)
+
+    def draw(self, mu: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z from q(z|x) (z0 = mu + sigma * eps, then the flow, if any) and log q(z|x) there:
+        log N(z0; mu, sigma) - log |det df/dz0|. Training and the held-out evaluator share it."""
+        z = elbo.reparameterize(mu, sigma, eps)
+        log_q = elbo.gaussian_log_prob(z, mu, sigma)
+        if self.flow is not None:
+            z, logdet = self.flow(z)
+            log_q = log_q - logdet
+        return z, log_q
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Logits of p(x|z)."""
@@ -75,9 +97,10 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean of p(x|z) at z = E_q[z]: the usual picture of a reconstruction."""
+        """Mean of p(x|z) at z = E_q0[z] (through the flow, if any): the usual picture of a reconstruction."""
         mu, _ = self.encode(x)
-        return self.likelihood.mean(self.decode(mu))
+        z = mu if self.flow is None else self.flow(mu)[0]
+        return self.likelihood.mean(self.decode(z))
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -100,7 +123,7 @@ def model_config(model_cfg: Any) -> ModelConfig:
 def build_model(model_cfg: Any, data_dim: int) -> VAE:
     """Build from the ``model`` section of a config (a ModelConfig or its dict)."""
     m = model_config(model_cfg)
-    return VAE(data_dim, m.latent, m.encoder, m.decoder, m.posterior, m.likelihood, m.prior)
+    return VAE(data_dim, m.latent, m.encoder, m.decoder, m.posterior, m.likelihood, m.prior, m.flow)
 
 
 @dataclass
@@ -126,5 +149,9 @@ def build(cfg: Any, data_dim: int) -> Parts:
     if kl is not None and closed_form(kl) and not callable(getattr(model.prior, "kl", None)):
         raise ConfigError(f"objective.kl: analytic needs a prior with a closed-form KL; the prior "
                           f"{cfg.model.prior.name!r} has none: use objective.kl: monte_carlo")
+    refuses = getattr(objective, "refuses", None)
+    why = refuses(model) if callable(refuses) else None
+    if why:
+        raise ConfigError(why)
     return Parts(model, objective, OPTIMIZERS.get(cfg.optim.name), cfg.optim.factory_kwargs(),
                  SCHEDULES.build(cfg.optim.schedule))

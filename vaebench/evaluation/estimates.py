@@ -32,8 +32,8 @@ def _fused_parts(model) -> tuple[nn.Sequential, nn.Linear, Callable, Callable, C
     Sequential ending in a Linear; a likelihood kernel for logits from a linear layer; the prior's
     importance-weight kernel); None: the generic path."""
     dec = model.decoder
-    if (kernels.of(model, "model") is None or not isinstance(dec, nn.Sequential) or not len(dec)
-            or not isinstance(dec[-1], nn.Linear)):
+    if (kernels.of(model, "model") is None or kernels.departs(model, "model") or not isinstance(dec, nn.Sequential)
+            or not len(dec) or not isinstance(dec[-1], nn.Linear)):
         return None
     net = kernels.of(dec, "network")
     lik = kernels.of(model.likelihood, "likelihood")
@@ -90,12 +90,18 @@ class _FusedWeights:
 
 def _log_weights_generic(model, x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor,
                          eps: torch.Tensor) -> torch.Tensor:
-    """The same quantity through the model's own likelihood, for any decoder or likelihood."""
-    z = elbo.reparameterize(mu.unsqueeze(1), sigma.unsqueeze(1), eps)
+    """The same quantity through the model's own parts, for any decoder, likelihood, prior and flow
+    (log q(z|x) from the model's ``draw``: the flow's log-determinant included)."""
+    draw = getattr(model, "draw", None)
+    if draw is not None:
+        z, log_q = draw(mu.unsqueeze(1), sigma.unsqueeze(1), eps)
+    else:
+        z = elbo.reparameterize(mu.unsqueeze(1), sigma.unsqueeze(1), eps)
+        log_q = elbo.gaussian_log_prob(z, mu.unsqueeze(1), sigma.unsqueeze(1))
     log_px = model.likelihood.log_prob(model.decode(z), x.unsqueeze(1))
     prior = getattr(model, "prior", None)
     log_pz = elbo.standard_normal_log_prob(z) if prior is None else prior.log_prob(z)
-    return log_px + log_pz - elbo.gaussian_log_prob(z, mu.unsqueeze(1), sigma.unsqueeze(1))
+    return log_px + log_pz - log_q
 
 
 @torch.inference_mode()
@@ -139,14 +145,20 @@ def iw_log_likelihood(model, x: torch.Tensor, k: int, generator: torch.Generator
 
 
 @torch.inference_mode()
-def posterior_stats(model, x: torch.Tensor, batch: int = 2_000) -> tuple[torch.Tensor, torch.Tensor]:
-    """E_q[z|x] and the analytic KL(q(z|x) || N(0, I)) per latent dimension, each (N, L)."""
+def posterior_stats(model, x: torch.Tensor, batch: int = 2_000) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """E_q[z|x] and the analytic KL(q(z|x) || p(z)) per latent dimension, each (N, L); the KL is None
+    where it has no per-dimension closed form (a prior without ``kl_per_dim``, a flow)."""
+    prior = getattr(model, "prior", None)
+    per_dim = getattr(prior, "kl_per_dim", None) if prior is not None else elbo.kl_analytic_per_dim
+    if getattr(model, "flow", None) is not None:
+        per_dim = None
     mus, kls = [], []
     for i in range(0, len(x), batch):
         mu, sigma = model.encode(x[i:i + batch])
         mus.append(mu.double().cpu())
-        kls.append(elbo.kl_analytic_per_dim(mu, sigma).double().cpu())
-    return torch.cat(mus), torch.cat(kls)
+        if per_dim is not None:
+            kls.append(per_dim(mu, sigma).double().cpu())
+    return torch.cat(mus), (torch.cat(kls) if kls else None)
 
 
 def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:

@@ -50,7 +50,7 @@ def evaluate_model(model, x: torch.Tensor, k: int, seed: int = NOISE_SEED, batch
     iw_ll, iw_se = mean_and_se(iw)
     elbo, elbo_se = mean_and_se(w)
     return {"iw_ll": iw_ll, "iw_ll_se": iw_se, "elbo": elbo, "elbo_se": elbo_se, "k": int(k), "n": len(x),
-            "active_units": active_units(mu), "kl_per_dim": kl.mean(0).tolist(), "estimator": estimator_path(model),
+            "active_units": active_units(mu), "kl_per_dim": None if kl is None else kl.mean(0).tolist(), "estimator": estimator_path(model),
             "seconds": round(time.perf_counter() - start, 3)}
 
 

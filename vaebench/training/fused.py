@@ -62,6 +62,10 @@ def fused_unsupported(model, objective, optimizer) -> str | None:
     for component, kind in checks:
         if component is None or kernels.of(component, kind) is None:
             return f"{kernels.name_of(component)} declares no fused kernel ({kind})"
+    for component, kind in ((model, "model"), (objective, "objective")):
+        why = kernels.departs(component, kind)
+        if why:
+            return f"{why} is not the composition the fused kernels compute"
     prior = kernels.of(getattr(model, "prior", None), "prior")
     if prior is None or not prior.standard_normal:
         return (f"prior {kernels.name_of(getattr(model, 'prior', None))} is not declared N(0, I) "
