@@ -46,48 +46,56 @@ def test_the_readme_example_study_runs_with_two_workers_then_reports_and_evaluat
         shutil.copy(EXAMPLE / f, work / f)
     commands = [shlex.split(line.split("#")[0]) for line in blocks("bash")[0].splitlines() if line.strip()]
     assert [c[:2] for c in commands] == [["vaebench", "run"], ["vaebench", "report"], ["vaebench", "eval"],
-                                         ["vaebench", "config"]]
-    run, report, evaluate, components = (c[1:] for c in commands)
+                                         ["vaebench", "compare"], ["vaebench", "config"]]
+    run, report, evaluate, compare, components = (c[1:] for c in commands)
     assert "-j" in run and run[run.index("-j") + 1] == "2"
 
     r = run_cli(*run, *TINY, cwd=work)
     assert r.returncode == 0, r.stderr[-3000:]
     study = work / "results" / "my_study"
     run_dirs = runs.find_runs(study)
-    assert len(run_dirs) == 4 and all(runs.read_status(d)["state"] == "done" for d in run_dirs)
+    assert len(run_dirs) == 8 and all(runs.read_status(d)["state"] == "done" for d in run_dirs)
     for d in run_dirs:  # the run folder names what it needs, from any directory
         cfg = runs.read_config(d)
         assert cfg["imports"] == [str((work / "my_components.py").resolve())]
         assert cfg["model"]["encoder"]["activation"] == {"name": "silu", "beta": 1.0}
-    assert {runs.read_config(d)["objective"]["kl"] for d in run_dirs} == {"monte_carlo", "stl"}
+    cells = {(str(runs.read_config(d)["model"]["prior"]), runs.read_config(d)["objective"]["gradient"]) for d in run_dirs}
+    assert cells == {(p, g) for p in ("standard_normal", str({"name": "laplace", "scale": 1.0}))
+                     for g in ("reparam", "stl")}
 
     r = run_cli(*report, cwd=work)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "figures missing" not in r.stdout and "drew 5," in r.stdout, r.stdout
+    assert "figures missing" not in r.stdout and "drew 9," in r.stdout, r.stdout
     index = (study / "report" / "index.html").read_text()
     assert "could not be drawn" not in index and "What is missing" not in index
     for d in run_dirs:
         for name in ("terms", "recon_train", "recon_val", "samples", "train_val"):
             assert (study / "report" / "runs" / d.name / f"{name}.png").is_file()
-    assert (study / "report" / "studies" / "my_study" / "final-objective.kl.png").is_file()
+    for axis in ("model.prior", "objective.gradient"):
+        assert (study / "report" / "studies" / "my_study" / f"final-{axis}.png").is_file()
 
     # eval from another directory, on a small split with few samples (the README's is the test set, k=1000)
     r = run_cli(*[str(study) if a == "results/my_study" else a for a in evaluate], "--split", "val", "--k", "8",
                 cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.count("evaluated") == 4, r.stdout
+    assert r.stdout.count("evaluated") == 8, r.stdout
     assert all(runs.find_eval(runs.read_evals(d), "val", 8) for d in run_dirs)
+
+    r = run_cli(*compare, "--k", "8", cwd=work)  # the prior x gradient grid, paired within each cell
+    assert r.returncode == 0, r.stderr[-3000:]
+    for value in ("laplace", "stl", "standard_normal", "reparam", "reference"):
+        assert value in r.stdout, r.stdout
 
     r = run_cli(*components, cwd=work)
     assert r.returncode == 0, r.stderr
-    assert "silu (my_components)" in r.stdout and "stl (my_components)" in r.stdout, r.stdout
+    assert "silu (my_components)" in r.stdout and "laplace (my_components)" in r.stdout, r.stdout
 
 
 @pytest.mark.slow
 def test_a_plugin_in_a_ray_task(tmp_path):
     pytest.importorskip("ray", reason="the Ray executor needs the optional extra vaebench[ray]")
     r = run_cli("run", str(EXAMPLE / "my_study.yaml"), "--out", str(tmp_path), "--executor", "ray",
-                "--set", "seeds=1", "--set", "objective.kl=stl", *TINY, cwd=tmp_path)
+                "--set", "seeds=1", "--set", "model.prior=laplace", "--set", "objective.gradient=stl", *TINY, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     (run_dir,) = runs.find_runs(tmp_path / "my_study")
     assert runs.read_status(run_dir)["state"] == "done"
