@@ -79,7 +79,8 @@ def test_log_prob_and_mean_equal_torch_distributions_continuous_bernoulli():
     torch.testing.assert_close(lik.mean(l.float()).double(), ref.mean, rtol=0, atol=1e-6)
     # logits (B, S, D) against images (B, 1, D), as the held-out evaluator passes them
     ls = torch.stack([l, -l], 1)
-    want = torch.stack([ref.log_prob(x).sum(-1), torch.distributions.ContinuousBernoulli(logits=-l).log_prob(x).sum(-1)], 1)
+    mirror = torch.distributions.ContinuousBernoulli(logits=-l)
+    want = torch.stack([ref.log_prob(x).sum(-1), mirror.log_prob(x).sum(-1)], 1)
     torch.testing.assert_close(lik.log_prob(ls, x[:, None]), want, rtol=1e-9, atol=1e-9)
 
 

@@ -705,9 +705,9 @@ def check_pixels(cfg: RunConfig, source: str = "") -> RunConfig:
     binary = "|".join(n for n in BINARIZERS if getattr(BINARIZERS.get(n), "binary", None) is True)
     fixes = [f"model.likelihood: {grey}" if grey else "", f"data.binarize: {binary}" if binary else ""]
     fix = f"; use {fixes[0]} (or {fixes[1]})" if all(fixes) else "".join(f"; use {f}" for f in fixes if f)
-    where = f" ({source})" if source else ""
+    where = f" in {source}" if source else ""
     raise ConfigError(f"model.likelihood: {lik} needs binary pixels, but data.binarize: {binarize} keeps grey "
-                      f"levels{where}{fix}")
+                      f"levels{fix}{where}")
 
 
 def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None = None,
