@@ -18,7 +18,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from . import plugins
-from .components import (NETWORKS, OBJECTIVES, OPTIMIZERS, ModelConfig, ObjectiveConfig, OptimConfig)
+from .components import (LIKELIHOODS, NETWORKS, OBJECTIVES, OPTIMIZERS, ModelConfig, ObjectiveConfig, OptimConfig)
 from .components.optimizers import AdamConfig
 from .data import BINARIZERS, DATASETS, content_id
 from .errors import ConfigError
@@ -63,7 +63,8 @@ class DataConfig(_Section):
                               "part of the run id: the files are checked against MNIST's checksums, so any "
                               "folder that loads holds the same images", "data folder", numbers=False)
     binarize: Annotated[str, registered(BINARIZERS)] = key(
-        "threshold", "threshold (a pixel is 1 when > 128 of 255) or dynamic (a fresh Bernoulli draw each time)",
+        "threshold", "threshold (a pixel is 1 when > 128 of 255), dynamic (a fresh Bernoulli draw each time) or "
+        "none (grey levels in [0, 1], for model.likelihood: continuous_bernoulli)",
         "binarization", in_id_at_default=True)
     per_class: Optional[PosInt] = key(1000, "training images per digit; null: the whole train split",
                                       "images per digit", in_id_at_default=True)
@@ -660,7 +661,7 @@ def resolve(raw: dict[str, Any] | RunConfig | None = None, overrides: dict[str, 
         for err in e.errors():
             seen.setdefault(_key_of(err["loc"])[0], _describe(err, source))
         raise ConfigError(join_errors(list(seen.items()))) from None
-    return check_fits(cfg, source)
+    return check_pixels(check_fits(cfg, source), source)
 
 
 # What a run may ask for: parameters and the floats of one step's activations. Past these it cannot
@@ -690,6 +691,23 @@ def check_fits(cfg: RunConfig, source: str = "") -> RunConfig:
             raise ConfigError(f"{key}{where} is too large: {what} = {rows:,} samples of up to {widest:,} values "
                               f"each need {rows * widest:,} floats at once; the limit is {MAX_ACTIVATIONS:,}")
     return cfg
+
+
+def check_pixels(cfg: RunConfig, source: str = "") -> RunConfig:
+    """Refuse a likelihood of 0/1 pixels (``binary_only = True``, as bernoulli) on a binarizer that
+    keeps grey levels (``binary = False``, as none): its log p(x) would be no log-probability. A
+    component without the attribute is not refused; return ``cfg``."""
+    lik, binarize = cfg.model.likelihood.name, cfg.data.binarize
+    if (getattr(LIKELIHOODS.get(lik), "binary_only", None) is not True
+            or getattr(BINARIZERS.get(binarize), "binary", None) is not False):
+        return cfg
+    grey = "|".join(n for n in LIKELIHOODS if getattr(LIKELIHOODS.get(n), "binary_only", None) is False)
+    binary = "|".join(n for n in BINARIZERS if getattr(BINARIZERS.get(n), "binary", None) is True)
+    fixes = [f"model.likelihood: {grey}" if grey else "", f"data.binarize: {binary}" if binary else ""]
+    fix = f"; use {fixes[0]} (or {fixes[1]})" if all(fixes) else "".join(f"; use {f}" for f in fixes if f)
+    where = f" in {source}" if source else ""
+    raise ConfigError(f"model.likelihood: {lik} needs binary pixels, but data.binarize: {binarize} keeps grey "
+                      f"levels{fix}{where}")
 
 
 def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None = None,

@@ -1,4 +1,4 @@
-"""Binarized-MNIST data: IDX loading, the embedded 14x14 copy, and named datasets/binarizers."""
+"""MNIST data: IDX loading, the embedded 14x14 copy, and named datasets/binarizers."""
 
 from .datasets import (
     BINARIZERS,
@@ -6,6 +6,7 @@ from .datasets import (
     Binarizer,
     DynamicBinarizer,
     GreyImages,
+    NoBinarizer,
     ThresholdBinarizer,
     content_id,
     load_splits,
@@ -39,6 +40,7 @@ __all__ = [
     "Binarizer",
     "DynamicBinarizer",
     "GreyImages",
+    "NoBinarizer",
     "ThresholdBinarizer",
     "build_embedded",
     "content_id",

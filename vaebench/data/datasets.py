@@ -1,7 +1,8 @@
 """Datasets and binarizations, chosen by name from the config.
 
-A dataset yields integer grey levels; a binarizer turns them into 0/1 pixels. Keeping the two
-apart lets static and dynamic binarization be compared on exactly the same images.
+A dataset yields integer grey levels; a binarizer turns them into 0/1 pixels (or, ``none``, into
+grey levels in [0, 1], for a likelihood on [0, 1]). Keeping the two apart lets static and dynamic
+binarization be compared on exactly the same images.
 """
 
 from __future__ import annotations
@@ -110,7 +111,9 @@ def threshold_levels(levels: np.ndarray, max_level: int) -> np.ndarray:
 class Binarizer:
     """Stateless; methods are static so they work on the class or an instance alike."""
 
-    fixed: ClassVar[bool]
+    fixed: ClassVar[bool]  # the same image every time it is used
+    # Only 0/1 pixels: vaebench.config refuses a binary-only likelihood (bernoulli) with one that is not.
+    binary: ClassVar[bool]
 
     @staticmethod
     def prepare(grey: GreyImages, device: torch.device | str) -> torch.Tensor:
@@ -119,7 +122,7 @@ class Binarizer:
 
     @staticmethod
     def sample(prepared_batch: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """The 0/1 batch the model sees this time."""
+        """The batch the model sees this time (0/1 pixels, or grey levels where ``binary`` is False)."""
         raise NotImplementedError
 
 
@@ -127,7 +130,7 @@ class Binarizer:
 class ThresholdBinarizer(Binarizer):
     """Static binarization: the same 0/1 image every epoch."""
 
-    fixed = True
+    fixed, binary = True, True
 
     @staticmethod
     def prepare(grey: GreyImages, device: torch.device | str) -> torch.Tensor:
@@ -143,7 +146,7 @@ class ThresholdBinarizer(Binarizer):
 class DynamicBinarizer(Binarizer):
     """Dynamic binarization: a fresh Bernoulli draw each time an image is used (less overfitting)."""
 
-    fixed = False
+    fixed, binary = False, True
 
     @staticmethod
     def prepare(grey: GreyImages, device: torch.device | str) -> torch.Tensor:
@@ -152,6 +155,22 @@ class DynamicBinarizer(Binarizer):
     @staticmethod
     def sample(prepared_batch: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         return torch.bernoulli(prepared_batch, generator=generator)
+
+
+@BINARIZERS.register("none")
+class NoBinarizer(Binarizer):
+    """No binarization: grey levels in [0, 1] (level / max_level, the dynamic binarizer's
+    probabilities), the same image every time; for a likelihood on [0, 1] (continuous_bernoulli)."""
+
+    fixed, binary = True, False
+
+    @staticmethod
+    def prepare(grey: GreyImages, device: torch.device | str) -> torch.Tensor:
+        return torch.from_numpy(grey.probs()).to(device)
+
+    @staticmethod
+    def sample(prepared_batch: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        return prepared_batch
 
 
 def select_per_class(labels: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:

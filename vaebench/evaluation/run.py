@@ -25,7 +25,8 @@ EVAL_LOCK = runs.EVAL_LOCK
 
 
 def split_images(data_cfg: dict[str, Any], split: str, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The 0/1 images of a run's split: "test" is the whole test set, "val"/"train" the run's own splits.
+    """The images of a run's split (0/1, or grey levels in [0, 1] with data.binarize: none): "test" is
+    the whole test set, "val"/"train" the run's own splits.
 
     Binarized on the CPU with a fixed seed, so the images are the same on every device.
     """
