@@ -6,6 +6,7 @@ Importing this package registers every built-in component. Each registry entry i
 """
 
 from .networks import ACTIVATIONS, NETWORKS, MLP, MLPConfig
+from .conv import ConvConfig, ConvNet
 from .posteriors import POSTERIORS
 from .priors import PRIORS
 from .kl import KL_ESTIMATORS
@@ -16,7 +17,7 @@ from .vae import VAE, ModelConfig, Parts, build, build_model
 from .kernels import KernelMismatch, check_kernels
 
 __all__ = [
-    "ACTIVATIONS", "NETWORKS", "MLP", "MLPConfig", "POSTERIORS", "PRIORS", "KL_ESTIMATORS", "LIKELIHOODS",
+    "ACTIVATIONS", "NETWORKS", "MLP", "MLPConfig", "ConvConfig", "ConvNet", "POSTERIORS", "PRIORS", "KL_ESTIMATORS", "LIKELIHOODS",
     "OBJECTIVES", "ObjectiveConfig", "Terms", "OPTIMIZERS", "SCHEDULES", "AdamConfig", "OptimConfig",
     "SGDConfig", "VAE", "ModelConfig", "Parts", "build", "build_model", "KernelMismatch", "check_kernels",
 ]
