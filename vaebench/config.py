@@ -21,6 +21,7 @@ from . import plugins
 from .components import (LIKELIHOODS, NETWORKS, OBJECTIVES, OPTIMIZERS, ModelConfig, ObjectiveConfig, OptimConfig)
 from .components.optimizers import AdamConfig
 from .data import BINARIZERS, DATASETS, content_id
+from .data.datasets import data_dim
 from .errors import ConfigError
 from .registry import (ComponentConfig, Registry, Section, models_in, component, component_of, current, key,
                        section)
@@ -671,19 +672,37 @@ MAX_ACTIVATIONS = 500_000_000
 MAX_DATA_DIM = 28 * 28  # the largest dataset's image
 
 
+def _network_size(net: Any, encoder: bool, latent: int, dim: int, where: str) -> tuple[int, int, str]:
+    """(parameters, the widest layer's values per sample, how the error names it) of the encoder's or
+    the decoder's config: its own count where it offers ``parameters(n_in, n_out)`` (and ``widest``),
+    at the dataset's width ``dim`` (either may raise a ConfigError for widths it cannot take, e.g. a
+    conv's image side), else an MLP's from its ``hidden`` list, bounded at the largest image."""
+    if callable(getattr(net, "parameters", None)):
+        n_in, n_out = (dim, 2 * latent) if encoder else (latent, dim)
+        try:
+            params = int(net.parameters(n_in, n_out))
+            widest = net.widest(n_in, n_out) if callable(getattr(net, "widest", None)) else max(n_in, n_out)
+        except ConfigError as e:  # "model.encoder.channels: ..." -> "model.encoder.channels in FILE: ..."
+            raise ConfigError(str(e).replace(": ", f"{where}: ", 1)) from None
+        return params, int(widest), f"={net}"
+    n_in, n_out = (MAX_DATA_DIM, 2 * latent) if encoder else (latent, MAX_DATA_DIM)
+    hidden = list(getattr(net, "hidden", None) or [])
+    widths = [n_in, *hidden, n_out]
+    return sum((a + 1) * b for a, b in zip(widths, widths[1:])), max(widths), f".hidden={hidden}"
+
+
 def check_fits(cfg: RunConfig, source: str = "") -> RunConfig:
     """Reject sizes that cannot fit, naming the keys and the limit; return ``cfg``."""
     m, where = cfg.model, f" in {source}" if source else ""
     latent = m.latent
-    enc, dec = list(getattr(m.encoder, "hidden", None) or []), list(getattr(m.decoder, "hidden", None) or [])
-    widths_in = [MAX_DATA_DIM, *enc]
-    params = sum((a + 1) * b for a, b in zip(widths_in, [*enc, 2 * latent]))
-    widths_out = [latent, *dec]
-    params += sum((a + 1) * b for a, b in zip(widths_out, [*dec, MAX_DATA_DIM]))
+    dim = data_dim(cfg.data.dataset, load=False) or MAX_DATA_DIM  # the dataset's declared width
+    enc_p, enc_w, enc = _network_size(m.encoder, True, latent, dim, where)
+    dec_p, dec_w, dec = _network_size(m.decoder, False, latent, dim, where)
+    params = enc_p + dec_p
     if params > MAX_PARAMETERS:
-        raise ConfigError(f"model{where} is too large: model.latent={latent}, model.encoder.hidden={enc} and "
-                          f"model.decoder.hidden={dec} give {params:,} parameters; the limit is {MAX_PARAMETERS:,}")
-    widest = max([MAX_DATA_DIM, 2 * latent, *enc, *dec])
+        raise ConfigError(f"model{where} is too large: model.latent={latent}, model.encoder{enc} and "
+                          f"model.decoder{dec} give {params:,} parameters; the limit is {MAX_PARAMETERS:,}")
+    widest = max(enc_w, dec_w)
     for key, rows in (("objective.k", cfg.train.batch_size * getattr(cfg.objective, "k", 1)),
                       ("eval.k", cfg.eval.k * (cfg.eval.batch or 1))):
         if rows * widest > MAX_ACTIVATIONS:

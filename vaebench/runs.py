@@ -488,7 +488,7 @@ def load_model(run_dir: str | Path, device: str = "cpu", checkpoint: str = "last
     try:
         state = torch.load(ckpt, map_location=device, weights_only=True)
         model_state = state["model"]
-        model = build_model(cfg["model"], _data_dim(model_state)).to(device)
+        model = build_model(cfg["model"], _data_dim(model_state, cfg)).to(device)
         model.load_state_dict(model_state)
     except VaebenchError as e:
         raise VaebenchError(f"{run_dir}: {e}") from None
@@ -500,8 +500,16 @@ def load_model(run_dir: str | Path, device: str = "cpu", checkpoint: str = "last
     return model.eval()
 
 
-def _data_dim(model_state: dict) -> int:
-    """The data dimension is the width of the decoder's last layer."""
+def _data_dim(model_state: dict, cfg: dict) -> int:
+    """The data dimension: the run's dataset's declared width (vaebench.data.datasets.width), else
+    the width of the decoder's last layer (an MLP's; a conv decoder's last bias is its one channel)."""
+    from .data.datasets import DATASETS, data_dim
+
+    name = (cfg.get("data") or {}).get("dataset")
+    if name in DATASETS:
+        dim = data_dim(name, load=False)
+        if dim is not None:
+            return dim
     last_bias = [k for k in model_state if k.startswith("decoder.") and k.endswith(".bias")][-1]
     return int(model_state[last_bias].shape[0])
 

@@ -6,6 +6,7 @@ Importing this package registers every built-in component. Each registry entry i
 """
 
 from .networks import ACTIVATIONS, NETWORKS, MLP, MLPConfig
+from .conv import ConvConfig, ConvNet
 from .posteriors import POSTERIORS
 from .priors import PRIORS
 from .flows import FLOWS
@@ -18,7 +19,8 @@ from .vae import VAE, ModelConfig, Parts, build, build_model
 from .kernels import KernelMismatch, check_kernels
 
 __all__ = [
-    "ACTIVATIONS", "NETWORKS", "MLP", "MLPConfig", "POSTERIORS", "PRIORS", "FLOWS", "GRADIENTS", "KL_ESTIMATORS", "LIKELIHOODS",
+    "ACTIVATIONS", "NETWORKS", "MLP", "MLPConfig", "ConvConfig", "ConvNet", "POSTERIORS", "PRIORS", "FLOWS",
+    "GRADIENTS", "KL_ESTIMATORS", "LIKELIHOODS",
     "OBJECTIVES", "ObjectiveConfig", "Terms", "OPTIMIZERS", "SCHEDULES", "AdamConfig", "OptimConfig",
     "SGDConfig", "VAE", "ModelConfig", "Parts", "build", "build_model", "KernelMismatch", "check_kernels",
 ]

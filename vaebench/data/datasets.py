@@ -85,8 +85,28 @@ def verified(fn: DatasetFn) -> DatasetFn:
     return fn
 
 
+def width(n: int) -> Callable[[DatasetFn], DatasetFn]:
+    """Declares a dataset's image width (values per image), so the structure of a model can be built
+    from a config without loading its images (vaebench.training.loop.choose_engine)."""
+    def mark(fn: DatasetFn) -> DatasetFn:
+        fn.dim = int(n)  # type: ignore[attr-defined]
+        return fn
+    return mark
+
+
+def data_dim(dataset: str, root: str | None = None, load: bool = True) -> int | None:
+    """Values per image of ``dataset``: its declared width, else (``load``) its train split's,
+    loaded; None when it declares none and ``load`` is false."""
+    fn = DATASETS.get(dataset)
+    dim = getattr(fn, "dim", None)
+    if dim is not None:
+        return int(dim)
+    return int(fn(root)["train"].dim) if load else None
+
+
 @DATASETS.register("mnist14")
 @verified
+@width(14 * 14)
 def mnist14(root: str | None) -> dict[str, GreyImages]:
     """14x14 MNIST as 2x2 block sums (0..1020); embedded in the package so it needs no download."""
     if root is None:
@@ -98,6 +118,7 @@ def mnist14(root: str | None) -> dict[str, GreyImages]:
 
 @DATASETS.register("mnist28")
 @verified
+@width(28 * 28)
 def mnist28(root: str | None) -> dict[str, GreyImages]:
     """Full-resolution MNIST (0..255), read from IDX files the user provides."""
     return _grey(_idx_arrays(_idx_root(root, "mnist28")), max_level=255)

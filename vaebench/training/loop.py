@@ -27,6 +27,7 @@ import torch
 from .. import runs
 from ..components import build
 from ..config import RunConfig, schema, stack_key as _stack_key
+from ..data.datasets import data_dim
 from ..devices import resolve_device
 from ..errors import ConfigError, VaebenchError, reason
 from .engine import Engine
@@ -44,7 +45,8 @@ def _choose(blob: str) -> tuple[str, str | None]:
     cfg = schema().model_validate(json.loads(blob))
     if cfg.train.engine == "torch":
         return "torch", None
-    parts = build(cfg, 1)  # the structure; the data's width is irrelevant
+    # the structure, at the data's width (a conv network needs its image side)
+    parts = build(cfg, data_dim(cfg.data.dataset, cfg.data.root))
     model, objective, optimizer = parts.model, parts.objective, parts.optimizer_factory
     asked = cfg.train.engine
     why_fused = fused_unsupported(model, objective, optimizer)
