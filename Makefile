@@ -12,7 +12,7 @@ run: $(STAMP)
 	$(BIN)/vaebench run experiments/baseline.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile  # two workers, a file each (pytest-xdist)
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal  # two workers, each taking tests as it frees up (pytest-xdist)
 
 # The kill suite with more points: 80 seeded SIGKILLs and reruns, compared with an uninterrupted study.
 soak: $(STAMP)

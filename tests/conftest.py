@@ -33,6 +33,17 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
                           capture_output=True, text=True, timeout=timeout)
 
 
+def invoke(*args: str):
+    """The command in this process through click's test runner (where a subprocess is not the point):
+    a CompletedProcess-like result with returncode, stdout and stderr."""
+    from click.testing import CliRunner
+
+    from vaebench.cli import cli
+
+    r = CliRunner().invoke(cli, list(args), prog_name="vaebench")
+    return subprocess.CompletedProcess(["vaebench", *args], r.exit_code, r.stdout, r.stderr)
+
+
 def one_line_error(proc, *needles: str) -> str:
     """A user's mistake as the CLI reports it: exit 2, one line, no traceback, naming ``needles``."""
     assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)

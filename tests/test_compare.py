@@ -355,3 +355,24 @@ def test_a_mixed_k_comparison_is_one_line_on_the_command_line(act_study):
     assert pd.read_csv(io.StringIO(ok.stdout))["k"].eq(2).all()
     s = run_cli("summary", str(act_study), "--format", "markdown")
     assert s.returncode == 0 and "| config |" in s.stdout, s.stderr
+
+
+def test_log_likelihoods_of_other_images_or_of_a_density_are_shown_not_tested():
+    """A variant on grey levels with a density (continuous_bernoulli, binarize none) measures another
+    quantity than the Bernoulli baseline on binary pixels: no verdict, out of the Holm family."""
+    rows = []
+    for s in range(4):
+        rows += [("baseline", s, -30.0 + 0.1 * s, "threshold", "bernoulli"),
+                 ("k5", s, -29.5 + 0.1 * s + 0.01 * (s % 2), "threshold", "bernoulli"),
+                 ("cb", s, 900.0 + s, "none", "continuous_bernoulli"),
+                 ("cb_binary", s, 50.0 + s, "threshold", "continuous_bernoulli")]
+    df = pd.DataFrame(rows, columns=["variant", "seed", "test_iw_ll", "data.binarize", "model.likelihood"])
+    df["variant"] = pd.Categorical(df["variant"], categories=["baseline", "k5", "cb", "cb_binary"])
+    f = df.assign(run=[f"r{i}" for i in range(len(df))], study="s", state="done")
+    t = by_value(vaebench.compare(f))
+    assert t["k5"]["verdict"] == "better"
+    assert t["cb"]["verdict"] == "not comparable (data.binarize, model.likelihood differ)"
+    assert t["cb_binary"]["verdict"] == "not comparable (model.likelihood differs)"
+    assert np.isnan(t["cb"]["p_adj"]) and t["cb"]["diff"] > 900
+    text = compare_text(vaebench.compare(f))
+    assert "across the 1 comparisons" in text.splitlines()[0] and "Not comparable" in text

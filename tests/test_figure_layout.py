@@ -52,9 +52,16 @@ def _name(artist) -> str:
 
 
 def check_layout(fig, name: str) -> None:
+    """As F.save draws it: every text plain (no mathtext), so a label must read as written."""
+    import matplotlib as mpl
+
     fig_box = fig.bbox
-    texts = drawn_texts(fig)
+    F._plain_text(fig)
+    with mpl.rc_context(F.PLAIN_TEXT):
+        texts = drawn_texts(fig)
     assert texts, name
+    for t, _ in texts:
+        assert not isinstance(t, Text) or "\\mathdefault" not in t.get_text(), f"{name}: {_name(t)} is mathtext, drawn as written"
     for t, box in texts:
         assert (box.x0 >= fig_box.x0 - 1 and box.y0 >= fig_box.y0 - 1 and box.x1 <= fig_box.x1 + 1
                 and box.y1 <= fig_box.y1 + 1), f"{name}: {_name(t)} at {box.bounds} is outside the figure {fig_box.bounds}"

@@ -39,7 +39,7 @@ def test_the_readme_shows_the_example_files():
 
 @pytest.mark.slow
 def test_the_readme_example_study_runs_with_two_workers_then_reports_and_evaluates(tmp_path):
-    """The README's commands as written (fewer updates, a smaller evaluation), in a fresh folder."""
+    """The README's commands as written (fewer updates, one seed, a smaller evaluation), in a fresh folder."""
     work = tmp_path / "work"
     work.mkdir()
     for f in ("my_components.py", "my_study.yaml"):
@@ -50,11 +50,11 @@ def test_the_readme_example_study_runs_with_two_workers_then_reports_and_evaluat
     run, report, evaluate, compare, components = (c[1:] for c in commands)
     assert "-j" in run and run[run.index("-j") + 1] == "2"
 
-    r = run_cli(*run, *TINY, cwd=work)
+    r = run_cli(*run, *TINY, "--set", "seeds=1", cwd=work)  # one seed per cell: the 2 x 2 grid, 4 runs
     assert r.returncode == 0, r.stderr[-3000:]
     study = work / "results" / "my_study"
     run_dirs = runs.find_runs(study)
-    assert len(run_dirs) == 8 and all(runs.read_status(d)["state"] == "done" for d in run_dirs)
+    assert len(run_dirs) == 4 and all(runs.read_status(d)["state"] == "done" for d in run_dirs)
     for d in run_dirs:  # the run folder names what it needs, from any directory
         cfg = runs.read_config(d)
         assert cfg["imports"] == [str((work / "my_components.py").resolve())]
@@ -65,7 +65,7 @@ def test_the_readme_example_study_runs_with_two_workers_then_reports_and_evaluat
 
     r = run_cli(*report, cwd=work)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "figures missing" not in r.stdout and "drew 9," in r.stdout, r.stdout
+    assert "figures missing" not in r.stdout and "drew 5," in r.stdout, r.stdout
     index = (study / "report" / "index.html").read_text()
     assert "could not be drawn" not in index and "What is missing" not in index
     for d in run_dirs:
@@ -78,12 +78,12 @@ def test_the_readme_example_study_runs_with_two_workers_then_reports_and_evaluat
     r = run_cli(*[str(study) if a == "results/my_study" else a for a in evaluate], "--split", "val", "--k", "8",
                 cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.count("evaluated") == 8, r.stdout
+    assert r.stdout.count("evaluated") == 4, r.stdout
     assert all(runs.find_eval(runs.read_evals(d), "val", 8) for d in run_dirs)
 
     r = run_cli(*compare, "--k", "8", cwd=work)  # the prior x gradient grid, paired within each cell
     assert r.returncode == 0, r.stderr[-3000:]
-    for value in ("laplace", "stl", "standard_normal", "reparam", "reference"):
+    for value in ("laplace", "stl", "standard_normal", "reparam", "reference", "too few seeds"):
         assert value in r.stdout, r.stdout
 
     r = run_cli(*components, cwd=work)

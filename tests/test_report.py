@@ -22,7 +22,7 @@ from vaebench.report.build import RUN_FIGURES
 from vaebench.report.figures import curve_bands
 from vaebench.report.stats import mean_ci, t975
 
-from conftest import REPO, one_line_error, run_cli
+from conftest import REPO, invoke, one_line_error, run_cli
 
 TINY = {"data": {"per_class": 20, "val_size": 40}, "eval": {"k": 4},  # the whole test split, cheaply
         "train": {"steps": 200, "batch_size": 20, "eval_every": 25, "flush_every": 50, "checkpoint_every": 100,
@@ -313,7 +313,7 @@ def test_variants_named_with_mathtext_and_html_are_drawn_and_escaped_everywhere(
     for svg in rep.rglob("*.svg"):
         assert "<b>" not in svg.read_text(), svg
 
-    tables = {f: run_cli("compare", str(out), "--format", f) for f in ("markdown", "latex", "html")}
+    tables = {f: invoke("compare", str(out), "--format", f) for f in ("markdown", "latex", "html")}
     assert all(t.returncode == 0 for t in tables.values()), [t.stderr for t in tables.values()]
     assert "| &lt;b>bold&lt;/b>&amp;amp; |" in tables["markdown"].stdout and r"\$\\frac\$" in tables["markdown"].stdout
     assert r"\$\textbackslash{}frac\$" in tables["latex"].stdout

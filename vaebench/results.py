@@ -377,9 +377,20 @@ def key_label(key: str) -> str:
     return " ".join(parts[1:] if len(parts) > 1 else parts).replace("_", " ")
 
 
+def axis_heads(axis: str | tuple[str, ...] | list[str]) -> list[str]:
+    """An axis's keys without the hyperparameters of a component it names (``model.flow.steps`` goes
+    with ``model.flow``, ``model.encoder.channels`` with ``model.encoder.name``): what names the axis."""
+    keys = [axis] if isinstance(axis, str) else list(axis)
+
+    def owned(k: str) -> bool:
+        return any(o != k and k.startswith((o[:-len("name")] if o.endswith(".name") else o + ".")) for o in keys)
+
+    return [k for k in keys if not owned(k)] or keys
+
+
 def axis_label(axis: str | tuple[str, ...] | list[str]) -> str:
     """An axis's label: its keys' labels, once each (encoder and decoder width are one axis)."""
-    keys = [axis] if isinstance(axis, str) else list(axis)
+    keys = axis_heads(axis)
     labels = list(dict.fromkeys(key_label(k) for k in keys))
     if len(labels) > 1:  # "encoder hidden & decoder hidden" -> "encoder/decoder hidden"
         heads, tails = zip(*(lab.rsplit(" ", 1) if " " in lab else ("", lab) for lab in labels))

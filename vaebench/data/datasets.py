@@ -184,14 +184,8 @@ class NoBinarizer(Binarizer):
     probabilities), the same image every time; for a likelihood on [0, 1] (continuous_bernoulli)."""
 
     fixed, binary = True, False
-
-    @staticmethod
-    def prepare(grey: GreyImages, device: torch.device | str) -> torch.Tensor:
-        return torch.from_numpy(grey.probs()).to(device)
-
-    @staticmethod
-    def sample(prepared_batch: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        return prepared_batch
+    prepare = staticmethod(DynamicBinarizer.prepare)
+    sample = staticmethod(ThresholdBinarizer.sample)
 
 
 def select_per_class(labels: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:

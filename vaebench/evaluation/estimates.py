@@ -1,4 +1,4 @@
-"""Held-out estimates as pure functions of a model and a batch of binary images.
+"""Held-out estimates as pure functions of a model and a batch of images (0/1, or grey levels).
 
 The importance-weighted estimate (Burda et al. 2016, eq. 8) of log p(x) with k samples
 z_i ~ q(z|x):  log (1/k) sum_i p(x, z_i) / q(z_i|x).  It is a lower bound in expectation that

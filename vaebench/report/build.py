@@ -27,7 +27,7 @@ from pyarrow import ArrowException
 
 from .. import __version__, plugins, runs
 from ..errors import VaebenchError
-from ..results import axis_label, load
+from ..results import axis_heads, axis_label, load
 from ..signals import die_with_parent, spawning_workers, stop_pool
 from . import figures as F
 from .compare import compare, compare_text, default_metric
@@ -38,7 +38,7 @@ RUN_FIGURES = {
     "terms": "ELBO terms against weight updates",
     "recon_train": "reconstructions of training images",
     "recon_val": "reconstructions of validation images",
-    "samples": "samples from z ~ N(0, I)",
+    "samples": "samples from z ~ the prior",
     "train_val": "reconstruction log-likelihood, train vs validation",
     "latent": "latent means of the test images, coloured by digit",
     "traversals": "latent traversals: each dimension swept from -3 to 3",
@@ -205,7 +205,7 @@ def draw_run(run_dir: str | Path, fig_dir: str | Path, title: str, note: str = "
         for split, name in (("train", "training"), ("val", "validation")):
             x, recon = images[split]
             save(F.plot_reconstructions(x, recon, shape, title, subtitle=f"{at}: {name} images"), f"recon_{split}")
-        save(F.plot_samples(images["samples"], shape, title, subtitle=at), "samples")
+        save(F.plot_samples(images["samples"], shape, title, subtitle=at, prior=prior_text(cfg)), "samples")
         save(F.plot_latent(*images["latent"], title, subtitle=at), "latent")
         save(F.plot_traversals(images["traversals"], shape, TRAVERSAL_VALUES, title, subtitle=at), "traversals")
     elif bad_ckpt is not None:
@@ -223,6 +223,13 @@ def _out_file(out: str | Path) -> tuple[Path, str]:
     if fmt not in ("png", "svg", "pdf"):
         raise VaebenchError(f"can't write {path}: give a .png, .svg or .pdf file name")
     return path.with_suffix(""), fmt
+
+
+def prior_text(cfg: dict) -> str:
+    """How a figure names the run's prior: N(0, I), else "the prior (mog)"."""
+    prior = cfg.get("model", {}).get("prior", "standard_normal")
+    name = prior.get("name") if isinstance(prior, dict) else prior
+    return "N(0, I)" if name in (None, "standard_normal") else f"the prior ({name})"
 
 
 def _title_of(run_dir: Path, cfg: dict) -> str:
@@ -253,7 +260,8 @@ def draw_samples(run: str | Path, out: str | Path, n: int = 64, seed: int = SAMP
     images = model.sample(n, torch.Generator().manual_seed(seed)).numpy()
     cols = max(1, int(np.ceil(np.sqrt(n))))
     sub = f"checkpoint at update {getattr(model, 'trained_steps', 0):,}: {n} samples"
-    F.save(F.footnote(F.plot_samples(images, shape, _title_of(run_dir, cfg), cols=cols, subtitle=sub),
+    F.save(F.footnote(F.plot_samples(images, shape, _title_of(run_dir, cfg), cols=cols, subtitle=sub,
+                                     prior=prior_text(cfg)),
                       f"run {run_dir.name}"), stem, (fmt,))
     return stem.with_suffix("." + fmt)
 
@@ -345,7 +353,9 @@ def draw_study(view: StudyView, root: Path, fig_dir: Path, cache: Path | None = 
         others = [f"{axis_label(a)} = {view.refs[a]}" for a in view.axes if a != axis]
         title = f"{view.name}: {label}"
         sub = f"other axes at {', '.join(others)}" if others else ""
-        stem = _slug(" & ".join(axis))
+        stem = _slug(" & ".join(axis_heads(axis)))
+        if len(stem) > 100:  # a file name has at most 255 bytes
+            stem = stem[:80] + "-" + hashlib.sha1(" & ".join(axis).encode()).hexdigest()[:8]
         done = final[final["state"] == "done"]
         if len(done) and "val_elbo" in done:
             F.save(F.plot_final_by_value(done, axis, title=title, subtitle=sub), fig_dir / f"final-{stem}", STUDY_FORMATS)

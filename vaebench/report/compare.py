@@ -27,6 +27,28 @@ COLUMNS = ["study", "axis", "value", "reference", "cell", "metric", "k", "reduce
            "n_cells", "diff", "ci_low", "ci_high", "boot_low", "boot_high", "p", "p_adj", "share_better", "verdict"]
 
 
+# The keys that decide what a log-likelihood measures: the images it is of (the data set, how they are
+# binarized) and whether it is a probability of binary pixels or a density on [0, 1] (the likelihood's
+# ``binary_only``). A value that differs from the reference in one of them is not compared in nats.
+MEASURE_KEYS = ("data.dataset", "data.binarize")
+NOT_COMPARABLE = "not comparable"
+
+
+def _measures(final: pd.DataFrame, rows: pd.Series) -> dict[str, frozenset]:
+    """What the metric of these runs measures: per MEASURE_KEYS column (and the likelihood's kind),
+    the set of values its runs have."""
+    out = {k: frozenset(final.loc[rows, k].astype(str)) for k in MEASURE_KEYS if k in final}
+    if "model.likelihood" in final:
+        from ..components import LIKELIHOODS
+
+        kinds = set()
+        for name in final.loc[rows, "model.likelihood"].astype(str):
+            obj = LIKELIHOODS.get(name) if name in LIKELIHOODS else None
+            kinds.add(str(getattr(obj, "binary_only", "unknown")))
+        out["model.likelihood"] = frozenset(kinds)
+    return out
+
+
 def higher_is_better(metric: str) -> bool:
     """Log-likelihoods and ELBOs are better higher; a KL, a gap or a standard error lower."""
     return not metric.endswith(("_kl", "_se", "gap"))
@@ -132,18 +154,24 @@ def _axis_rows(study: str, axis: tuple[str, ...], final: pd.DataFrame, labels: d
     base = per[ref] if ref in per else nothing
     rows, ref_cells = [], set()
     name = axis_label(axis) if axis != ("variant",) else "variant"
+    values = labels[axis]
+    ref_measures = _measures(final, done & (values == ref))
     for value in order:
         if value == ref:
             rows.append(None)  # filled in below, once the cells every value was paired in are known
             continue
         mine = per[value] if value in per else nothing
         d = (mine - base).dropna()
+        measures = _measures(final, done & (values == value))
+        differ = [k for k in measures if ref_measures.get(k) and measures[k] and measures[k] != ref_measures[k]]
         used = list(dict.fromkeys(d.index.get_level_values("cell")))
         ref_cells.update(used)
         row = {"study": study, "axis": name, "value": value, "reference": ref, "cell": "",
                "mean": float(mine[mine.index.get_level_values("cell").isin(used)].mean()) if used else np.nan,
                "n_pairs": len(d), "n_cells": len(used)}
         row |= paired_difference(d.groupby(level="seed").mean(), d.to_numpy(), better)
+        if differ:  # another quantity: shown, never tested or counted in the correction
+            row |= {"p": np.nan, "verdict": f"{NOT_COMPARABLE} ({', '.join(differ)} differ{'s' * (len(differ) == 1)})"}
         rows.append(row)
         if per_cell and len(used) > 1:
             for cell in used:
@@ -189,8 +217,8 @@ def compare_header(table: pd.DataFrame) -> str:
     metric = table.attrs.get("metric") or (str(table["metric"].iloc[0]) if len(table) else "")
     k = table.attrs.get("k", table["k"].dropna().iloc[0] if len(table) and table["k"].notna().any() else None)
     reduce = table.attrs.get("reduce") or (str(table["reduce"].iloc[0]) if len(table) else "last")
-    tested = int(((table["cell"] == "") & ~table["verdict"].isin(["reference", "too few seeds", "no paired seeds"]))
-                 .sum())
+    tested = int(((table["cell"] == "") & ~table["verdict"].isin(["reference", "too few seeds", "no paired seeds"])
+                  & ~table["verdict"].astype(str).str.startswith(NOT_COMPARABLE)).sum())
     k_text = f", k = {int(k):,}" if k is not None and pd.notna(k) else ""
     return (f"{metric_label(metric)} ({'higher' if higher_is_better(metric) else 'lower'} is better; {reduce} values"
             f"{k_text}) minus the reference's, paired by seed within each cell of the other axes; 95% Student-t "
@@ -205,6 +233,10 @@ def compare_notes(table: pd.DataFrame) -> list[str]:
     if len(testable) and testable["boot_low"].isna().any():
         notes.append(f"Bootstrap (BCa) intervals need at least {MIN_BOOTSTRAP} seeds and are not shown with fewer; "
                      f"with under {MIN_SEEDS} seeds no interval is.")
+    if table["verdict"].astype(str).str.startswith(NOT_COMPARABLE).any():
+        notes.append("Not comparable: the value's log-likelihoods are of other images (data set, binarization) or of "
+                     "another kind (a density on [0, 1], not a probability of binary pixels) than the reference's; "
+                     "the difference is shown, not tested.")
     if (table["cell"] != "").any():
         notes.append("Per-cell rows: the difference in one cell of the other axes, over its seeds; uncorrected, "
                      "no verdict.")

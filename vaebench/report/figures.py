@@ -23,6 +23,7 @@ import pandas as pd
 
 from .stats import mean_ci, t975
 from .tables import metric_label
+from ..results import axis_heads
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -293,14 +294,14 @@ def plot_reconstructions(inputs: np.ndarray, outputs: np.ndarray, shape: tuple[i
 
 
 def plot_samples(images: np.ndarray, shape: tuple[int, int], title: str = "", cols: int = 10,
-                 subtitle: str = "") -> Figure:
-    """The seed's figure 4: the decoder's means of p(x|z) for z ~ N(0, I) (the mean of whatever
-    likelihood the run has: Bernoulli probabilities, Gaussian means)."""
+                 subtitle: str = "", prior: str = "N(0, I)") -> Figure:
+    """The seed's figure 4: the decoder's means of p(x|z) for z drawn from the prior (``prior``: how
+    the title names it; the mean of whatever likelihood the run has: Bernoulli probabilities, ...)."""
     grid = mosaic(np.asarray(images), shape, cols=cols, pad=1)
     rows = -(-len(images) // cols)
     fig, (ax,) = _figure(max(3.6, 0.6 * cols + 0.4), 0.6 * rows + 0.3, title=title, subtitle=subtitle, images=True)
     _show(ax, grid)
-    ax.set_title("decoder means of p(x|z) for z ~ N(0, I)", fontsize="small")
+    ax.set_title(f"decoder means of p(x|z) for z ~ {prior}", fontsize="small")
     return fig
 
 
@@ -318,9 +319,26 @@ def axis_label(axis: str | Sequence[str], width: int = 0) -> str:
 def axis_values(df: pd.DataFrame, axis: str | Sequence[str]) -> pd.Series:
     """One label per row for the axis (several keys that vary together are joined)."""
     cols = [axis] if isinstance(axis, str) else list(axis)
-    per_key = [_formatted(df[c]) for c in cols]
+    heads = axis_heads(cols)
+    per_key = [_formatted(df[c]) for c in heads]
     joined = [vals[0] if len(set(vals)) == 1 else ", ".join(vals) for vals in zip(*per_key)]
-    return pd.Series(joined, index=df.index, dtype=object)
+    out = pd.Series(joined, index=df.index, dtype=object)
+    # a component's own hyperparameters (model.prior.components of mog) are named only where they tell
+    # two values of one component apart
+    extra = [[] for _ in joined]
+    for c in cols:
+        if c in heads:
+            continue
+        texts = pd.Series(_formatted(df[c]), index=df.index)
+        present = df[c].notna()
+        if texts[present].groupby(out[present]).nunique().gt(1).any():
+            for i, (p, t) in enumerate(zip(present, texts)):
+                if p:
+                    extra[i].append(f"{c.rsplit('.', 1)[-1]}={t}")
+    if any(extra):
+        out = pd.Series([f"{j} ({', '.join(e)})" if e else j for j, e in zip(joined, extra)], index=df.index,
+                        dtype=object)
+    return out
 
 
 def _formatted(column: pd.Series) -> list[str]:
@@ -472,7 +490,7 @@ def plot_curves_by_value(df: pd.DataFrame, axis: str | Sequence[str], split: str
         ax.set_ylabel(NATS)
         _show_every_curve(ax, bands)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, title=axis_label(axis, 24), loc="outside right upper", fontsize="small",
+    fig.legend(handles, labels, title=axis_label(axis, 24), loc="outside right center", fontsize="small",
                title_fontsize="small", frameon=False)  # beside the panels, whatever the labels' length
     return fig
 
@@ -493,6 +511,7 @@ def _show_every_curve(ax, bands: pd.DataFrame) -> None:
     first few hundred updates, where the terms move by tens of nats, take as much room as the rest
     (the untrained model at update 0 has no place on a log axis; it is the same for every value)."""
     ax.set_xscale("log")
+    _plain_log_ticks(ax.xaxis)
     ax.set_xlabel(f"{UPDATES} (log scale)")
     b = bands[bands["step"] > 0]
     ci = b["ci"].fillna(0)
@@ -544,6 +563,15 @@ def save(fig: Figure, stem, formats: Sequence[str] = FORMATS, dpi: int = 110) ->
 # Labels come from data (variant names, config values): drawn as they are spelled, never parsed as
 # mathtext or TeX, so a variant named $\frac$ neither fails a figure nor turns into a formula.
 PLAIN_TEXT = {"text.parse_math": False, "text.usetex": False}
+
+
+def _plain_log_ticks(axis) -> None:
+    """A log axis labelled 100, 1,000, 10,000: matplotlib's default labels are mathtext ($10^{3}$),
+    which plain text (PLAIN_TEXT) would print as written."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _plain_text(fig: Figure) -> None:
@@ -635,6 +663,10 @@ def plot_forest(table: pd.DataFrame, title: str = "") -> Figure:
         lows, highs = [], []
         for yi, (i, r) in zip(y, part.iterrows()):
             color = VERDICT_COLORS.get(r["verdict"], "0.55")
+            if str(r["verdict"]).startswith("not comparable"):  # another quantity: named, never drawn to scale
+                ax.annotate("not comparable", (1, yi), xycoords=("axes fraction", "data"), xytext=(4, 0),
+                            textcoords="offset points", va="center", fontsize="x-small", color=color)
+                continue
             interval = pd.notna(r["ci_low"])
             if interval:
                 ax.plot([r["ci_low"], r["ci_high"]], [yi, yi], color=color, lw=3.2, solid_capstyle="butt", zorder=3)

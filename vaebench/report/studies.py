@@ -61,10 +61,32 @@ def axes_of(final: pd.DataFrame) -> list[tuple[str, ...]]:
     """The study's axes: varied config keys (not the seed), merged when they always vary together."""
     keys = [k for k in varied_keys(final) if k not in REPLICATE_KEYS]
     groups: dict[tuple, list[str]] = {}
+    owned: dict[str, list[str]] = {}  # a component's varied name key -> its own hyperparameters' keys
     for k in keys:
+        owner = _owner(k, keys) if final[k].isna().any() else None
+        if owner is not None:  # model.flow.steps goes with model.flow: it exists only where that does
+            owned.setdefault(owner, []).append(k)
+            continue
         signature = tuple(pd.factorize(final[k].astype(str))[0])
         groups.setdefault(signature, []).append(k)
-    return [tuple(v) for v in groups.values()]
+    return [tuple(k2 for k in v for k2 in [k, *owned.get(k, [])]) for v in groups.values()]
+
+
+def _owner(key: str, keys: list[str]) -> str | None:
+    """The varied key naming the component whose hyperparameter ``key`` is, if any: the longest
+    prefix of ``key`` that is itself varied (``model.flow`` for ``model.flow.steps``), or whose
+    ``name`` is (``model.encoder.name`` for ``model.encoder.channels``). Asked only of keys some runs
+    lack (the hyperparameter of some alternatives): a key every alternative has is an axis of its own."""
+    from ..config import component_keys
+
+    comps = component_keys()
+    parts = key.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        prefix = ".".join(parts[:i])
+        for candidate in (prefix, prefix + ".name"):
+            if candidate in keys and candidate != key and (candidate in comps or candidate.endswith(".name")):
+                return candidate
+    return None
 
 
 def config_id(df: pd.DataFrame) -> pd.Series:
