@@ -18,6 +18,20 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _sigint_restored():
+    """Each test starts with Python's own Ctrl-C handler: a test that ran a pool worker's set-up in
+    this process (SIGINT ignored) must not leave it for the next, nor for the processes it starts."""
+    import signal
+
+    yield
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        try:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        except ValueError:  # not the main thread: nothing of this process's to restore
+            pass
+
+
 @pytest.fixture
 def tiny_overrides() -> list[str]:
     """A run small enough for a unit test (a few seconds on one core)."""

@@ -38,7 +38,13 @@ def _start(*args: str) -> subprocess.Popen:
     """A vaebench command in its own session (a signal to it reaches it alone, not this test)."""
     return subprocess.Popen([sys.executable, "-m", "vaebench.cli", *args], cwd=REPO,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    """A child inherits an ignored SIGINT (a worker's SIG_IGN left in this test process by an earlier
+    test would make Python skip its Ctrl-C handler): start it as a shell would, SIGINT at default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @contextlib.contextmanager
