@@ -201,7 +201,7 @@ def test_what_the_fused_engine_does_not_handle_trains_on_another():
     mixed = [cfg(0), cfg(1, {"seed": 5}), cfg(2, {"objective.k": 1}), cfg(3, {"seed": 6}, **{"train.stack": "off"})]
     assert stack_groups(sgd, "cpu") == [[0, 1]]  # the generic engine stacks them
     assert stack_groups(mixed, "cpu") == [[0, 1], [2], [3]]
-    assert stack_groups([cfg(i, {"seed": i}, **{"train.stack": 2}) for i in range(5)], "cpu") == [[0, 1], [2, 3], [4]]
+    assert stack_groups([cfg(i, {"seed": i}, **{"train.stack": 2}) for i in range(5)], "cpu") == [[0, 1], [2], [3, 4]]  # even stacks
 
 
 def test_stack_option_reads_yaml_off_and_rejects_nonsense():

@@ -100,6 +100,10 @@ class TrainConfig(_Section):
     stack: Annotated[Union[Literal["auto", "off"], PosInt], BeforeValidator(_stack_value)] = key(
         "auto", "runs of one shape trained together in a study: auto (8 on CPU, 256 on CUDA), off, or at most N",
         "stack size", numbers=False)
+    matmul: Literal["exact", "reduced"] = key(
+        "exact", "float32 matmul precision while training (validation included): exact, or reduced (bfloat16 "
+        "inputs on CPUs with bf16 instructions, TF32 on CUDA; float32 accumulation). Changes the numbers; "
+        "the end-of-run evaluation is float32 either way (docs: Engines and speed)", "matmul precision")
     keep_best: bool = key(False, "keep the model of the best validation ELBO as best.pt (evaluated at the end "
                           "too: vaebench.load(reduce='best'))", "keep best checkpoint", numbers=False)
 
@@ -710,6 +714,37 @@ def check_fits(cfg: RunConfig, source: str = "") -> RunConfig:
             raise ConfigError(f"{key}{where} is too large: {what} = {rows:,} samples of up to {widest:,} values "
                               f"each need {rows * widest:,} floats at once; the limit is {MAX_ACTIVATIONS:,}")
     return cfg
+
+
+# A stack's update costs about this many multiply-adds of launches and Python besides its matmuls
+# (one core: ~0.5 ms at ~20 GFLOP/s; benchmarks/throughput.py), whatever its number of runs.
+STEP_OVERHEAD = 1e7
+
+
+def work(cfg: RunConfig) -> float:
+    """A run's estimated cost in matmul multiply-adds: its updates (forward and twice that back),
+    its validations and its end-of-run evaluation. vaebench.grid orders and splits a study's jobs
+    by it, so only its ratios between runs matter."""
+    m = cfg.model
+    dim = data_dim(cfg.data.dataset, load=False) or MAX_DATA_DIM
+
+    def size(net: Any, encoder: bool) -> int:
+        n_in, n_out = (dim, 2 * m.latent) if encoder else (m.latent, dim)
+        if callable(getattr(net, "parameters", None)):
+            try:
+                return int(net.parameters(n_in, n_out))
+            except (ConfigError, TypeError, ValueError):
+                return n_in * n_out
+        widths = [n_in, *list(getattr(net, "hidden", None) or []), n_out]
+        return sum(a * b for a, b in zip(widths, widths[1:]))
+
+    enc, dec = size(m.encoder, True), size(m.decoder, False)
+    k = int(getattr(cfg.objective, "k", 1) or 1)
+    t = cfg.train
+    updates = t.steps * 3 * t.batch_size * (enc + k * dec)
+    val = (t.steps // t.eval_every + 1) * (cfg.data.val_size or 10_000) * (enc + k * dec)
+    evals = len(cfg.eval.splits) * 10_000 * (enc + cfg.eval.k * dec) if cfg.eval.enabled else 0
+    return float(updates + val + evals)
 
 
 def check_pixels(cfg: RunConfig, source: str = "") -> RunConfig:

@@ -15,7 +15,7 @@ import pandas as pd
 import yaml
 
 from .. import runs
-from ..devices import DEFAULT_THREADS
+from ..devices import DEFAULT_THREADS, resolve_device
 from ..errors import ConfigError
 from .executors import EXECUTORS, ExecOptions, available_cores
 from .jobs import Job, execute
@@ -155,27 +155,68 @@ def _check_inputs(study: Study, todo: list[int], device: str) -> None:
 
 def stack_groups(cfgs: list, device: str) -> list[list[int]]:
     """Indices of ``cfgs`` in groups trained as one stack: runs of a stacked engine with equal stack
-    keys, at most train.stack of them; every other run alone."""
+    keys, at most train.stack of them, in stacks of nearly equal size (9 runs under a limit of 8
+    train as 5 + 4, not 8 + 1); every other run alone."""
     from ..training import resolve_device, stack_key, stack_size
 
     dev = resolve_device(device)
-    groups: list[list[int]] = []
-    open_: dict[str, list[int]] = {}
+    order: list[list[int] | str] = []
+    by_key: dict[str, list[int]] = {}
+    limit: dict[str, int] = {}
     for i, cfg in enumerate(cfgs):
         try:
-            fast = stack_size(cfg, dev) > 1
+            size = stack_size(cfg, dev)
         except ConfigError:  # engine=fast on a config it can't train: the run fails alone, with that line
-            fast = False
-        if not fast:
-            groups.append([i])
+            size = 1
+        if size <= 1:
+            order.append([i])
             continue
         key = stack_key(cfg)
-        group = open_.get(key)
-        if group is None or len(group) >= stack_size(cfg, dev):
-            group = open_[key] = []
-            groups.append(group)
-        group.append(i)
+        if key not in by_key:
+            by_key[key], limit[key] = [], size
+            order.append(key)
+        by_key[key].append(i)
+    groups: list[list[int]] = []
+    for entry in order:
+        if isinstance(entry, list):
+            groups.append(entry)
+            continue
+        members = by_key[entry]
+        n = -(-len(members) // limit[entry])  # stacks needed
+        cuts = [round(j * len(members) / n) for j in range(n + 1)]
+        groups.extend(members[a:b] for a, b in zip(cuts, cuts[1:]))
     return groups
+
+
+def _makespan(costs: list[float], workers: int) -> float:
+    """The finish time of jobs of these costs taken longest first by ``workers`` workers (LPT)."""
+    loads = [0.0] * max(1, workers)
+    for c in sorted(costs, reverse=True):
+        loads[loads.index(min(loads))] += c
+    return max(loads)
+
+
+def balance(groups: list[list[int]], cfgs: list, workers: int, split: bool = True) -> list[list[int]]:
+    """The groups in the order the workers should take them, longest first by their estimated cost
+    (vaebench.config.work), so no core idles through a long tail; with ``split``, a stack is cut
+    in halves while that shortens the estimated finish of the whole study (a stack of 3 seeds on
+    2 cores trains as 2 + 1). Only where a run's numbers do not depend on its stack (the CPU)."""
+    from ..config import STEP_OVERHEAD, work
+
+    def cost(g: list[int]) -> float:
+        return sum(work(cfgs[i]) for i in g) + cfgs[g[0]].train.steps * STEP_OVERHEAD
+
+    groups = [list(g) for g in groups]
+    while split:
+        big = max(groups, key=cost)
+        if len(big) < 2:
+            break
+        half = (len(big) + 1) // 2
+        trial = [g for g in groups if g is not big] + [big[:half], big[half:]]
+        if _makespan([cost(g) for g in trial], workers) >= _makespan([cost(g) for g in groups], workers):
+            break
+        groups = trial
+    return sorted(groups, key=cost, reverse=True)
 
 
 def run_study(study: Study, out: str | Path = "results", device: str = "auto", jobs: int | None = None,
@@ -217,8 +258,11 @@ def run_study(study: Study, out: str | Path = "results", device: str = "auto", j
     runs.atomic_write(root / GRID_FILE, yaml.safe_dump(grid, sort_keys=False))
 
     cores = available_cores()
-    groups = stack_groups([study.runs[i].config for i in todo], device)
-    workers = max(1, min(jobs or cores, len(groups)))
+    cfgs = [study.runs[i].config for i in todo]
+    groups = stack_groups(cfgs, device)
+    workers = max(1, min(jobs or cores, len(cfgs)))
+    groups = balance(groups, cfgs, workers, split=resolve_device(device).type == "cpu")
+    workers = min(workers, len(groups))
     job_list = []
     index: dict[Path, int] = {run_dirs[i]: i for i in todo}
     for group in groups:

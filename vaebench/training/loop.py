@@ -28,7 +28,7 @@ from .. import runs
 from ..components import build
 from ..config import RunConfig, schema, stack_key as _stack_key
 from ..data.datasets import data_dim
-from ..devices import resolve_device
+from ..devices import matmul_path, matmul_precision, resolve_device
 from ..errors import ConfigError, VaebenchError, reason
 from .engine import Engine
 from .graphs import Stepper, record
@@ -277,14 +277,18 @@ def train_group(cfgs: list[RunConfig], run_dirs: list[str | Path], device: str |
         if name == "generic" and len(group) == 1:  # vmap pays only across runs: alone, plain autograd
             name, why = "torch", f"{why}; generic alone is autograd"
         trainers = [t for _, t in group]
+        mode = trainers[0].cfg.train.matmul  # a shared key: equal across a stack
         for t in trainers:
-            runs.record_environment(t.dir, runs.environment(dev, engine=name, engine_why=why), t.step)
-        try:
-            engine = ENGINES[name](trainers, dev)
-        except Exception as e:
-            for t in trainers:
-                t.write_status("failed", reason(e))
-            raise
-        for (i, _), r in zip(group, train_members(engine, progress)):
+            runs.record_environment(t.dir, runs.environment(dev, engine=name, engine_why=why,
+                                                            matmul=matmul_path(mode, dev)), t.step)
+        with matmul_precision(mode, dev):
+            try:
+                engine = ENGINES[name](trainers, dev)
+            except Exception as e:
+                for t in trainers:
+                    t.write_status("failed", reason(e))
+                raise
+            trained = train_members(engine, progress)
+        for (i, _), r in zip(group, trained):
             results[i] = r
     return [results[i] for i in range(len(cfgs))]
