@@ -30,6 +30,7 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=20_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "whole-run.csv"))
+    ap.add_argument("--matmul", default="exact,reduced", help="train.matmul values to time vaebench at")
     args = ap.parse_args(argv)
     load = os.getloadavg()
     machine = f"{platform.node()} {platform.processor() or platform.machine()} {os.cpu_count()} cpus"
@@ -38,21 +39,26 @@ def main(argv=None) -> None:
     py = sys.executable
     rows = []
     for r in range(args.repeat):
-        with tempfile.TemporaryDirectory() as tmp:
-            ours = timed([str(exe), "run", "experiments/baseline.yaml", "--out", tmp,
-                          "--set", f"train.steps={args.steps}"])
+        ours = {}
+        for mode in args.matmul.split(","):
+            with tempfile.TemporaryDirectory() as tmp:
+                ours[mode] = timed([str(exe), "run", "experiments/baseline.yaml", "--out", tmp,
+                                    "--set", f"train.steps={args.steps}", "--set", f"train.matmul={mode}"])
         plain_default = timed([py, "benchmarks/plain_vae.py", "--steps", str(args.steps)])
         plain_1 = timed([py, "benchmarks/plain_vae.py", "--steps", str(args.steps), "--threads", "1"])
-        row = {"round": r + 1, "steps": args.steps, "vaebench_s": round(ours, 2),
+        plain = min(plain_default, plain_1)
+        row = {"round": r + 1, "steps": args.steps,
+               **{f"vaebench_{m}_s": round(t, 2) for m, t in ours.items()},
                "plain_default_threads_s": round(plain_default, 2), "plain_1_thread_s": round(plain_1, 2),
-               "ratio": round(min(plain_default, plain_1) / ours, 2), "machine": machine,
+               **{f"ratio_{m}": round(plain / t, 2) for m, t in ours.items()}, "machine": machine,
                "load_before": " ".join(f"{v:.2f}" for v in load),
                "load_now": " ".join(f"{v:.2f}" for v in os.getloadavg())}
         rows.append(row)
         print(row, flush=True)
-    ratios = [r["ratio"] for r in rows]
-    print(f"plain (best threads) / vaebench run, whole processes: median {statistics.median(ratios):.2f}x "
-          f"(range {min(ratios):.2f}-{max(ratios):.2f})")
+    for m in args.matmul.split(","):
+        ratios = [r[f"ratio_{m}"] for r in rows]
+        print(f"plain (best threads) / vaebench run (train.matmul={m}), whole processes: median "
+              f"{statistics.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f})")
     write_csv(args.out, rows)
 
 
