@@ -31,6 +31,9 @@ STUDY = {
     "data": {"per_class": 20, "val_size": 20},
     "train": {"steps": 40, "batch_size": 20, "eval_every": 10, "flush_every": 5, "checkpoint_every": 10,
               "threads": 1},
+    # the end-of-run evaluation on the 20 validation images with few samples: its path (eval.json, the
+    # states that wait for it) without the cost of 250 samples of the 10,000 test images per run
+    "eval": {"splits": ["val"], "k": 5},
     "variants": {"stacked": {"train.engine": "fast"},
                  "solo": {"train.engine": "torch", "optim.lr": 0.002}},
     "seeds": 4,
