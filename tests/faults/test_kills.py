@@ -73,7 +73,8 @@ def test_compaction_cut_at_any_instant_never_loses_a_row(tmp_path):
 def _tiny_study(tmp_path: Path, **extra) -> Path:
     study = {"name": "st", "data": {"per_class": 20, "val_size": 20},
              "train": {"steps": 40, "batch_size": 20, "eval_every": 10, "flush_every": 5, "checkpoint_every": 10,
-                       "threads": 1, "engine": "torch"}, **extra}
+                       "threads": 1, "engine": "torch"},
+             "eval": {"splits": ["val"], "k": 5}, **extra}  # a cheap end-of-run evaluation (not 10,000 test images)
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study))
     return path
