@@ -97,7 +97,8 @@ def test_ray_cluster_on_loopback_with_a_worker_killed(tmp_path, head):
     address, env, temp = head
     study = {"name": "st", "data": {"per_class": 20, "val_size": 20}, "seeds": 4,
              "train": {"steps": 1500, "batch_size": 20, "eval_every": 500, "flush_every": 50,
-                       "checkpoint_every": 100, "threads": 1, "engine": "torch"}}
+                       "checkpoint_every": 100, "threads": 1, "engine": "torch"},
+             "eval": {"splits": ["val"], "k": 5}}  # a cheap end-of-run evaluation (not 10,000 test images)
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(study))
     out = tmp_path / "ray"
