@@ -54,7 +54,10 @@ def invoke(*args: str):
 
     from vaebench.cli import cli
 
-    r = CliRunner().invoke(cli, list(args), prog_name="vaebench")
+    r = CliRunner().invoke(cli, [str(a) for a in args], prog_name="vaebench")
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        # vaebench.cli.main() prints a bug's traceback and exits 70; here the test shows it instead
+        raise r.exception.with_traceback(r.exc_info[2])
     return subprocess.CompletedProcess(["vaebench", *args], r.exit_code, r.stdout, r.stderr)
 
 
