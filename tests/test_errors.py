@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import invoke
 
 
 def _one_line_error(proc, *needles):
@@ -25,50 +25,50 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 
 def test_missing_config_file(tmp_path):
-    _one_line_error(run_cli("run", str(tmp_path / "nope.yaml"), "--out", str(tmp_path)), "not found", "nope.yaml")
+    _one_line_error(invoke("run", str(tmp_path / "nope.yaml"), "--out", str(tmp_path)), "not found", "nope.yaml")
 
 
 def test_yaml_syntax_error_names_the_line(tmp_path):
     p = _write(tmp_path, "name: x\nmodel:\n  latent: [8\n")
-    _one_line_error(run_cli("run", str(p), "--out", str(tmp_path)), "YAML syntax error", "cfg.yaml:")
+    _one_line_error(invoke("run", str(p), "--out", str(tmp_path)), "YAML syntax error", "cfg.yaml:")
 
 
 def test_unknown_key_suggests_the_nearest(tmp_path):
     p = _write(tmp_path, "model:\n  latnt: 8\n")
-    _one_line_error(run_cli("run", str(p), "--out", str(tmp_path)), "model.latnt", "model.latent")
+    _one_line_error(invoke("run", str(p), "--out", str(tmp_path)), "model.latnt", "model.latent")
 
 
 def test_unknown_override_key(tmp_path):
     p = _write(tmp_path, "name: x\n")
-    _one_line_error(run_cli("run", str(p), "--set", "train.stpes=5", "--out", str(tmp_path)), "train.steps")
+    _one_line_error(invoke("run", str(p), "--set", "train.stpes=5", "--out", str(tmp_path)), "train.steps")
 
 
 def test_wrong_type(tmp_path):
     p = _write(tmp_path, "train:\n  steps: many\n")
-    _one_line_error(run_cli("run", str(p), "--out", str(tmp_path)), "train.steps", "many")
+    _one_line_error(invoke("run", str(p), "--out", str(tmp_path)), "train.steps", "many")
 
 
 def test_negative_value(tmp_path):
     p = _write(tmp_path, "optim:\n  lr: -1\n")
-    _one_line_error(run_cli("run", str(p), "--out", str(tmp_path)), "optim.lr")
+    _one_line_error(invoke("run", str(p), "--out", str(tmp_path)), "optim.lr")
 
 
 @pytest.mark.slow
 def test_unknown_component_lists_known_names(tmp_path):
     p = _write(tmp_path, "objective:\n  kl: analytical\n")
-    _one_line_error(run_cli("run", str(p), "--out", str(tmp_path)), "analytical", "analytic", "monte_carlo")
+    _one_line_error(invoke("run", str(p), "--out", str(tmp_path)), "analytical", "analytic", "monte_carlo")
     p = _write(tmp_path, "model:\n  encoder: {name: cnn}\n")
-    _one_line_error(run_cli("run", str(p), "--out", str(tmp_path)), "cnn", "mlp")
+    _one_line_error(invoke("run", str(p), "--out", str(tmp_path)), "cnn", "mlp")
 
 
 def test_not_a_mapping(tmp_path):
     p = _write(tmp_path, "- a\n- b\n")
-    _one_line_error(run_cli("run", str(p), "--out", str(tmp_path)), "mapping")
+    _one_line_error(invoke("run", str(p), "--out", str(tmp_path)), "mapping")
 
 
 def test_missing_data_folder(tmp_path):
     p = _write(tmp_path, f"data:\n  dataset: mnist28\n  root: {tmp_path / 'no-data'}\n")
-    _one_line_error(run_cli("run", str(p), "--out", str(tmp_path / "out")), "no-data")
+    _one_line_error(invoke("run", str(p), "--out", str(tmp_path / "out")), "no-data")
 
 
 def test_corrupt_data_file(tmp_path):
@@ -78,18 +78,18 @@ def test_corrupt_data_file(tmp_path):
                  "t10k-labels-idx1-ubyte"):
         (root / name).write_bytes(b"\x00\x00\x08\x03garbage")
     p = _write(tmp_path, f"data:\n  dataset: mnist28\n  root: {root}\n")
-    _one_line_error(run_cli("run", str(p), "--out", str(tmp_path / "out")), str(root))
+    _one_line_error(invoke("run", str(p), "--out", str(tmp_path / "out")), str(root))
 
 
 @pytest.mark.slow
 def test_an_error_leaves_existing_results_untouched(tmp_path, tiny_overrides):
     out = tmp_path / "out"
     good = _write(tmp_path, "name: keep\n")
-    ok = run_cli("run", str(good), "--out", str(out), *[f"--set={o}" for o in tiny_overrides])
+    ok = invoke("run", str(good), "--out", str(out), *[f"--set={o}" for o in tiny_overrides])
     assert ok.returncode == 0, ok.stderr
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     bad = _write(tmp_path, "name: keep\ntrain:\n  stepz: 3\n")
-    _one_line_error(run_cli("run", str(bad), "--out", str(out)))
+    _one_line_error(invoke("run", str(bad), "--out", str(out)))
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert before == after
 
@@ -108,7 +108,7 @@ def test_a_closed_pipe_ends_quietly():
 
 def test_a_bad_study_key_in_set_names_the_override(tmp_path):
     cfg = _write(tmp_path, "name: s\nseeds: 2\n")
-    err = _one_line_error(run_cli("run", str(cfg), "--out", str(tmp_path / "out"), "--set", "seeds=abc"),
+    err = _one_line_error(invoke("run", str(cfg), "--out", str(tmp_path / "out"), "--set", "seeds=abc"),
                           "--set seeds=abc")
     assert "cfg.yaml" not in err
 
@@ -116,7 +116,7 @@ def test_a_bad_study_key_in_set_names_the_override(tmp_path):
 def test_variants_merged_by_a_set_get_one_notice_line(tmp_path):
     cfg = _write(tmp_path, "name: s\nobjective: iwae\nvariants:\n  k1: {objective.k: 1}\n  k5: {objective.k: 5}\n"
                            "  baseline: {}\nseeds: 4\n")
-    proc = run_cli("run", str(cfg), "--out", str(tmp_path / "out"), "--set", "objective.k=3", "--dry-run")
+    proc = invoke("run", str(cfg), "--out", str(tmp_path / "out"), "--set", "objective.k=3", "--dry-run")
     assert proc.returncode == 0, proc.stderr
     notes = [line for line in proc.stderr.splitlines() if line.startswith("vaebench: note:")]
     assert notes == ["vaebench: note: variants k1, k5 and baseline are the same run after --set objective.k=3: "
@@ -128,13 +128,13 @@ def test_a_broken_symlink_out_is_called_one(tmp_path):
     link = tmp_path / "gone"
     link.symlink_to(tmp_path / "nowhere")
     cfg = _write(tmp_path, "name: s\n")
-    err = _one_line_error(run_cli("run", str(cfg), "--out", str(link)), "broken symbolic link", str(link))
+    err = _one_line_error(invoke("run", str(cfg), "--out", str(link)), "broken symbolic link", str(link))
     assert "is a file" not in err and not (tmp_path / "nowhere").exists()
 
 
 def test_a_study_named_report_is_refused(tmp_path):
     cfg = _write(tmp_path, "name: report\n")
-    _one_line_error(run_cli("run", str(cfg), "--out", str(tmp_path / "out")), "may not be named 'report'",
+    _one_line_error(invoke("run", str(cfg), "--out", str(tmp_path / "out")), "may not be named 'report'",
                     "cfg.yaml")
     assert not (tmp_path / "out").exists()
 
