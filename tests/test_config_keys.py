@@ -10,7 +10,7 @@ from vaebench.config import (RunConfig, execution_keys, is_execution_key, join_e
                              known_keys, per_run_keys, resolve)
 from vaebench.errors import ConfigError
 
-from conftest import REPO, SHARED_MNIST, run_cli
+from conftest import REPO, SHARED_MNIST, invoke
 
 # The ids of every run of the shipped experiments: existing results folders must be found again.
 # The ablation study moved to validation held out of the train split (data.val_from: train, issue 20),
@@ -126,7 +126,7 @@ def test_every_mistake_of_a_config_at_once():
 def test_every_mistake_on_the_command_line(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model:\n  latent: 0\nobjective:\n  kl: analytical\n")
-    r = run_cli("run", str(cfg), "--out", str(tmp_path / "out"))
+    r = invoke("run", str(cfg), "--out", str(tmp_path / "out"))
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("vaebench: error: ") for line in lines), lines
