@@ -17,7 +17,7 @@ from vaebench.errors import ConfigError
 from vaebench.evaluation.estimates import estimator_path, iw_log_likelihood
 from vaebench.training import choose_engine, train_group, train_run
 
-from conftest import SHARED_MNIST, one_line_error, run_cli
+from conftest import SHARED_MNIST, invoke, one_line_error
 
 RTOL, ATOL = 1e-4, 1e-4  # per-step metrics of whole runs on two engines, as tests/test_engines.py
 CONV = {"name": "conv", "channels": [4, 8], "hidden": 16}
@@ -93,7 +93,7 @@ def test_sizes_it_cannot_take_are_one_line_config_errors():
 def test_a_stack_of_channels_the_image_cannot_take_is_refused_by_the_cli_in_one_line(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("name: c\nmodel:\n  encoder: {name: conv, channels: [2, 2, 2, 2, 2]}\n")
-    proc = run_cli("run", str(cfg), "--out", str(tmp_path / "r"))
+    proc = invoke("run", str(cfg), "--out", str(tmp_path / "r"))
     one_line_error(proc, "model.encoder.channels", "c.yaml", "at most 4 entries")
     assert not (tmp_path / "r").exists()
 
