@@ -24,7 +24,7 @@ from vaebench.evaluation import iw_log_likelihood
 from vaebench.evaluation.run import evaluate_run, split_images
 from vaebench.training import choose_engine, train_group, train_run
 
-from conftest import one_line_error, run_cli
+from conftest import invoke, one_line_error
 
 CB = "continuous_bernoulli"
 F64 = torch.float64
@@ -147,7 +147,7 @@ def test_bernoulli_on_grey_levels_is_refused_in_one_line_naming_both_keys(tmp_pa
     resolve({}, ["data.binarize=none", "model.likelihood=test_cb_unmarked"])  # unmarked: not refused
     p = tmp_path / "grey.yaml"
     p.write_text(yaml.safe_dump({"data": {"binarize": "none"}, "train": {"steps": 5}}))
-    one_line_error(run_cli("run", str(p), "--out", str(tmp_path / "out")),
+    one_line_error(invoke("run", str(p), "--out", str(tmp_path / "out")),
                    "model.likelihood: bernoulli", "data.binarize: none", str(p), CB)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("config.yaml"))
 
