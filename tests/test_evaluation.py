@@ -17,7 +17,7 @@ from vaebench.components.likelihoods import Bernoulli
 from vaebench.components.networks import MLP, forward_columns
 from vaebench.evaluation import active_units, estimator_path, evaluate_model, iw_log_likelihood, posterior_stats
 
-from conftest import one_line_error, run_cli
+from conftest import invoke, one_line_error
 
 
 def _gen(seed=0):
@@ -251,18 +251,18 @@ def test_eval_cli_writes_eval_json_and_ls_shows_it(tmp_path, tiny_overrides):
     assert [(e["split"], e["k"], e["checkpoint"]) for e in entries] == [("val", 4, "last")]
     assert entries[0]["n"] == 50 and len(entries[0]["kl_per_dim"]) == 8 and entries[0]["step"] == 60
 
-    p = run_cli("eval", str(tmp_path), "--k", "3", "--split", "test")
+    p = invoke("eval", str(tmp_path), "--k", "3", "--split", "test")
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("evaluated") and "IW log p(x) (k=3)" in p.stdout
-    assert run_cli("eval", str(tmp_path), "--k", "5", "--split", "test").returncode == 0
+    assert invoke("eval", str(tmp_path), "--k", "5", "--split", "test").returncode == 0
     entries = runs.read_evals(res.path)  # a second k keeps the first: one entry per (split, k, checkpoint)
     assert [(e["split"], e["k"]) for e in entries] == [("test", 3), ("test", 5), ("val", 4)]
     k3, k5 = (runs.find_eval(entries, "test", k) for k in (3, 5))
     assert k3["n"] == 10_000 and k3["elbo"] <= k3["iw_ll"] < 0 and k3["iw_ll"] != k5["iw_ll"]
-    assert run_cli("eval", str(tmp_path), "--k", "3").stdout.startswith("skipped")
+    assert invoke("eval", str(tmp_path), "--k", "3").stdout.startswith("skipped")
     assert len(runs.read_evals(res.path)) == 3
 
-    ls = run_cli("ls", str(tmp_path))
+    ls = invoke("ls", str(tmp_path))
     assert ls.returncode == 0 and "test_iw_ll" in ls.stdout and "val_iw_ll" in ls.stdout and "test_k" in ls.stdout
     final = vaebench.load(tmp_path, final=True)  # one run: its largest k
     assert final.loc[0, "test_iw_ll"] == pytest.approx(k5["iw_ll"]) and final.loc[0, "test_k"] == 5
@@ -270,12 +270,12 @@ def test_eval_cli_writes_eval_json_and_ls_shows_it(tmp_path, tiny_overrides):
     assert vaebench.load(tmp_path, final=True, k=3).loc[0, "test_iw_ll"] == pytest.approx(k3["iw_ll"])
     assert final.loc[0, "val_elbo"] == json.loads((res.path / runs.FINAL).read_text())["val"]["elbo"]
 
-    best = run_cli("eval", str(res.path), "--k", "3", "--checkpoint", "best")
+    best = invoke("eval", str(res.path), "--k", "3", "--checkpoint", "best")
     one_line_error(best, "best.pt", "train.keep_best")
-    bad = run_cli("eval", str(tmp_path), "--k", "0")
+    bad = invoke("eval", str(tmp_path), "--k", "0")
     assert bad.returncode == 2 and bad.stderr.strip() == "vaebench: error: k must be at least 1, got 0"
     (res.path / runs.CHECKPOINT).unlink()
-    bad = run_cli("eval", str(res.path), "--force")
+    bad = invoke("eval", str(res.path), "--force")
     assert bad.returncode != 0 and "checkpoint.pt is missing" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -283,10 +283,10 @@ def test_every_run_ends_with_test_metrics_unless_disabled(tmp_path, tiny_overrid
     cfg = tmp_path / "c.yaml"
     cfg.write_text("name: t\n")
     sets = [f"--set={o}" for o in tiny_overrides if not o.startswith("eval.")]
-    r = run_cli("run", str(cfg), "--out", str(tmp_path / "res"), *sets, "--set=eval.k=4")
+    r = invoke("run", str(cfg), "--out", str(tmp_path / "res"), *sets, "--set=eval.k=4")
     assert r.returncode == 0, r.stderr
     assert "test IW log p(x)" in r.stdout and "(k=4)" in r.stdout  # what make run prints for the baseline
-    off = run_cli("run", str(cfg), "--out", str(tmp_path / "res"), *sets, "--set=seed=1", "--set=eval.enabled=false")
+    off = invoke("run", str(cfg), "--out", str(tmp_path / "res"), *sets, "--set=seed=1", "--set=eval.enabled=false")
     assert off.returncode == 0, off.stderr
     assert "test IW" not in off.stdout
     final = vaebench.load(tmp_path / "res", final=True).set_index("seed")
@@ -294,10 +294,10 @@ def test_every_run_ends_with_test_metrics_unless_disabled(tmp_path, tiny_overrid
     assert final.loc[0, "test_elbo"] <= final.loc[0, "test_iw_ll"] < 0 and final.loc[0, "test_iw_ll_se"] > 0
     assert math.isnan(final.loc[1, "test_iw_ll"])  # eval.enabled: false skipped it
     # a run without test metrics (an older run) gets them from vaebench eval
-    p = run_cli("eval", str(tmp_path / "res"), "--k", "4")
+    p = invoke("eval", str(tmp_path / "res"), "--k", "4")
     assert p.returncode == 0, p.stderr
     assert p.stdout.count("skipped") == 1 and p.stdout.count("evaluated") == 1
-    ls = run_cli("ls", str(tmp_path / "res"))
+    ls = invoke("ls", str(tmp_path / "res"))
     for col in ("test_elbo", "test_elbo_se", "test_iw_ll", "test_iw_ll_se"):
         assert col in ls.stdout
     assert "-" not in ls.stdout.splitlines()[-1].split()[-1]
@@ -310,12 +310,12 @@ def test_a_run_cut_during_its_end_of_run_evaluation_is_evaluated_by_the_rerun(tm
     cfg = tmp_path / "c.yaml"
     cfg.write_text("name: t\n")
     sets = [f"--set={o}" for o in tiny_overrides if not o.startswith("eval.")] + ["--set=eval.k=4"]
-    first = run_cli("run", str(cfg), "--out", str(tmp_path / "res"), *sets)
+    first = invoke("run", str(cfg), "--out", str(tmp_path / "res"), *sets)
     assert first.returncode == 0, first.stderr
     run_dir = runs.find_runs(tmp_path / "res")[0]
     metrics = (run_dir / runs.METRICS).read_bytes()
     (run_dir / runs.EVAL).unlink()  # as if killed between final.json and eval.json
-    again = run_cli("run", str(cfg), "--out", str(tmp_path / "res"), *sets)
+    again = invoke("run", str(cfg), "--out", str(tmp_path / "res"), *sets)
     assert again.returncode == 0, again.stderr
     assert (run_dir / runs.EVAL).is_file() and (run_dir / runs.METRICS).read_bytes() == metrics
     assert "test IW log p(x)" in again.stdout
