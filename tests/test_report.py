@@ -22,7 +22,7 @@ from vaebench.report.build import RUN_FIGURES
 from vaebench.report.figures import curve_bands
 from vaebench.report.stats import mean_ci, t975
 
-from conftest import REPO, invoke, one_line_error, run_cli
+from conftest import REPO, invoke, one_line_error
 
 TINY = {"data": {"per_class": 20, "val_size": 40}, "eval": {"k": 4},  # the whole test split, cheaply
         "train": {"steps": 200, "batch_size": 20, "eval_every": 25, "flush_every": 50, "checkpoint_every": 100,
@@ -236,30 +236,30 @@ def test_plot_functions_take_dataframes_from_load(results):
 
 @pytest.mark.slow
 def test_cli_report_and_its_errors(results, tmp_path):
-    r = run_cli("report", str(results / "st"), "--out", str(tmp_path / "r"))
+    r = invoke("report", str(results / "st"), "--out", str(tmp_path / "r"))
     assert r.returncode == 0, r.stderr
     assert "index.html" in r.stdout and "val_elbo_mean" in r.stdout
-    missing = run_cli("report", str(tmp_path / "nothing"))
+    missing = invoke("report", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "not found" in missing.stderr
     run_dir = runs.find_runs(results / "single")[0]
-    inside = run_cli("report", str(results / "single"), "--out", str(run_dir / "figs"))
+    inside = invoke("report", str(results / "single"), "--out", str(run_dir / "figs"))
     assert inside.returncode == 2 and "inside a run folder" in inside.stderr
 
 
 def test_compare_sample_and_reconstruct_from_the_command_line(results, tmp_path):
-    c = run_cli("compare", str(results / "st"))
+    c = invoke("compare", str(results / "st"))
     assert c.returncode == 0, c.stderr
     assert c.stdout.startswith("test IW log p(x)") and "too few seeds" in c.stdout  # 2 seeds per config
-    v = run_cli("compare", str(results / "st"), "--metric", "val_elbo")
+    v = invoke("compare", str(results / "st"), "--metric", "val_elbo")
     assert v.returncode == 0 and v.stdout.startswith("validation ELBO")
-    bad = run_cli("compare", str(results / "st"), "--metric", "val_elbow")
+    bad = invoke("compare", str(results / "st"), "--metric", "val_elbow")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "val_elbo" in bad.stderr
     run_dir = runs.find_runs(results / "single")[0]
-    s = run_cli("sample", str(run_dir), "-n", "16", "--out", str(tmp_path / "s.png"))
-    r = run_cli("reconstruct", str(run_dir), "--split", "val", "--out", str(tmp_path / "r.svg"))
+    s = invoke("sample", str(run_dir), "-n", "16", "--out", str(tmp_path / "s.png"))
+    r = invoke("reconstruct", str(run_dir), "--split", "val", "--out", str(tmp_path / "r.svg"))
     assert s.returncode == 0 and r.returncode == 0, s.stderr + r.stderr
     assert (tmp_path / "s.png").stat().st_size > 2_000 and (tmp_path / "r.svg").stat().st_size > 2_000
-    not_a_run = run_cli("sample", str(results), "--out", str(tmp_path / "x.png"))
+    not_a_run = invoke("sample", str(results), "--out", str(tmp_path / "x.png"))
     assert not_a_run.returncode == 2 and "not a run folder" in not_a_run.stderr and "Traceback" not in not_a_run.stderr
 
 
@@ -282,7 +282,7 @@ def test_run_figures_in_pdf_on_request_and_a_wrong_format_in_one_line(results, t
     assert (rep.out / f"runs/{run_dir.name}/samples.pdf").read_bytes().startswith(b"%PDF")
     assert build_report(run_dir, out=tmp_path / "r", formats="png,svg,pdf").drawn == []  # the same formats: reused
     assert build_report(run_dir, out=tmp_path / "r").drawn == rep.drawn  # other formats: redrawn
-    bad = run_cli("report", str(run_dir), "--out", str(tmp_path / "r2"), "--formats", "svg,eps")
+    bad = invoke("report", str(run_dir), "--out", str(tmp_path / "r2"), "--formats", "svg,eps")
     one_line_error(bad, "--formats", "png")
 
 
@@ -299,7 +299,7 @@ def test_variants_named_with_mathtext_and_html_are_drawn_and_escaped_everywhere(
         "base": {}, MATH: {"objective.name": "iwae", "objective.k": 2}, TAGS: {"model.latent": 3}}}))
     out = tmp_path / "results"
     assert not vaebench.run_study(study, out=out, jobs=2, progress=False).failed
-    r = run_cli("report", str(out))
+    r = invoke("report", str(out))
     assert r.returncode == 0, r.stderr
     rep = out / "report"
     assert "could not be drawn" not in (rep / "index.html").read_text()
