@@ -19,7 +19,7 @@ from vaebench import runs
 from vaebench.config import resolve
 from vaebench.grid import expand, run_state
 
-from conftest import REPO, run_cli
+from conftest import REPO, invoke, run_cli
 
 TINY = {"data": {"per_class": 20, "val_size": 20}, "eval": {"enabled": False},
         "train": {"steps": 40, "batch_size": 20, "eval_every": 20, "flush_every": 20, "checkpoint_every": 20,
@@ -103,7 +103,7 @@ def test_invalid_studies_fail_with_one_line(tmp_path, study, message):
 def test_an_invalid_study_exits_2_before_anything_runs(tmp_path):
     path = write_study(tmp_path, grid={"objective.k": [1, 2]}, zip={"optim.lr": [1e-3], "optim.eps": [1e-8, 1e-4]})
     out = tmp_path / "res"
-    r = run_cli("run", str(path), "--out", str(out))
+    r = invoke("run", str(path), "--out", str(out))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
     assert "unequal length" in r.stderr and not out.exists()
 
@@ -143,7 +143,7 @@ def folders(root: Path) -> dict[str, Path]:
 def test_sigkill_mid_grid_then_rerun_matches_an_uninterrupted_grid(tmp_path):
     path = write_study(tmp_path, seeds=2, train={**TINY["train"], "steps": 600, "flush_every": 25,
                                                   "checkpoint_every": 50})
-    ref = run_cli("run", str(path), "--out", str(tmp_path / "ref"), "-j", "1")
+    ref = invoke("run", str(path), "--out", str(tmp_path / "ref"), "-j", "1")
     assert ref.returncode == 0, ref.stderr
 
     out = tmp_path / "cut"
@@ -158,10 +158,10 @@ def test_sigkill_mid_grid_then_rerun_matches_an_uninterrupted_grid(tmp_path):
     assert "partial" in {run_state(d) for d in cut.values()}
     for part in out.rglob("*.parquet"):  # everything left behind is whole
         runs.read_tables([part])
-    dry = run_cli("run", str(path), "--out", str(out), "--dry-run")
+    dry = invoke("run", str(path), "--out", str(out), "--dry-run")
     assert "partial" in dry.stdout and dry.returncode == 0
 
-    again = run_cli("run", str(path), "--out", str(out), "-j", "1")
+    again = invoke("run", str(path), "--out", str(out), "-j", "1")
     assert again.returncode == 0, again.stderr
     want = folders(tmp_path / "ref" / "st")
     got = folders(out / "st")
@@ -194,7 +194,7 @@ def test_two_concurrent_runners_train_each_run_once(tmp_path):
 def test_a_nan_run_fails_alone_and_the_command_exits_1(tmp_path):
     path = write_study(tmp_path, variants={"good": {}, "bad": {"optim.lr": 1e6, "optim.name": "sgd"}})
     out = tmp_path / "res"
-    r = run_cli("run", str(path), "--out", str(out), "-j", "2")
+    r = invoke("run", str(path), "--out", str(out), "-j", "2")
     assert r.returncode == 1, r.stdout + r.stderr
     assert "1 of 2 runs are not done (1 failed)" in r.stderr and "Traceback" not in r.stderr
     table = vaebench.ls(out)
@@ -203,12 +203,12 @@ def test_a_nan_run_fails_alone_and_the_command_exits_1(tmp_path):
     bad = next(d for d in folders(out / "st").values() if "bad" in d.name)
     assert "NaN" in runs.read_status(bad)["reason"]
 
-    dry = run_cli("run", str(path), "--out", str(out), "--dry-run")
+    dry = invoke("run", str(path), "--out", str(out), "--dry-run")
     assert "1 done" in dry.stdout and "1 failed" in dry.stdout
-    again = run_cli("run", str(path), "--out", str(out))  # failed runs are not retried unasked
+    again = invoke("run", str(path), "--out", str(out))  # failed runs are not retried unasked
     assert "nothing to do" in again.stdout
     assert again.returncode == 1 and "1 of 2 runs are not done (1 failed)" in again.stderr  # nor called done
-    retried = run_cli("run", str(path), "--out", str(out), "--retry-failed")
+    retried = invoke("run", str(path), "--out", str(out), "--retry-failed")
     assert retried.returncode == 1 and "1 of 2 runs are not done (1 failed)" in retried.stderr
 
 
@@ -220,11 +220,11 @@ def test_a_corrupt_checkpoint_fails_its_own_run_only(tmp_path):
     (bad / runs.CHECKPOINT).write_bytes((bad / runs.CHECKPOINT).read_bytes()[:100])  # a cut write
     for d in (bad, good):  # both cut before they finished: resumable
         (d / runs.STATUS).write_text(json.dumps({"state": "running", "step": 40}))
-    r = run_cli("run", str(path), "--out", str(tmp_path))  # damaged: named, left as it is; the other resumes
+    r = invoke("run", str(path), "--out", str(tmp_path))  # damaged: named, left as it is; the other resumes
     assert r.returncode == 1 and "Traceback" not in r.stderr and "(1 damaged)" in r.stderr
     assert f"{runs.CHECKPOINT} is truncated or corrupt" in r.stdout and f"--retry {bad.name}" in r.stdout
     assert runs.run_state(bad).state == "damaged" and runs.read_status(good)["state"] == "done"
-    assert run_cli("run", str(path), "--out", str(tmp_path), "--retry", bad.name).returncode == 0  # that run, from 0
+    assert invoke("run", str(path), "--out", str(tmp_path), "--retry", bad.name).returncode == 0  # that run, from 0
     assert runs.read_status(bad)["state"] == "done"
 
 
@@ -232,22 +232,22 @@ def test_a_corrupt_checkpoint_fails_its_own_run_only(tmp_path):
 def test_dry_run_states_force_and_new_axis(tmp_path):
     path = write_study(tmp_path, grid={"objective.k": [1, 2]})
     out = tmp_path / "res"
-    assert run_cli("run", str(path), "--out", str(out), "--set", "objective.k=1").returncode == 0
-    dry = run_cli("run", str(path), "--out", str(out), "--dry-run")
+    assert invoke("run", str(path), "--out", str(out), "--set", "objective.k=1").returncode == 0
+    dry = invoke("run", str(path), "--out", str(out), "--dry-run")
     assert "2 runs" in dry.stdout and "1 done" in dry.stdout and "1 new" in dry.stdout
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
-    run_cli("run", str(path), "--out", str(out), "--dry-run")
+    invoke("run", str(path), "--out", str(out), "--dry-run")
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 
     # a new axis reuses the runs that exist (found by id) and trains only what is missing
-    r = run_cli("run", str(path), "--out", str(out), "--set", "objective.kl=analytic,monte_carlo")
+    r = invoke("run", str(path), "--out", str(out), "--set", "objective.kl=analytic,monte_carlo")
     assert r.returncode == 0, r.stderr
     assert len(trained(r.stdout)) == 3
     assert len(folders(out / "st")) == 4
     grid = yaml.safe_load((out / "st" / "grid.yaml").read_text())
     assert grid["axes"] == ["objective.k", "objective.kl"] and len(grid["runs"]) == 4
 
-    forced = run_cli("run", str(path), "--out", str(out), "--force", "--set", "objective.k=1")
+    forced = invoke("run", str(path), "--out", str(out), "--force", "--set", "objective.k=1")
     assert forced.returncode == 0 and len(trained(forced.stdout)) == 1
 
 
@@ -262,7 +262,7 @@ def test_load_and_ls_read_a_study_with_its_varied_values(tmp_path):
     table = vaebench.ls(tmp_path)
     assert list(table.columns[:3]) == ["run", "seed", "objective.k"] and (table["state"] == "done").all()
     assert table["val_elbo"].notna().all()
-    r = run_cli("ls", str(tmp_path / "r"))
+    r = invoke("ls", str(tmp_path / "r"))
     assert r.returncode == 0 and r.stdout.count(" done ") == 4
 
 
@@ -295,7 +295,7 @@ def test_ray_executor_on_a_local_instance(tmp_path):
     r = run_cli("run", str(path), "--out", str(out), "--executor", "ray", timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert len(trained(r.stdout)) == 2
-    local = run_cli("run", str(path), "--out", str(tmp_path / "local"), "-j", "1")
+    local = invoke("run", str(path), "--out", str(tmp_path / "local"), "-j", "1")
     assert local.returncode == 0
     want = folders(tmp_path / "local" / "st")
     for rid, d in folders(out / "st").items():
