@@ -15,12 +15,14 @@ import yaml
 from vaebench import plugins, runs
 from vaebench.errors import ConfigError
 
-from conftest import REPO, one_line_error, run_cli
+from conftest import REPO, invoke, one_line_error, run_cli
 
 EXAMPLE = REPO / "tests" / "plugin_example"
 TINY = ["--set", "data.per_class=30", "--set", "data.val_size=40", "--set", "train.steps=40",
         "--set", "train.batch_size=30", "--set", "train.eval_every=20", "--set", "train.flush_every=20",
-        "--set", "train.checkpoint_every=20"]
+        "--set", "train.checkpoint_every=20",
+        # the end-of-run evaluation on the 40 validation images with few samples, not 250 of 10,000 test images
+        "--set", "eval.splits=[val]", "--set", "eval.k=5"]
 
 
 def readme_section() -> str:
@@ -141,10 +143,10 @@ def write(tmp_path: Path, text: str, name: str = "cfg.yaml") -> Path:
 
 def test_a_missing_plugin_is_one_line_naming_it(tmp_path):
     cfg = write(tmp_path, "imports: [no_such_plugin]\n")
-    one_line_error(run_cli("run", str(cfg), "--out", str(tmp_path / "out")), "no_such_plugin", "not found")
+    one_line_error(invoke("run", str(cfg), "--out", str(tmp_path / "out")), "no_such_plugin", "not found")
     assert not (tmp_path / "out").exists()
-    one_line_error(run_cli("config", str(write(tmp_path, "name: x\n")), "--import", "gone.py"), "gone.py")
-    one_line_error(run_cli("ls", str(tmp_path), "--import", "no_such_plugin"), "no_such_plugin")
+    one_line_error(invoke("config", str(write(tmp_path, "name: x\n")), "--import", "gone.py"), "gone.py")
+    one_line_error(invoke("ls", str(tmp_path), "--import", "no_such_plugin"), "no_such_plugin")
 
 
 def test_a_failing_plugin_is_one_line_naming_it_and_its_line(tmp_path):
@@ -157,7 +159,7 @@ def test_a_failing_plugin_is_one_line_naming_it_and_its_line(tmp_path):
 
 def test_an_unknown_component_hints_at_imports(tmp_path):
     cfg = write(tmp_path, "model:\n  encoder: {activation: silu}\n")
-    one_line_error(run_cli("config", str(cfg)), "unknown activation 'silu'", "imports:")
+    one_line_error(invoke("config", str(cfg)), "unknown activation 'silu'", "imports:")
 
 
 @pytest.mark.slow
@@ -201,7 +203,7 @@ def test_an_installed_packages_entry_point_registers_components(tmp_path):
 
 
 def test_vaebench_config_prints_each_key_with_its_description(tmp_path):
-    r = run_cli("config", str(REPO / "experiments" / "ablations.yaml"), "--set", "train.steps=300")
+    r = invoke("config", str(REPO / "experiments" / "ablations.yaml"), "--set", "train.steps=300")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].startswith("#") and "24 runs" in lines[0]
@@ -345,7 +347,7 @@ def test_reading_a_results_folder_runs_none_of_its_code_unless_asked(tmp_path):
 @pytest.mark.parametrize("name", ["os", "json", "yaml", "os.path"])
 def test_a_standard_library_or_installed_module_is_not_a_plugin(tmp_path, name):
     cfg = write(tmp_path, f"imports: [{name}]\n")
-    one_line_error(run_cli("config", str(cfg)), repr(name), "standard library or installed module")
-    one_line_error(run_cli("ls", str(tmp_path), "--import", name), repr(name), "not a plugin")
+    one_line_error(invoke("config", str(cfg)), repr(name), "standard library or installed module")
+    one_line_error(invoke("ls", str(tmp_path), "--import", name), repr(name), "not a plugin")
     with pytest.raises(ConfigError, match="not a plugin"):
         plugins.resolve([name])
