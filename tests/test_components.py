@@ -19,7 +19,7 @@ from vaebench.config import flatten, key_info, resolve
 from vaebench.errors import ConfigError
 from vaebench.registry import ComponentConfig, Registry
 
-from conftest import REPO, one_line_error, run_cli
+from conftest import REPO, invoke, one_line_error, run_cli
 
 PLUGIN = REPO / "tests" / "plugin_hyper"
 TINY = ["--set", "data.per_class=30", "--set", "data.val_size=40", "--set", "train.steps=40",
@@ -29,8 +29,10 @@ TINY = ["--set", "data.per_class=30", "--set", "data.val_size=40", "--set", "tra
 
 
 @pytest.mark.slow
-def test_a_plugins_hyperparameters_through_the_cli(tmp_path):
-    """A grid over a plugin activation's own key, -j 2, then report, eval, compare, config and load."""
+def test_a_plugins_hyperparameters_through_the_cli(tmp_path, monkeypatch):
+    """A grid over a plugin activation's own key, -j 2, then report, eval, compare, config and load.
+    The training and compare are real commands (compare must run none of the folder's code); report,
+    eval and config run in this process, which imports the plugin as load() below does."""
     work = tmp_path / "work"
     shutil.copytree(PLUGIN, work)
     r = run_cli("run", "study.yaml", "-j", "2", *TINY, cwd=work)
@@ -47,7 +49,8 @@ def test_a_plugins_hyperparameters_through_the_cli(tmp_path):
         assert runs.read_json(d / runs.ENV)["engine"] in ("generic", "torch")  # no fused kernel declared
     assert len({d.name.rsplit("-", 1)[1] for d in run_dirs}) == 4  # the slope is part of the id
 
-    r = run_cli("report", "results", "--trust", cwd=work)
+    monkeypatch.chdir(work)
+    r = invoke("report", "results", "--trust")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "figures missing" not in r.stdout and "could not be drawn" not in r.stdout, r.stdout
     for d in run_dirs:
@@ -58,7 +61,7 @@ def test_a_plugins_hyperparameters_through_the_cli(tmp_path):
     index = (work / "results" / "report" / "index.html").read_text()
     assert "leaky slope" in index  # the axis is labelled with the plugin's own label
 
-    r = run_cli("eval", "results/hyper", "--split", "val", "--k", "4", "--import", "hyper_components.py", cwd=work)
+    r = invoke("eval", "results/hyper", "--split", "val", "--k", "4", "--import", "hyper_components.py")
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("evaluated") == 4, r.stdout
 
@@ -66,12 +69,12 @@ def test_a_plugins_hyperparameters_through_the_cli(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "encoder activation slope" in r.stdout and "leaky slope" not in r.stdout, r.stdout
 
-    r = run_cli("config", "study.yaml", cwd=work)
+    r = invoke("config", "study.yaml")
     assert r.returncode == 0, r.stderr
     for text in ("slope for negative inputs", "nats below which a latent's KL is not penalized",
                  "name: free_bits", "[varied: 0.05, 0.3]"):
         assert text in r.stdout, (text, r.stdout)
-    r = run_cli("config", "--components", "--import", "hyper_components.py", cwd=work)
+    r = invoke("config", "--components", "--import", "hyper_components.py")
     assert r.returncode == 0, r.stderr
     assert "leaky (hyper_components)" in r.stdout and "free_bits (hyper_components)" in r.stdout, r.stdout
 
