@@ -106,11 +106,20 @@ def command(study: Path, out: Path, jobs: int, kill: str | None = None, timeout:
     return p.returncode
 
 
-def reference(folder: Path) -> Path:
-    """An uninterrupted study."""
+def reference(folder: Path, in_process: bool = False) -> Path:
+    """An uninterrupted study: by the command, or with ``in_process`` by vaebench.run_study in this
+    process (a test's, which saves a start-up; the killed commands' numbers must equal it all the same)."""
     study = write_study(folder)
-    rc = command(study, folder / "ref", jobs=1)
-    assert rc == 0, f"the uninterrupted study exited {rc}"
+    if in_process:
+        import vaebench
+        from vaebench import runs
+
+        res = vaebench.run_study(study, out=folder / "ref", jobs=1, progress=False)
+        done = [runs.run_state(d).state for d in res.run_dirs]
+        assert not res.failed and done == ["done"] * len(done), done
+    else:
+        rc = command(study, folder / "ref", jobs=1)
+        assert rc == 0, f"the uninterrupted study exited {rc}"
     return folder / "ref" / STUDY["name"]
 
 

@@ -30,7 +30,7 @@ def test_kill_suite_leaves_exactly_the_uninterrupted_numbers(tmp_path):
     """>= 20 SIGKILLs in start-up, training, flushes, checkpoints (between two stack members too),
     compaction and the end, in-process and with a pool; a rerun after each; then every run equals the
     uninterrupted study's: same rows, same values, every file readable, no temp file left."""
-    want = ks.reference(tmp_path / "ref")
+    want = ks.reference(tmp_path / "ref", in_process=True)
     got, out = ks.sequence(tmp_path / "j1", jobs=1, kills=[k for _, k in ks.EXACT])
     ks.check_folder(got, out)
     ks.compare(got, want, out)
