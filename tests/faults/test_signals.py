@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
+import vaebench
 from vaebench import runs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -116,10 +117,10 @@ def _same_numbers(got: Path, want: Path) -> None:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
-    """The uninterrupted study."""
+    """The uninterrupted study, trained in this process (its numbers are those of any -j)."""
     folder = tmp_path_factory.mktemp("ref")
-    r = _run("run", str(_study(folder)), "--out", str(folder / "r"), "-j", "2")
-    assert r.returncode == 0, r.stderr
+    res = vaebench.run_study(_study(folder), out=folder / "r", jobs=1, progress=False)
+    assert not res.failed and all(runs.run_state(d).state == "done" for d in res.run_dirs)
     return folder / "r" / "st"
 
 
@@ -193,8 +194,8 @@ def test_an_interrupted_report_stops_at_once_quietly(tmp_path, sig):
     """Enough runs that the report draws in a pool of workers; interrupted while they draw."""
     out = tmp_path / "r"
     train = {**STUDY["train"], "steps": 20, "eval_every": 10, "flush_every": 10, "checkpoint_every": 10}
-    made = _run("run", str(_study(tmp_path, seeds=12, train=train)), "--out", str(out), "-j", "2")
-    assert made.returncode == 0, made.stderr
+    made = vaebench.run_study(_study(tmp_path, seeds=12, train=train), out=out, jobs=1, progress=False)  # not the point
+    assert not made.failed and len(made.run_dirs) == 12
     with _reaped(_start("report", str(out), "-j", "2")) as p:
         workers = _wait_for(p, out, checkpoints=0, workers=2)
         time.sleep(1.0)
