@@ -19,7 +19,7 @@ from vaebench.report.figures import plot_forest, save
 from vaebench.report.studies import references, study_views, summary, summary_text
 from vaebench.results import axis_label
 
-from conftest import one_line_error, run_cli
+from conftest import invoke, one_line_error
 
 REF = {0: -31.0, 1: -31.6, 2: -30.8, 3: -31.3}  # k=1, the reference
 DIFF_K2 = {0: 0.9, 1: 1.2, 2: 0.7, 3: 1.1}  # a clear improvement
@@ -345,15 +345,16 @@ def test_the_reference_is_the_base_value_then_the_first_listed_never_alphabetica
 
 
 def test_a_mixed_k_comparison_is_one_line_on_the_command_line(act_study):
+    # in-process: act_study trained here, so its plugin is imported in this process already
     a, b = sorted(p for p in act_study.iterdir() if p.is_dir())
     for run_dir, k in ((a, 2), (b, 3)):
-        r = run_cli("eval", str(run_dir), "--k", str(k), "--trust")
+        r = invoke("eval", str(run_dir), "--k", str(k), "--trust")
         assert r.returncode == 0, r.stderr
-    one_line_error(run_cli("compare", str(act_study)), "different k", "k=2 in 1 run", "k=3 in 1 run", "--k")
-    ok = run_cli("compare", str(act_study), "--k", "2", "--format", "csv")
+    one_line_error(invoke("compare", str(act_study)), "different k", "k=2 in 1 run", "k=3 in 1 run", "--k")
+    ok = invoke("compare", str(act_study), "--k", "2", "--format", "csv")
     assert ok.returncode == 0, ok.stderr
     assert pd.read_csv(io.StringIO(ok.stdout))["k"].eq(2).all()
-    s = run_cli("summary", str(act_study), "--format", "markdown")
+    s = invoke("summary", str(act_study), "--format", "markdown")
     assert s.returncode == 0 and "| config |" in s.stdout, s.stderr
 
 
