@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 VAEBENCH = [sys.executable, "-m", "vaebench.cli"]
 CONFIG = {"name": "st", "data": {"per_class": 20, "val_size": 20},
           "train": {"steps": 20, "batch_size": 20, "eval_every": 10, "flush_every": 5, "checkpoint_every": 10,
-                    "threads": 1, "engine": "torch"}}
+                    "threads": 1, "engine": "torch"},
+          "eval": {"splits": ["val"], "k": 5}}  # a cheap end-of-run evaluation (not 250 samples of 10,000 images)
 
 
 def _namespaces() -> str | None:
