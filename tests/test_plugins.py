@@ -265,11 +265,13 @@ def test_a_plugin_changed_between_a_kill_and_the_rerun_is_refused_then_restarted
     assert run_dir.name in err
     assert _snapshot(run_dir) == kept  # refused before anything: nothing resumed, nothing mixed
 
-    r = run_cli("run", str(cfg), "--out", str(tmp_path / "res"), "--restart-changed", cwd=tmp_path)
+    # in this process from here on: its first import of the plugin is of the changed code (a real
+    # command must refuse it, above and below; these two train it)
+    r = invoke("run", str(cfg), "--out", str(tmp_path / "res"), "--restart-changed")
     assert r.returncode == 0, r.stderr[-3000:]
     after = runs.read_code(run_dir)
     assert after["plugins"] == plugins.fingerprint([str(plugin.resolve())]) != before["plugins"]
-    r = run_cli("run", str(cfg), "--out", str(tmp_path / "fresh"), cwd=tmp_path)  # the new code, uninterrupted
+    r = invoke("run", str(cfg), "--out", str(tmp_path / "fresh"))  # the new code, uninterrupted
     assert r.returncode == 0, r.stderr[-3000:]
     (fresh,) = runs.find_runs(tmp_path / "fresh")
     assert runs.read_final(run_dir) == runs.read_final(fresh)  # started over: no update of the old code in it
@@ -306,8 +308,8 @@ def test_reading_a_results_folder_runs_none_of_its_code_unless_asked(tmp_path):
     plugin = _plugin(tmp_path / "marker_plugin.py", "marker_act", 1.0, marker=True)
     marker = Path(str(plugin) + ".marker")
     cfg = write(tmp_path, "name: m\nimports: [marker_plugin.py]\nmodel: {encoder: {activation: marker_act}}\n")
-    r = run_cli("run", str(cfg), "--out", str(tmp_path / "res"), *[a for o in CODE_TINY for a in ("--set", o)],
-                cwd=tmp_path)
+    # trained in this process (the plugin's name is its own); every reader below is a real command
+    r = invoke("run", str(cfg), "--out", str(tmp_path / "res"), *[a for o in CODE_TINY for a in ("--set", o)])
     assert r.returncode == 0, r.stderr[-3000:]
     (run_dir,) = runs.find_runs(tmp_path / "res")
     assert marker.is_file()  # training imports it, as asked
