@@ -254,7 +254,7 @@ def test_dry_run_states_force_and_new_axis(tmp_path):
 @pytest.mark.slow
 def test_load_and_ls_read_a_study_with_its_varied_values(tmp_path):
     res = vaebench.run_study(write_study(tmp_path, grid={"objective.k": [1, 2]}, seeds=2), out=tmp_path / "r",
-                             jobs=2, progress=False)
+                             jobs=1, progress=False)
     assert len(res.results) == 4 and not res.failed
     df = vaebench.load(tmp_path / "r")
     assert df.attrs["varied"] == ["seed", "objective.k"]
