@@ -32,6 +32,16 @@ def _sigint_restored():
             pass
 
 
+@pytest.fixture(autouse=True)
+def _one_worker_by_default(monkeypatch):
+    """A study trained in this process without -j takes one worker, not one per core: spawning a pool
+    (each worker importing torch) costs seconds, while pytest-xdist already keeps every core busy. A
+    test that is about the pool says -j 2 (jobs=2); the commands run in subprocesses see every core."""
+    from vaebench.grid import runner
+
+    monkeypatch.setattr(runner, "available_cores", lambda: 1)
+
+
 @pytest.fixture
 def tiny_overrides() -> list[str]:
     """A run small enough for a unit test (a few seconds on one core)."""
