@@ -15,7 +15,7 @@ from vaebench.config import resolve
 from vaebench.devices import matmul_path, matmul_precision
 from vaebench.training import stack_key, train_group, train_run
 
-# Measured on this project's 2-core Xeon (AMX, avx512_bf16) over the first 300 updates: rec and ELBO
+# Measured on this project's 2-core VM (avx512_bf16) over the first 300 updates: rec and ELBO
 # differ by at most 1.8e-4 relative (median 4e-5), the KL by 1.1e-3 (median 2e-4); the bounds are ~10x.
 AGREE = 2e-3
 AGREE_KL = 1e-2
