@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -19,7 +21,7 @@ from vaebench import runs
 from vaebench.config import resolve
 from vaebench.grid import expand, run_state
 
-from conftest import REPO, invoke, run_cli
+from conftest import REPO, invoke, one_line_error, run_cli
 
 TINY = {"data": {"per_class": 20, "val_size": 20}, "eval": {"enabled": False},
         "train": {"steps": 40, "batch_size": 20, "eval_every": 20, "flush_every": 20, "checkpoint_every": 20,
@@ -264,6 +266,24 @@ def test_load_and_ls_read_a_study_with_its_varied_values(tmp_path):
     assert table["val_elbo"].notna().all()
     r = invoke("ls", str(tmp_path / "r"))
     assert r.returncode == 0 and r.stdout.count(" done ") == 4
+
+    # --sort (descending with -, ties stable) and --format csv | json | markdown carry the same table
+    table = vaebench.ls(tmp_path / "r")
+    by = vaebench.ls(tmp_path / "r", sort=["-objective.k", "val_elbo"])
+    want = table.sort_values(["objective.k", "val_elbo"], ascending=[False, True])
+    assert list(by["run"]) == list(want["run"])
+    csv = invoke("ls", str(tmp_path / "r"), "--format", "csv", "--sort=-objective.k", "--sort", "val_elbo")
+    assert csv.returncode == 0, csv.stderr
+    got = pd.read_csv(io.StringIO(csv.stdout))
+    assert list(got["run"]) == list(want["run"])
+    assert np.allclose(got["val_elbo"], want["val_elbo"], rtol=0, atol=1e-12)  # in full, not to 2 decimals
+    js = invoke("ls", str(tmp_path / "r"), "--format", "json")
+    records = json.loads(js.stdout)
+    assert js.returncode == 0 and [x["run"] for x in records] == list(table["run"])
+    assert [x["val_elbo"] for x in records] == pytest.approx(list(table["val_elbo"]), abs=1e-12)
+    md = invoke("ls", str(tmp_path / "r"), "--format", "markdown").stdout.splitlines()
+    assert md[0].startswith("| run | seed | objective.k |") and set(md[1]) <= set("|- ") and len(md) == 2 + 4
+    one_line_error(invoke("ls", str(tmp_path / "r"), "--sort", "val_elbow"), "val_elbow", "did you mean 'val_elbo'")
 
 
 def test_load_and_ls_name_each_runs_variant_in_study_order(tmp_path):

@@ -212,10 +212,19 @@ def _run_k(run_dir) -> int | None:
         return None
 
 
+LS_FORMATS = ("text", "csv", "json", "markdown")
+
+
 @cli.command(name="ls")
 @click.argument("results", default="results", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(LS_FORMATS), default="text", show_default=True,
+              help="text and markdown: values as written, metrics to 2 decimals; csv and json: every value "
+                   "in full (json: one object per run).")
+@click.option("--sort", "sort", multiple=True, metavar="COLUMN",
+              help="Sort by this column (-COLUMN: descending; e.g. --sort=-val_elbo); repeatable, "
+                   "the first leads. Default: study order.")
 @_trust
-def ls_command(results: str, trust: bool, imports: tuple[str, ...]) -> None:
+def ls_command(results: str, fmt: str, sort: tuple[str, ...], trust: bool, imports: tuple[str, ...]) -> None:
     """List the runs under RESULTS: varied values, state, code (a hash of the plugins' code: runs of
     different code differ), steps, final validation ELBO.
 
@@ -225,8 +234,18 @@ def ls_command(results: str, trust: bool, imports: tuple[str, ...]) -> None:
     from .api import import_plugins, ls
 
     import_plugins(imports)
-    table = ls(results, trust=trust)
-    click.echo(_table(table))
+    table = ls(results, trust=trust, sort=sort)
+    if fmt == "csv":
+        click.echo(table.to_csv(index=False), nl=False)
+    elif fmt == "json":
+        import json
+
+        # pandas writes every value in full (NaN as null); json.dumps leaves a path's "/" as it is
+        click.echo(json.dumps(json.loads(table.to_json(orient="records", double_precision=15)), indent=1))
+    elif fmt == "markdown":
+        click.echo(_markdown(_formatted(table)))
+    else:
+        click.echo(_formatted(table).to_string(index=False))
     if _say_damaged(table.attrs["damaged"]):
         sys.exit(1)
 
@@ -411,6 +430,19 @@ def config_command(config: str | None, overrides: tuple[str, ...], components: b
 
 def _table(df) -> str:
     """Config values as written, metrics (float columns named like val_elbo) to 2 decimals."""
+    return _formatted(df).to_string(index=False)
+
+
+def _markdown(df) -> str:
+    """A GitHub-flavoured table of ``df``'s strings (a | inside a value escaped)."""
+    def row(values) -> str:
+        return "| " + " | ".join(str(v).replace("|", "\\|") for v in values) + " |"
+
+    return "\n".join([row(df.columns), row(["---"] * len(df.columns)), *(row(r) for r in df.itertuples(index=False))])
+
+
+def _formatted(df):
+    """``df`` as strings: config values as written, metrics (float columns named like val_elbo) to 2 decimals."""
     import pandas as pd
 
     from .results import format_value
@@ -422,7 +454,7 @@ def _table(df) -> str:
         else:
             df[col] = df[col].astype(object).map(  # None, NaN, and pd.NA of a nullable column such as test_k
                 lambda v: "-" if v is None or v is pd.NA or (isinstance(v, float) and v != v) else format_value(v))
-    return df.to_string(index=False)
+    return df
 
 
 def main() -> None:

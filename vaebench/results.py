@@ -408,9 +408,39 @@ def varied_keys(df: pd.DataFrame) -> list[str]:
     return [c for c in config_cols if not is_execution_key(c) and df[c].astype(str).nunique(dropna=False) > 1]
 
 
-def ls(path: str | Path = "results", trust: bool = False) -> pd.DataFrame:
-    """One row per run, in study order: its variant and varied values, state, code, progress, final
-    validation ELBO and any held-out log-likelihood (``vaebench ls``); ``trust`` as in load."""
+def sort_runs(df: pd.DataFrame, by: list[str] | tuple[str, ...]) -> pd.DataFrame:
+    """``df`` sorted by columns ``by`` in turn, each ascending or, written ``-name``, descending;
+    missing values last, ties in their order before (a stable sort). An unknown column is a
+    one-line error naming the columns there are."""
+    import difflib
+
+    cols, ascending = [], []
+    for b in by:
+        name = b[1:] if b.startswith("-") else b
+        if name not in df.columns:
+            close = difflib.get_close_matches(name, [str(c) for c in df.columns], n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise VaebenchError(f"sort by {b!r}: no column {name!r}; {hint}the columns are {', '.join(map(str, df.columns))}")
+        cols.append(name)
+        ascending.append(not b.startswith("-"))
+    if not cols:
+        return df
+    keyed = df.copy()
+    for c in cols:  # mixed or unorderable values (lists, None) sort by their text
+        try:
+            keyed[c].sort_values()
+        except TypeError:
+            keyed[c] = keyed[c].map(lambda v: None if v is None or v is pd.NA else format_value(v))
+    order = keyed.sort_values(cols, ascending=ascending, kind="stable", na_position="last").index
+    out = df.loc[order].reset_index(drop=True)
+    out.attrs = dict(df.attrs)
+    return out
+
+
+def ls(path: str | Path = "results", trust: bool = False, sort: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
+    """One row per run, in study order (or by ``sort``: column names, ``-name`` descending): its
+    variant and varied values, state, code, progress, final validation ELBO and any held-out
+    log-likelihood (``vaebench ls``); ``trust`` as in load."""
     df = load(path, final=True, trust=trust)
     keys = (["variant"] if "variant" in df else []) + [k for k in varied_keys(df) if k != "train.steps"]
     df = df.rename(columns={"train.steps": "steps"})
@@ -421,4 +451,4 @@ def ls(path: str | Path = "results", trust: bool = False) -> pd.DataFrame:
     out = df[["run", *keys, "state", "code", "step", "steps", "engine", *metrics]].reset_index(drop=True)
     bad = df["state"] == "damaged"
     out.attrs["damaged"] = dict(zip(df["run"][bad].astype(str), df["reason"][bad]))  # run: the file and the fix
-    return out
+    return sort_runs(out, sort)
