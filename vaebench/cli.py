@@ -245,7 +245,7 @@ def ls_command(results: str, fmt: str, sort: tuple[str, ...], trust: bool, impor
     elif fmt == "markdown":
         click.echo(_markdown(_formatted(table)))
     else:
-        click.echo(_formatted(table).to_string(index=False))
+        click.echo(_table(table))
     if _say_damaged(table.attrs["damaged"]):
         sys.exit(1)
 

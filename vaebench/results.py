@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import plugins, runs
-from .config import flatten, is_execution_key, key_info
+from .config import flatten, is_execution_key, key_info, suggest
 from .errors import VaebenchError
 
 
@@ -412,15 +412,12 @@ def sort_runs(df: pd.DataFrame, by: list[str] | tuple[str, ...]) -> pd.DataFrame
     """``df`` sorted by columns ``by`` in turn, each ascending or, written ``-name``, descending;
     missing values last, ties in their order before (a stable sort). An unknown column is a
     one-line error naming the columns there are."""
-    import difflib
-
     cols, ascending = [], []
     for b in by:
         name = b[1:] if b.startswith("-") else b
         if name not in df.columns:
-            close = difflib.get_close_matches(name, [str(c) for c in df.columns], n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise VaebenchError(f"sort by {b!r}: no column {name!r}; {hint}the columns are {', '.join(map(str, df.columns))}")
+            names = [str(c) for c in df.columns]
+            raise VaebenchError(f"sort by {b!r}: no column {name!r}; the columns are {', '.join(names)}{suggest(name, names)}")
         cols.append(name)
         ascending.append(not b.startswith("-"))
     if not cols:
