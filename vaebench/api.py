@@ -120,9 +120,10 @@ def summary_text(table: pd.DataFrame, format: str = "text") -> str:
 
 
 def sample(run: str | Path, out: str | Path, n: int = 64, imports: list[str] | tuple[str, ...] = (),
-           trust: bool = False, allow_changed_code: bool = False) -> Path:
+           trust: bool = False, allow_changed_code: bool = False, device: str = "cpu") -> Path:
     """Draw ``n`` samples of a trained run (its checkpoint) into the image file ``out``; its plugins
-    come from ``imports`` or, with ``trust``, from its record (see evaluate)."""
+    come from ``imports`` or, with ``trust``, from its record (see evaluate). ``device``: auto, cpu
+    or cuda."""
     from .report.build import draw_samples
 
     import_plugins(imports)
@@ -130,14 +131,14 @@ def sample(run: str | Path, out: str | Path, n: int = 64, imports: list[str] | t
 
     if n < 1:
         raise ConfigError(f"n must be at least 1, got {n}")
-    return draw_samples(run, out, n, allow_changed_code=allow_changed_code)
+    return draw_samples(run, out, n, allow_changed_code=allow_changed_code, device=device)
 
 
 def reconstruct(run: str | Path, out: str | Path, split: str = "val", n: int = 20,
                 imports: list[str] | tuple[str, ...] = (), trust: bool = False,
-                allow_changed_code: bool = False) -> Path:
+                allow_changed_code: bool = False, device: str = "cpu") -> Path:
     """Draw ``n`` images of a run's ``split`` beside their reconstructions into the image file ``out``;
-    plugins as in sample."""
+    plugins and ``device`` as in sample."""
     from .report.build import draw_reconstructions
 
     import_plugins(imports)
@@ -145,7 +146,7 @@ def reconstruct(run: str | Path, out: str | Path, split: str = "val", n: int = 2
 
     if n < 1:
         raise ConfigError(f"n must be at least 1, got {n}")
-    return draw_reconstructions(run, out, split, n, allow_changed_code=allow_changed_code)
+    return draw_reconstructions(run, out, split, n, allow_changed_code=allow_changed_code, device=device)
 
 
 def report(path: str | Path = "results", out: str | Path | None = None, force: bool = False,
@@ -166,7 +167,8 @@ def report(path: str | Path = "results", out: str | Path | None = None, force: b
 def evaluate(path: str | Path = "results", k: int = 5000, split: str = "test", device: str = "auto",
              batch: int | None = None, force: bool = False, on_result=None, threads: int | None = None,
              progress: bool | None = False, imports: list[str] | tuple[str, ...] = (),
-             checkpoint: str = "last", trust: bool = False, allow_changed_code: bool = False) -> pd.DataFrame:
+             checkpoint: str = "last", trust: bool = False, allow_changed_code: bool = False,
+             jobs: int | None = None) -> pd.DataFrame:
     """Evaluate every done run under ``path`` (a run or a study) on ``split`` with ``k`` importance
     samples per image, into each run's eval.json beside its other (split, k, checkpoint) entries;
     runs with that entry already are skipped unless ``force``. ``checkpoint``: "last" or "best"
@@ -175,8 +177,9 @@ def evaluate(path: str | Path = "results", k: int = 5000, split: str = "test", d
     run. threads: torch threads (default one); progress: a bar of images done and time left per run
     (None: on a terminal only). A run's plugins are imported only from ``imports`` or, with ``trust``,
     from its record (running their code); a run whose plugin changed since training is refused
-    unless ``allow_changed_code``."""
-    from .evaluation import SPLITS, evaluate_run, resolve_device
+    unless ``allow_changed_code``. ``jobs``: runs evaluated at once, in worker processes of one torch
+    thread each (default one, in this process); rows and ``on_result`` keep the runs' order."""
+    from .evaluation import SPLITS, evaluate_runs, resolve_device
 
     import_plugins(imports)
     trust_runs(path, trust)
@@ -200,7 +203,7 @@ def evaluate(path: str | Path = "results", k: int = 5000, split: str = "test", d
                             f"finish it first (vaebench run)")
     if len(run_dirs) == 1 and checkpoint == "best":
         runs.load_model(run_dirs[0], checkpoint="best", allow_changed_code=allow_changed_code)  # no best.pt: its one-line error, before anything
-    rows = []
+    rows, todo = [], []
     for run_dir in run_dirs:
         row: dict[str, Any] = {"run": _run_label(run_dir, root), "split": split, "checkpoint": checkpoint}
         done = runs.find_eval(runs.read_evals(run_dir), split, k, checkpoint)
@@ -213,19 +216,28 @@ def evaluate(path: str | Path = "results", k: int = 5000, split: str = "test", d
             row["state"] = f"no {runs.BEST}"
         elif done and not force:
             row |= {**done, "state": "skipped"}
+            row.pop("kl_per_dim", None)
         else:
-            try:
-                row |= {**evaluate_run(run_dir, k=k, split=split, device=device, batch=batch, threads=threads,
-                                       progress=progress, checkpoint=checkpoint,
-                                       allow_changed_code=allow_changed_code), "state": "evaluated"}
-            except VaebenchError as e:  # e.g. best.pt unreadable: this run is skipped, the others go on
-                if len(run_dirs) == 1:
-                    raise
-                row |= {"state": "damaged", "reason": str(e)}
-        row.pop("kl_per_dim", None)
+            todo.append(run_dir)
         rows.append(row)
-        if on_result:
-            on_result(row)
+    at = {d: i for i, d in enumerate(run_dirs)}
+    results = evaluate_runs(todo, jobs or 1, k=k, split=split, device=device, batch=batch, threads=threads,
+                            progress=progress, checkpoint=checkpoint, allow_changed_code=allow_changed_code)
+    reported = 0  # rows[:reported] went to on_result, in run order, each as soon as those before it are known
+    for run_dir, entry in results:
+        row = rows[at[run_dir]]
+        if isinstance(entry, VaebenchError):  # e.g. best.pt unreadable: this run is skipped, the others go on
+            if len(run_dirs) == 1:
+                raise entry
+            row |= {"state": "damaged", "reason": str(entry)}
+        else:
+            row |= {**entry, "state": "evaluated"}
+        row.pop("kl_per_dim", None)
+        for r in rows[reported:at[run_dir] + 1] if on_result else ():
+            on_result(r)
+        reported = at[run_dir] + 1
+    for r in rows[reported:] if on_result else ():
+        on_result(r)
     return pd.DataFrame(rows)
 
 

@@ -37,6 +37,10 @@ class _Group(click.Group):
             ctx.exit(exit_code(e))
 
 
+DEVICES = ("auto", "cpu", "cuda")
+# Every command's --split: "test" is the whole test set, "val"/"train" a run's own splits.
+SPLITS = ("train", "val", "test")
+
 # What a shell reports for a process ended by a closed pipe (128 + SIGPIPE), as `yes | head` does.
 EXIT_PIPE = 141
 # An unexpected exception, i.e. a bug in vaebench (sysexits' EX_SOFTWARE).
@@ -69,6 +73,16 @@ def _trust(f):
     return _imports(f)
 
 
+def _device(f):
+    return click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+                        help="Where the model runs: auto (a CUDA GPU when there is one), cpu or cuda.")(f)
+
+
+def _split(default: str, help: str):
+    """--split, the same choice of the same three names on every command."""
+    return click.option("--split", type=click.Choice(SPLITS), default=default, show_default=True, help=help)
+
+
 def _changed(f):
     return click.option("--allow-changed-code", is_flag=True,
                         help="Use a run's plugins as they are now even where they changed since it was trained "
@@ -88,7 +102,7 @@ def cli() -> None:
                    "(a comma inside [..] does not split). Repeatable.")
 @click.option("--out", default="results", show_default=True, type=click.Path(),
               help="Results folder; each run writes OUT/<name>/<varied values>-<id>/.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@_device
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
               help="Runs at once (default: one per core; one torch thread each unless train.threads).")
 @click.option("--executor", default="local", show_default=True,
@@ -283,29 +297,32 @@ def report_command(results: str, out: str | None, jobs: int | None, force: bool,
 @click.argument("run", metavar="RUN", type=click.Path(file_okay=False))
 @click.option("-n", "n", type=click.IntRange(min=1), default=64, show_default=True, help="Samples to draw.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Image file (.png, .svg or .pdf).")
+@_device
 @_changed
 @_trust
-def sample_command(run: str, n: int, out: str, allow_changed_code: bool, trust: bool, imports: tuple[str, ...]) -> None:
+def sample_command(run: str, n: int, out: str, device: str, allow_changed_code: bool, trust: bool,
+                   imports: tuple[str, ...]) -> None:
     """The decoder's means of p(x|z) for z ~ N(0, I) from RUN's checkpoint (for any likelihood), as one
     image grid."""
     from .api import sample
 
-    click.echo(f"wrote {sample(run, out, n, imports, trust, allow_changed_code)}")
+    click.echo(f"wrote {sample(run, out, n, imports, trust, allow_changed_code, device=device)}")
 
 
 @cli.command(name="reconstruct")
 @click.argument("run", metavar="RUN", type=click.Path(file_okay=False))
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default="val", show_default=True)
+@_split("val", "The images: test (the test set), val or train (the run's own splits).")
 @click.option("-n", "n", type=click.IntRange(min=1), default=20, show_default=True, help="Images (every digit in turn).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Image file (.png, .svg or .pdf).")
+@_device
 @_changed
 @_trust
-def reconstruct_command(run: str, split: str, n: int, out: str, allow_changed_code: bool, trust: bool,
+def reconstruct_command(run: str, split: str, n: int, out: str, device: str, allow_changed_code: bool, trust: bool,
                         imports: tuple[str, ...]) -> None:
     """Images of RUN's split beside the decoder's means at z = E_q[z], from its checkpoint."""
     from .api import reconstruct
 
-    click.echo(f"wrote {reconstruct(run, out, split, n, imports, trust, allow_changed_code)}")
+    click.echo(f"wrote {reconstruct(run, out, split, n, imports, trust, allow_changed_code, device=device)}")
 
 
 def _table_options(f):
@@ -360,9 +377,10 @@ def summary_command(path: str, k: int | None, reduce: str, fmt: str) -> None:
 @cli.command(name="eval")
 @click.argument("path", metavar="RUN_OR_STUDY", type=click.Path())
 @click.option("--k", "k", type=int, default=5000, show_default=True, help="Importance samples per image.")
-@click.option("--split", default="test", show_default=True,
-              help="test (all 10,000 test images), val or train (the run's own splits).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@_split("test", "test (all 10,000 test images), val or train (the run's own splits).")
+@_device
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
+              help="Runs evaluated at once, each in its own process with one torch thread (default 1).")
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Images per batch (default: by k).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Torch threads (default 1: a second one buys little and loses much on a shared machine).")
@@ -372,7 +390,7 @@ def summary_command(path: str, k: int | None, reduce: str, fmt: str) -> None:
 @click.option("--force", is_flag=True, help="Evaluate again runs that already have this split, k and checkpoint.")
 @_changed
 @_trust
-def eval_command(path: str, k: int, split: str, device: str, batch: int | None, threads: int | None,
+def eval_command(path: str, k: int, split: str, device: str, jobs: int | None, batch: int | None, threads: int | None,
                  checkpoint: str, force: bool, allow_changed_code: bool, trust: bool, imports: tuple[str, ...]) -> None:
     """Importance-weighted log p(x), ELBO, active units and KL per dimension of every done run under
     RUN_OR_STUDY, into each run's eval.json (vaebench ls shows them).
@@ -395,7 +413,7 @@ def eval_command(path: str, k: int, split: str, device: str, batch: int | None, 
 
     rows = evaluate(path, k=k, split=split, device=device, batch=batch, force=force, on_result=line,
                     threads=threads, progress=None, imports=imports, checkpoint=checkpoint, trust=trust,
-                    allow_changed_code=allow_changed_code)
+                    allow_changed_code=allow_changed_code, jobs=jobs)
     if (rows["state"] == "damaged").any():
         click.echo(f"vaebench: {int((rows['state'] == 'damaged').sum())} of {len(rows)} runs were skipped as "
                    f"damaged (named above)", err=True)

@@ -104,3 +104,52 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, split: str = "test", device
              "threads": used}
     runs.add_eval(run_dir, entry)
     return entry
+
+
+def evaluate_runs(run_dirs: list[Path], jobs: int = 1, **kw):
+    """``evaluate_run(d, **kw)`` for each run folder, yielding (run_dir, entry or the VaebenchError
+    it raised) in the order given. ``jobs`` > 1: that many spawned worker processes, one torch
+    thread each (the default of evaluate_run), each writing its own run's eval.json; the numbers
+    are those of one thread in this process, since every run's seeds are its own."""
+    workers = min(jobs, len(run_dirs))
+    if workers <= 1:
+        for d in run_dirs:
+            try:
+                yield d, evaluate_run(d, **kw)
+            except VaebenchError as e:
+                yield d, e
+        return
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from .. import plugins
+    from ..signals import spawning_workers, stop_pool
+
+    kw = {**kw, "progress": False}  # bars of several processes would overwrite each other
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                             initargs=(plugins.loaded(), os.getpid())) as pool:
+        try:
+            with spawning_workers():
+                futures = [pool.submit(_evaluate_caught, d, kw) for d in run_dirs]
+            for d, f in zip(run_dirs, futures):
+                yield d, f.result()
+        except BaseException:  # Ctrl-C, SIGTERM, a bug: stop the others, never leave them running
+            stop_pool(pool)
+            raise
+
+
+def _init_worker(imports: list[str], parent: int) -> None:
+    """An evaluating worker: the plugins this process imported; it dies with the command."""
+    from .. import plugins
+    from ..signals import die_with_parent
+
+    die_with_parent(parent)
+    plugins.load(imports)
+
+
+def _evaluate_caught(run_dir: Path, kw: dict[str, Any]):
+    try:
+        return evaluate_run(run_dir, **kw)
+    except VaebenchError as e:  # a user-facing error travels back as a value, its message intact
+        return e

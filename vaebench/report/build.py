@@ -241,23 +241,29 @@ def _title_of(run_dir: Path, cfg: dict) -> str:
                        f"seed {cfg.get('seed', 0)}"])
 
 
-def _model_and_data(run: str | Path, allow_changed_code: bool = False):
+def _model_and_data(run: str | Path, allow_changed_code: bool = False, device: str = "cpu"):
+    """A run's folder, its model on ``device`` ("auto", "cpu", "cuda"), and its config."""
+    from ..devices import resolve_device
+
     run_dir = Path(run)
     if not runs.is_run_dir(run_dir):
         raise VaebenchError(f"{run_dir} is not a run folder (no {runs.CONFIG}); give one run, e.g. results/baseline/<id>")
-    return run_dir, runs.load_model(run_dir, allow_changed_code=allow_changed_code), runs.read_config(run_dir)
+    dev = str(resolve_device(device))
+    return run_dir, runs.load_model(run_dir, device=dev, allow_changed_code=allow_changed_code), runs.read_config(run_dir)
 
 
 def draw_samples(run: str | Path, out: str | Path, n: int = 64, seed: int = SAMPLE_SEED,
-                 allow_changed_code: bool = False) -> Path:
-    """``vaebench sample``: the decoder's means of p(x|z) for ``n`` draws z ~ N(0, I) from a run's checkpoint."""
+                 allow_changed_code: bool = False, device: str = "cpu") -> Path:
+    """``vaebench sample``: the decoder's means of p(x|z) for ``n`` draws z ~ N(0, I) from a run's
+    checkpoint; z is drawn on ``device``'s generator (the same draws on every CPU)."""
     import torch
 
-    run_dir, model, cfg = _model_and_data(run, allow_changed_code)
+    run_dir, model, cfg = _model_and_data(run, allow_changed_code, device)
     stem, fmt = _out_file(out)
     d = cfg["data"]
     shape = tuple(_splits(d)["train"].shape)
-    images = model.sample(n, torch.Generator().manual_seed(seed)).numpy()
+    dev = next(model.parameters()).device
+    images = model.sample(n, torch.Generator(dev).manual_seed(seed)).cpu().numpy()
     cols = max(1, int(np.ceil(np.sqrt(n))))
     sub = f"checkpoint at update {getattr(model, 'trained_steps', 0):,}: {n} samples"
     F.save(F.footnote(F.plot_samples(images, shape, _title_of(run_dir, cfg), cols=cols, subtitle=sub,
@@ -267,7 +273,7 @@ def draw_samples(run: str | Path, out: str | Path, n: int = 64, seed: int = SAMP
 
 
 def draw_reconstructions(run: str | Path, out: str | Path, split: str = "val", n: int = N_IMAGES,
-                         allow_changed_code: bool = False) -> Path:
+                         allow_changed_code: bool = False, device: str = "cpu") -> Path:
     """``vaebench reconstruct``: ``n`` images of a run's ``split`` (every digit in turn) beside the
     decoder's means at z = E_q[z], from its checkpoint."""
     import torch
@@ -276,15 +282,15 @@ def draw_reconstructions(run: str | Path, out: str | Path, split: str = "val", n
 
     if split not in ("train", "val", "test"):
         raise VaebenchError(f"unknown split {split!r}; use one of train, val, test")
-    run_dir, model, cfg = _model_and_data(run, allow_changed_code)
+    run_dir, model, cfg = _model_and_data(run, allow_changed_code, device)
     stem, fmt = _out_file(out)
     d = cfg["data"]
     splits = _splits(d)
     binarizer = BINARIZERS.get(d["binarize"])()
     grey = splits[split].subset(pick_images(splits[split].labels, n))
     x = binarizer.sample(binarizer.prepare(grey, "cpu"), torch.Generator().manual_seed(SAMPLE_SEED)).float()
-    with torch.no_grad():
-        recon = model.reconstruct(x).numpy()
+    with torch.no_grad():  # binarized on the CPU: the same images on every device
+        recon = model.reconstruct(x.to(next(model.parameters()).device)).cpu().numpy()
     sub = f"checkpoint at update {getattr(model, 'trained_steps', 0):,}: {split} images"
     fig = F.plot_reconstructions(x.numpy(), recon, tuple(splits[split].shape), _title_of(run_dir, cfg), subtitle=sub)
     F.save(F.footnote(fig, f"run {run_dir.name}"), stem, (fmt,))
