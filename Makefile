@@ -4,9 +4,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-EXTRAS ?= dev,ray
+EXTRAS ?= dev,ray,docs
 
-.PHONY: run test install clean bench soak
+.PHONY: run test install clean bench soak docs serve-docs
 
 run: $(STAMP)
 	$(BIN)/vaebench run experiments/baseline.yaml
@@ -32,3 +32,12 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# The documentation site: generated pages (config reference, CLI, benchmarks) brought up to date,
+# then `mkdocs build --strict` into site/ (a broken link or reference is an error).
+docs: $(STAMP)
+	$(BIN)/python scripts/gen_docs.py
+	$(BIN)/mkdocs build --strict --quiet
+
+serve-docs: docs
+	$(BIN)/mkdocs serve

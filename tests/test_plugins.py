@@ -26,8 +26,9 @@ TINY = ["--set", "data.per_class=30", "--set", "data.val_size=40", "--set", "tra
 
 
 def readme_section() -> str:
-    text = (REPO / "README.md").read_text()
-    return text[text.index("## Adding a component"):text.index("\n## ", text.index("## Adding a component") + 5)]
+    """The guide page's example (docs/adding-a-component.md), up to its first subsection."""
+    text = (REPO / "docs" / "adding-a-component.md").read_text()
+    return text[:text.index("\n### ")]
 
 
 def blocks(lang: str) -> list[str]:

@@ -262,6 +262,15 @@ def components(imports: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["kind", "name", "keys", "hyperparameters", "module"])
 
 
+def config_reference(imports: list[str] | tuple[str, ...] = ()) -> str:
+    """The config reference as Markdown (the docs site's page): every key of the schema with its
+    default, description and facts, the keys of the plugins in ``imports`` included."""
+    from .reference import reference_markdown
+
+    import_plugins(imports)
+    return reference_markdown()
+
+
 def describe_config(config: str | Path | dict[str, Any] | RunConfig,
                     overrides: list[str] | dict[str, Any] | None = None,
                     imports: list[str] | tuple[str, ...] = ()) -> str:

@@ -426,12 +426,21 @@ def eval_command(path: str, k: int, split: str, device: str, jobs: int | None, b
               help="Set a config value, as with vaebench run. Repeatable.")
 @click.option("--components", is_flag=True,
               help="List the registered names of every kind of component (plugins included) instead.")
+@click.option("--reference", is_flag=True,
+              help="Print the config reference instead (Markdown: every key, its default, description and "
+                   "facts; --import adds a plugin's keys).")
 @_imports
-def config_command(config: str | None, overrides: tuple[str, ...], components: bool, imports: tuple[str, ...]) -> None:
+def config_command(config: str | None, overrides: tuple[str, ...], components: bool, reference: bool,
+                   imports: tuple[str, ...]) -> None:
     """Print CONFIG resolved (every default filled in), each key with its description."""
     from .api import components as list_components
-    from .api import describe_config, study
+    from .api import config_reference, describe_config, study
 
+    if reference:
+        if config:
+            study(config, list(overrides), imports)  # its plugins' keys too
+        click.echo(config_reference(imports), nl=False)
+        return
     if components:
         if config:
             study(config, list(overrides), imports)  # its plugins' components too
