@@ -101,7 +101,7 @@ def compare(runs: str | Path | pd.DataFrame, metric: str = "test_iw_ll", referen
     """
     final = load_final(runs, k, reduce)
     if metric not in final.columns or final[metric].notna().sum() == 0:
-        metrics = sorted(c for c in final.columns if "." not in c and final[c].dtype.kind == "f")
+        metrics = sorted(c for c in final.columns if "." not in c and final[c].dtype.kind == "f" and final[c].notna().any())
         hint = "; run `vaebench eval PATH` first" if metric.startswith("test_") else ""
         raise VaebenchError(f"no run has {metric!r}{hint}; metrics here: {', '.join(metrics) or 'none'}")
     final, k = _one_k(final, metric, k)
