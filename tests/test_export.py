@@ -187,3 +187,33 @@ def test_no_runs_and_a_bad_tracking_uri_are_one_line(study, tmp_path, mlflow_sto
     one_line_error(invoke("export", "mlflow", str(study), "--tracking-uri", "nosuch://x"), "MLflow at nosuch://x")
     one_line_error(invoke("export", "tensorboard", str(study), "--out", str(run_dirs(study)[0] / "tb")),
                    "inside a run folder")
+
+
+def test_a_run_exported_part_way_then_finished_gets_only_its_new_points(tmp_path, mlflow_store, monkeypatch):
+    from vaebench.config import resolve
+    from vaebench.training import train_run
+    from vaebench.training.trainer import TrainingRun
+
+    from conftest import interrupt_at
+
+    cfg = resolve({**{k: v for k, v in TINY.items() if k != "seeds"}, "eval": {"enabled": False}})
+    run_dir = tmp_path / "r" / "st" / "one"
+    flush = interrupt_at(monkeypatch, 40)  # cut at update 40: the terms up to 20 are on disk
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, run_dir, "cpu", progress=False)
+    first = vaebench.export_mlflow(run_dir, experiment="cut")
+    assert [a for _, a, _ in first.actions] == ["new"]
+    client, df = mlflow_runs(mlflow_store, "cut")
+    assert df["status"].tolist() == ["KILLED"] and df["tags.vaebench.state"].tolist() == ["partial"]
+    assert max(m.step for m in client.get_metric_history(df["run_id"][0], "train/elbo")) == 20
+
+    monkeypatch.setattr(TrainingRun, "flush", flush)
+    assert train_run(cfg, run_dir, "cpu", progress=False).state == "done"
+    again = vaebench.export_mlflow(run_dir, experiment="cut")
+    assert [a for _, a, _ in again.actions] == ["updated"] and again.actions[0][2] == df["run_id"][0]  # the same run
+    client, df = mlflow_runs(mlflow_store, "cut")
+    assert len(df) == 1 and df["status"][0] == "FINISHED"
+    want = parquet(run_dir, "train")
+    hist = sorted(client.get_metric_history(df["run_id"][0], "train/elbo"), key=lambda m: m.step)
+    assert [m.step for m in hist] == want["step"].tolist()  # 1..40, each once
+    np.testing.assert_allclose([m.value for m in hist], want["elbo"], rtol=1e-12)
