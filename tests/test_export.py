@@ -184,7 +184,8 @@ def test_no_runs_and_a_bad_tracking_uri_are_one_line(study, tmp_path, mlflow_sto
     one_line_error(invoke("export", "tensorboard", str(tmp_path / "empty"), "--out", str(tmp_path / "tb")),
                    "no runs found under")
     one_line_error(invoke("export", "mlflow", str(tmp_path / "nothing")), "results folder not found")
-    one_line_error(invoke("export", "mlflow", str(study), "--tracking-uri", "nosuch://x"), "MLflow at nosuch://x")
+    one_line_error(invoke("export", "mlflow", str(study), "--tracking-uri", "nosuch://x"),
+                   "MLflow at nosuch://x: not a tracking URI MLflow knows; its schemes are", "sqlite")
     one_line_error(invoke("export", "tensorboard", str(study), "--out", str(run_dirs(study)[0] / "tb")),
                    "inside a run folder")
 

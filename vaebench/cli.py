@@ -417,7 +417,8 @@ def _export_done(summary) -> None:
         sys.exit(1)
 
 
-@export_group.command(name="mlflow")
+@export_group.command(name="mlflow",
+                      short_help="Every run as an MLflow run (again: updated, not duplicated).")
 @click.argument("results", default="results", type=click.Path())
 @click.option("--tracking-uri", default=None, metavar="URI",
               help="MLflow's store, e.g. sqlite:///mlflow.db or http://host:5000 [default: MLFLOW_TRACKING_URI, "
@@ -436,7 +437,8 @@ def export_mlflow_command(results: str, tracking_uri: str | None, experiment: st
                                on_run=lambda label, action, run_id: _export_line(label, action, f"run {run_id}")))
 
 
-@export_group.command(name="tensorboard")
+@export_group.command(name="tensorboard",
+                      short_help="Every run as TensorBoard event files (again: rewritten, not duplicated).")
 @click.argument("results", default="results", type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="Folder of event files, one subfolder per run "
                                                               "(tensorboard --logdir OUT).")

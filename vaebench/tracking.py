@@ -195,8 +195,16 @@ def _quiet_mlflow():
 
 
 def _mlflow_message(e: Exception) -> str:
-    """MLflow's error as one short line (its messages run to a paragraph and a link)."""
+    """MLflow's error as one short line (its messages run to a paragraph and a link), in words
+    about what to do for the two a user meets first: a server not there, a URI scheme unknown."""
     text = " ".join(str(e).split())
+    if "Max retries exceeded" in text or "Failed to establish a new connection" in text:
+        why = "connection refused" if "refused" in text else "no answer"
+        return f"can't reach the tracking server ({why}); start it (mlflow server) or check --tracking-uri"
+    if "unsupported URI" in text and "Supported URI schemes are:" in text:
+        listed = text.split("Supported URI schemes are:", 1)[1].split("]", 1)[0].strip(" [").split(",")
+        schemes = [x.strip(" '\"") for x in listed if x.strip(" '\"")]
+        return f"not a tracking URI MLflow knows; its schemes are {', '.join(schemes)}"
     text = text.split(" See http")[0].split(" (Caused by")[0]
     return text if len(text) <= 300 else text[:297] + "..."
 
