@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 
 from . import plugins, runs
 from .config import flatten
@@ -108,10 +109,9 @@ def read_runs(path: str | Path) -> tuple[list[TrackedRun], dict[str, str]]:
 def _read_run(run_dir: Path, root: Path, label: str, st: runs.RunState, names: dict[str, Any]) -> TrackedRun:
     table = runs.read_metrics_table(run_dir)
     series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    splits = table["split"].to_pylist()
     steps = table["step"].to_numpy()
-    for split in dict.fromkeys(splits):
-        rows = np.array([s == split for s in splits])
+    for split in dict.fromkeys(table["split"].to_pylist()):
+        rows = pc.equal(table["split"], split).to_numpy(zero_copy_only=False)
         order = np.argsort(steps[rows], kind="stable")
         for term in (c for c in table.column_names if c not in _NOT_TERMS):
             series[f"{split}/{term}"] = (steps[rows][order].astype(np.int64),
@@ -289,12 +289,12 @@ def _sync_mlflow(client, exp_id: str, rec: TrackedRun) -> tuple[str, str]:
             if conflict:
                 break
             have = client.get_metric_history(run_id, key) if key in run.data.metrics else []
-            steps = [m.step for m in have]
-            if len(set(steps)) < len(steps) or any(m.step not in points or not _same(m.value, points[m.step])
-                                                   for m in have):
+            steps = {m.step for m in have}
+            if len(steps) < len(have) or any(m.step not in points or not _same(m.value, points[m.step])
+                                             for m in have):
                 conflict = True
                 break
-            lacking = {s: v for s, v in points.items() if s not in set(steps)}
+            lacking = {s: v for s, v in points.items() if s not in steps}
             if lacking:
                 missing[key] = lacking
         if conflict:  # MLflow can't remove a point: the run is recreated, whole
