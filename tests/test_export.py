@@ -4,6 +4,7 @@ and exporting again duplicates nothing. Local stores under tmp_path only; never 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from vaebench import runs
 from vaebench.config import flatten
 from vaebench.tracking import param_text
 
-from conftest import invoke, one_line_error, run_cli
+from conftest import REPO, invoke, one_line_error, run_cli
 
 # the reading back here goes through MLflow's own client, whose SQLAlchemy speaks up (not the export)
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -79,7 +80,10 @@ def mlflow_runs(uri: str, experiment: str):
 
 def test_mlflow_export_reads_back_as_the_run_folders_and_again_duplicates_nothing(study, mlflow_store):
     # in a subprocess, as a user runs it: one line per run and the summary, nothing from MLflow on stderr
-    r = run_cli("export", "mlflow", str(study), "--tracking-uri", mlflow_store, "--experiment", "tiny")
+    # (in tmp_path, where MLflow's default puts the artifacts: ./mlruns; this checkout's vaebench)
+    path = os.pathsep.join(p for p in [str(REPO), os.environ.get("PYTHONPATH", "")] if p)
+    r = run_cli("export", "mlflow", str(study), "--tracking-uri", mlflow_store, "--experiment", "tiny",
+                cwd=Path.cwd(), env={"PYTHONPATH": path})
     assert r.returncode == 0, r.stderr
     assert r.stderr == ""
     lines = r.stdout.splitlines()
