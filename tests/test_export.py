@@ -222,3 +222,19 @@ def test_a_run_exported_part_way_then_finished_gets_only_its_new_points(tmp_path
     hist = sorted(client.get_metric_history(df["run_id"][0], "train/elbo"), key=lambda m: m.step)
     assert [m.step for m in hist] == want["step"].tolist()  # 1..40, each once
     np.testing.assert_allclose([m.value for m in hist], want["elbo"], rtol=1e-12)
+
+
+def test_a_damaged_run_is_left_out_with_its_line_and_exit_1(study, tmp_path):
+    import shutil
+
+    pytest.importorskip("tensorboard")
+    copy = tmp_path / "r"
+    shutil.copytree(study, copy, ignore=shutil.ignore_patterns("report"))
+    bad, good = run_dirs(copy)
+    (bad / runs.FINAL).write_text("[]")  # valid JSON, not the run's numbers
+    r = invoke("export", "tensorboard", str(copy), "--out", str(tmp_path / "tb"))
+    assert r.returncode == 1
+    assert r.stdout.splitlines()[-1] == f"exported 1 run to tensorboard at {tmp_path / 'tb'} (1 new); 1 damaged left out"
+    (line,) = r.stderr.splitlines()
+    assert line.startswith(f"vaebench: damaged: st/{bad.name}: ") and runs.FINAL in line
+    assert sorted(p.name for p in (tmp_path / "tb" / "st").iterdir()) == [good.name]
