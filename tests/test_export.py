@@ -238,3 +238,20 @@ def test_a_damaged_run_is_left_out_with_its_line_and_exit_1(study, tmp_path):
     (line,) = r.stderr.splitlines()
     assert line.startswith(f"vaebench: damaged: st/{bad.name}: ") and runs.FINAL in line
     assert sorted(p.name for p in (tmp_path / "tb" / "st").iterdir()) == [good.name]
+
+
+def test_non_finite_points_are_not_taken_for_changed_ones(mlflow_store):
+    """MLflow keeps NaN and stores ±inf as ±max float: exporting again finds those points its own."""
+    from mlflow.tracking import MlflowClient
+
+    from vaebench.tracking import TrackedRun, _quiet_mlflow, _sync_mlflow
+
+    rec = TrackedRun(Path("x"), "x", "abc", "failed", 4, {"seed": 0},
+                     {"train/elbo": (np.arange(1, 5), np.array([-90.0, np.nan, np.inf, -np.inf]))}, {}, [],
+                     {"vaebench.run_id": "abc", "vaebench.path": "/x"}, 4)
+    with _quiet_mlflow():
+        client = MlflowClient(mlflow_store)
+        exp = client.create_experiment("nonfinite")
+        first = _sync_mlflow(client, exp, rec)
+        assert first[0] == "new" and _sync_mlflow(client, exp, rec) == ("unchanged", first[1])
+        assert len(client.get_metric_history(first[1], "train/elbo")) == 4

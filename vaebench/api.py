@@ -242,7 +242,7 @@ def export_mlflow(path: str | Path = "results", tracking_uri: str | None = None,
     return _export(path, tracking_uri, experiment, on_run=on_run)
 
 
-def export_tensorboard(path: str | Path = "results", out: str | Path = "tensorboard", on_run=None):
+def export_tensorboard(path: str | Path, out: str | Path, on_run=None):
     """Every run under ``path`` as TensorBoard event files in ``out``/<run>: logged terms as scalars
     at their steps, config and summary numbers as HParams, the report's figures as images. A run
     exported before has its folder rewritten and swapped in, so nothing is there twice. Needs

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -253,6 +254,9 @@ def _mlflow_status(state: str) -> str:
 
 
 def _same(a: float, b: float) -> bool:
+    """``a`` (MLflow's point) is ``b`` (the folder's) as MLflow stores it: NaN as NaN, ±inf as ±max float."""
+    if math.isinf(b):
+        b = math.copysign(sys.float_info.max, b)
     if math.isnan(a) or math.isnan(b):
         return math.isnan(a) and math.isnan(b)
     return a == b or math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0)
