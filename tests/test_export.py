@@ -32,7 +32,7 @@ TINY = {"name": "st", "seeds": 2, "data": {"per_class": 20, "val_size": 20}, "ev
 def study(tmp_path_factory) -> Path:
     """A 2-seed study of 40 updates, evaluated with k=5 (a few seconds), with a report figure per run
     where `vaebench report` puts it (a small PNG: the export uploads what exists, it draws nothing)."""
-    import matplotlib.pyplot as plt
+    from matplotlib.image import imsave
 
     tmp = tmp_path_factory.mktemp("export")
     (tmp / "study.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
@@ -41,7 +41,7 @@ def study(tmp_path_factory) -> Path:
     for d in res.run_dirs:
         fig = tmp / "r" / runs.REPORT_FOLDER / "runs" / "st" / d.name
         fig.mkdir(parents=True)
-        plt.imsave(fig / "terms.png", np.linspace(0, 1, 64).reshape(8, 8))
+        imsave(fig / "terms.png", np.linspace(0, 1, 64).reshape(8, 8))
     return tmp / "r"
 
 
@@ -61,7 +61,9 @@ def eval_entry(run_dir: Path, checkpoint: str = "last") -> dict:
 @pytest.fixture
 def mlflow_store(tmp_path, monkeypatch) -> str:
     """A sqlite store in tmp_path as the process's MLflow URI (mlflow.search_runs reads it), with
-    artifacts in tmp_path/mlruns."""
+    artifacts in tmp_path/mlruns, telemetry off (here and in the commands run from here)."""
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")  # MLflow 3's usage reports: never the network
+    monkeypatch.setenv("DO_NOT_TRACK", "true")
     pytest.importorskip("mlflow")
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
