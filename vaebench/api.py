@@ -247,6 +247,29 @@ def evaluate(path: str | Path = "results", k: int = 5000, split: str = "test", d
     return pd.DataFrame(rows)
 
 
+def export_mlflow(path: str | Path = "results", tracking_uri: str | None = None, experiment: str | None = None,
+                  on_run=None):
+    """Every run under ``path`` (a run or a study) as an MLflow run of ``experiment`` (default
+    "vaebench") at ``tracking_uri`` (default: MLflow's own, MLFLOW_TRACKING_URI): config as params,
+    logged terms as metric series, final and evaluation numbers as summary metrics, the report's
+    figures as artifacts. Exporting again updates those runs (found by their vaebench.run_id tag)
+    and duplicates nothing. Returns an ExportSummary; ``on_run(label, action, mlflow_run_id)``
+    after each run. Needs ``pip install 'vaebench[mlflow]'``; see vaebench.tracking."""
+    from .tracking import export_mlflow as _export
+
+    return _export(path, tracking_uri, experiment, on_run=on_run)
+
+
+def export_tensorboard(path: str | Path, out: str | Path, on_run=None):
+    """Every run under ``path`` as TensorBoard event files in ``out``/<run>: logged terms as scalars
+    at their steps, config and summary numbers as HParams, the report's figures as images. A run
+    exported before has its folder rewritten and swapped in, so nothing is there twice. Needs
+    ``pip install 'vaebench[tensorboard]'``; see vaebench.tracking."""
+    from .tracking import export_tensorboard as _export
+
+    return _export(path, out, on_run=on_run)
+
+
 def components(imports: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
     """Every registered component, plugins included: kind, name, the config keys that choose it
     (the executor: ``vaebench run --executor``), and the module that defines it when not vaebench's."""

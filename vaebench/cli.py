@@ -420,6 +420,59 @@ def eval_command(path: str, k: int, split: str, device: str, jobs: int | None, b
         sys.exit(1)
 
 
+@cli.group(name="export", cls=_Group)
+def export_group() -> None:
+    """Copy a results folder's runs into an experiment tracker (MLflow, TensorBoard); again: update."""
+
+
+def _export_line(label: str, action: str, where: str) -> None:
+    click.echo(f"{action:9s} {label}  -> {where}")
+
+
+def _export_done(summary) -> None:
+    click.echo(summary.line())
+    if _say_damaged(summary.damaged):
+        sys.exit(1)
+
+
+@export_group.command(name="mlflow",
+                      short_help="Every run as an MLflow run (again: updated, not duplicated).")
+@click.argument("results", default="results", type=click.Path())
+@click.option("--tracking-uri", default=None, metavar="URI",
+              help="MLflow's store, e.g. sqlite:///mlflow.db or http://host:5000 [default: MLFLOW_TRACKING_URI, "
+                   "else MLflow's default].")
+@click.option("--experiment", default=None, metavar="NAME", help="The MLflow experiment [default: vaebench].")
+def export_mlflow_command(results: str, tracking_uri: str | None, experiment: str | None) -> None:
+    """Every run under RESULTS as an MLflow run: config as params, logged terms as metric series,
+    final and evaluation numbers as summary metrics, the report's figures as artifacts. Again:
+    each run is updated (found by its vaebench.run_id tag), nothing duplicated.
+
+    \b
+    Exit status: 0 exported; 1 exported, but damaged runs were left out (one line each); 2 a mistake."""
+    from .api import export_mlflow
+
+    _export_done(export_mlflow(results, tracking_uri, experiment,
+                               on_run=lambda label, action, run_id: _export_line(label, action, f"run {run_id}")))
+
+
+@export_group.command(name="tensorboard",
+                      short_help="Every run as TensorBoard event files (again: rewritten, not duplicated).")
+@click.argument("results", default="results", type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="Folder of event files, one subfolder per run "
+                                                              "(tensorboard --logdir OUT).")
+def export_tensorboard_command(results: str, out: str) -> None:
+    """Every run under RESULTS as TensorBoard event files in OUT/<run>: logged terms as scalars,
+    config and summary numbers as HParams, the report's figures as images. Again: each run's folder
+    is rewritten and swapped in, nothing duplicated.
+
+    \b
+    Exit status: 0 exported; 1 exported, but damaged runs were left out (one line each); 2 a mistake."""
+    from .api import export_tensorboard
+
+    _folder("--out", out)
+    _export_done(export_tensorboard(results, out, on_run=_export_line))
+
+
 @cli.command(name="config")
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",

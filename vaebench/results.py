@@ -89,6 +89,14 @@ def _final_row(terms: dict[str, dict[str, Any]], entries: list[dict[str, Any]], 
     return row
 
 
+def final_numbers(run_dir: Path, reduce: str = "last") -> dict[str, Any]:
+    """One run's numbers under the names of its row of ``load(final=True)`` (``val_elbo``,
+    ``test_iw_ll``, ``test_k``, ...), each split's evaluation at the run's own largest k: what an
+    exporter records as the run's summary, without reading the rest of the folder."""
+    entries = runs.read_evals(run_dir)
+    return _final_row(_terms(run_dir, reduce), entries, _choose_k([entries], None, reduce), reduce)
+
+
 def _engine(run_dir: Path) -> dict[str, Any]:
     """The engine that trained the run (env.json) and, under train.engine=auto, why not a faster one."""
     env = runs.read_json(Path(run_dir) / runs.ENV)
