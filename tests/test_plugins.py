@@ -1,4 +1,4 @@
-"""A user's own components, used as the README shows: from YAML via the CLI, in worker processes and
+"""A user's own components, used as docs/adding-a-component.md shows: from YAML via the CLI, in worker processes and
 Ray tasks, then reported and evaluated; missing or failing plugins are one line, exit 2."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def test_the_readme_shows_the_example_files():
 
 @pytest.mark.slow
 def test_the_readme_example_study_runs_with_two_workers_then_reports_and_evaluates(tmp_path):
-    """The README's commands as written (fewer updates, one seed, a smaller evaluation), in a fresh folder."""
+    """The guide page's commands as written (fewer updates, one seed, a smaller evaluation), in a fresh folder."""
     work = tmp_path / "work"
     work.mkdir()
     for f in ("my_components.py", "my_study.yaml"):
@@ -77,7 +77,7 @@ def test_the_readme_example_study_runs_with_two_workers_then_reports_and_evaluat
     for axis in ("model.prior", "objective.gradient"):
         assert (study / "report" / "studies" / "my_study" / f"final-{axis}.png").is_file()
 
-    # eval from another directory, on a small split with few samples (the README's is the test set, k=1000)
+    # eval from another directory, on a small split with few samples (the page's is the test set, k=1000)
     r = run_cli(*[str(study) if a == "results/my_study" else a for a in evaluate], "--split", "val", "--k", "8",
                 cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -113,7 +113,7 @@ class EvalConfig(_Section):
 
     enabled: bool = key(True, "evaluate the test split at the end of training (false: later, with vaebench eval)",
                         "end-of-run evaluation", numbers=False)
-    k: PosInt = key(250, "importance samples per image (README, Evaluation: why 250)", "eval K (importance samples)",
+    k: PosInt = key(250, "importance samples per image (docs/evaluation.md: why 250)", "eval K (importance samples)",
                     numbers=False)
     splits: list[Literal["test", "val", "train"]] = key(
         ["test"], "splits evaluated after training: any of test, val, train", "eval splits", numbers=False)

@@ -19,7 +19,7 @@ from .. import elbo
 from ..components import kernels
 
 # Rows (images x samples) of decoder work per chunk, and samples per chunk: on CPU 4,000 to
-# 16,000 rows ran equally fast (README, Evaluation) and fewer pay Python overhead per chunk;
+# 16,000 rows ran equally fast (docs/evaluation.md) and fewer pay Python overhead per chunk;
 # a GPU wants far more rows to be busy. They also decide which noise draw goes to which image.
 CHUNK_ROWS = {"cpu": 8_192, "cuda": 262_144}
 CHUNK_SAMPLES = 1_024
