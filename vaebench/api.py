@@ -95,19 +95,13 @@ def summary(path: str | Path = "results", k: int | None = None, reduce: str = "l
     return _summary(path, k=k, reduce=reduce)
 
 
-def compare(runs: str | Path | pd.DataFrame = "results", metric: str | None = None, reference: str | None = None,
+def compare(runs: str | Path | pd.DataFrame = "results", metric: str = "test_iw_ll", reference: str | None = None,
             k: int | None = None, reduce: str = "last", per_cell: bool = False) -> pd.DataFrame:
     """Each axis value (each variant) against the reference, paired within seed and cell: the mean
-    difference of ``metric`` (default, as ``vaebench compare``: test_iw_ll where runs have it, else
-    val_elbo), its 95% t interval over seeds, Holm-adjusted p, share of pairs better and a verdict;
-    numbers of different k are refused. See vaebench.report.compare."""
+    difference of ``metric``, its 95% t interval over seeds, Holm-adjusted p, share of pairs better
+    and a verdict; numbers of different k are refused. See vaebench.report.compare."""
     from .report.compare import compare as _compare
-    from .report.compare import default_metric
-    from .report.studies import load_final
 
-    if metric is None:
-        runs = load_final(runs, k, reduce)
-        metric = default_metric(runs)
     return _compare(runs, metric, reference, k=k, reduce=reduce, per_cell=per_cell)
 
 
