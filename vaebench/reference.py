@@ -80,18 +80,39 @@ def reference_markdown() -> str:
 def _table(infos: list[KeyInfo]) -> list[str]:
     rows = ["| key | default | description | run id | per run |", "|---|---|---|---|---|"]
     for i in infos:
-        what = _cell(i.description)
+        what = _owned(i, _cell(i.description))
         choices = _choices(i)
         if choices:
             what += f"; {choices}"
-        if i.owner:
-            module = _plugin_of(i)
-            what += f" (only with {i.owner}{f', from {module}' if module else ''})"
         if i.section:
             what = f"*section*: {what}"
         rows.append(f"| `{i.key}` | {_value(i.default)} | {what} | {'yes' if i.changes_numbers else 'no'} "
                     f"| {'yes' if i.per_run else 'no'} |")
     return rows
+
+
+def _owned(info: KeyInfo, what: str) -> str:
+    """A component's key, with the components that have it: several alternatives may each have a key
+    of this name (softplus's and a plugin's SiLU's ``beta``), each with its own description."""
+    parent, _, field = info.key.rpartition(".")
+    reg = next((o.registry for o in key_infos() if o.key == parent and o.registry is not None), None)
+    if reg is None or field == "name" or info.section:
+        return what
+    kind = reg.kind
+    owners = [n for n in reg.names() if field in reg.config(n).model_fields]
+    defaults = {repr(reg.config(n).model_fields[field].get_default(call_default_factory=True)) for n in owners}
+    if len(owners) == len(reg.names()) and len(defaults) == 1:
+        return what  # every alternative's key, with one default
+    if len(owners) == 1:
+        module = _module(reg, owners[0])
+        return f"{what} (only with {kind} {owners[0]}{f', from {module}' if module else ''})"
+    parts = []
+    for n in owners:
+        f = reg.config(n).model_fields[field]
+        module = _module(reg, n)
+        parts.append(f"with {kind} `{n}`{f' ({module})' if module else ''}: {_cell(f.description or field)}, "
+                     f"default {_value(f.get_default(call_default_factory=True))}")
+    return "; ".join(parts)
 
 
 def _plugin_of(info: KeyInfo) -> str:
