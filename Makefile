@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-EXTRAS ?= dev,ray
+EXTRAS ?= dev,ray,slurm
 
 .PHONY: run test install clean bench soak
 
