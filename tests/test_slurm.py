@@ -98,6 +98,11 @@ def test_a_cancelled_job_leaves_its_runs_partial_and_the_next_run_resumes_them(t
     same_numbers(out / "st", tmp_path / "ref" / "st", 2)
 
 
+def test_a_partition_sbatch_refuses_is_one_line_and_exit_2(tmp_path, slurm):
+    one_line_error(run_cli("run", str(write_study(tmp_path)), "--out", str(tmp_path / "r"), "--executor", "slurm",
+                           "--slurm-partition", "nope"), "sbatch refused the job", "invalid partition specified: nope")
+
+
 def test_without_submitit_or_slurm_one_line_and_exit_2(tmp_path, monkeypatch):
     path = write_study(tmp_path)
     monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit raises ImportError

@@ -11,6 +11,8 @@ final state as the runs' reason), a requeued one is waited for.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import signal
@@ -69,7 +71,9 @@ def _task_base():
 class SlurmTask(_task_base()):
     """What a Slurm job runs: ``execute(job)``, with SIGTERM and SIGUSR2 stopping its runs as Ctrl-C
     does. Returns ``{"results": [...]}``, or ``{"stopped": name}`` when a signal stopped it (its runs
-    partial on disk); after SIGUSR2 it requeues its own Slurm job instead, up to MAX_REQUEUES times."""
+    partial on disk); after SIGUSR2 it requeues its own Slurm job instead, up to MAX_REQUEUES times.
+    Checkpointable: should submitit's own SIGUSR2 handler run first (before __call__ replaces it), it
+    requeues the same job, whose runs resume from their checkpoints."""
 
     def __call__(self, job: Job) -> dict[str, Any]:
         signal.signal(signal.SIGTERM, _raise(Terminated))
@@ -88,11 +92,6 @@ class SlurmTask(_task_base()):
                 subprocess.run(["scontrol", "requeue", jid], check=False, timeout=60)
                 raise SystemExit(0) from None  # no result: this process waits for the requeued job
             return {"stopped": name}
-
-    def checkpoint(self, *args, **kwargs):
-        """submitit's own requeue (its SIGUSR2 handler, replaced in __call__) resubmits the same job:
-        the runs resume from their checkpoints."""
-        return super().checkpoint(*args, **kwargs)
 
 
 def states(ids: list[str]) -> dict[str, str]:
@@ -124,10 +123,10 @@ def states(ids: list[str]) -> dict[str, str]:
     return out
 
 
-def _first_line(e: BaseException) -> str:
-    lines = [s.strip() for s in str(e).strip().splitlines() if s.strip()]
-    errors = [s for s in lines if "error" in s.lower()]
-    return ((errors or lines or [type(e).__name__])[-1])[:300]
+def _sbatch_error(e: BaseException) -> str:
+    """sbatch's error lines as one: "invalid partition specified: x; Batch job submission failed: ..."."""
+    lines = [s.strip().removeprefix("sbatch: error: ") for s in str(e).strip().splitlines() if s.strip()]
+    return "; ".join(dict.fromkeys(lines or [type(e).__name__]))[:400]
 
 
 def executor(jobs: list[Job], on_done: Callable, opts, failed: Callable, paused: Callable) -> None:
@@ -155,9 +154,10 @@ def executor(jobs: list[Job], on_done: Callable, opts, failed: Callable, paused:
                              retry=tuple(Path(d).absolute() for d in job.retry), progress=False)
             ex.update_parameters(**base, cpus_per_task=opts.slurm_cpus_per_task or job.threads)
             try:
-                sj = ex.submit(SlurmTask(), remote)
+                with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's errors, said below
+                    sj = ex.submit(SlurmTask(), remote)
             except (submitit.core.utils.FailedJobError, subprocess.SubprocessError, OSError) as e:
-                raise ConfigError(f"sbatch refused the job: {_first_line(e)}") from None
+                raise ConfigError(f"sbatch refused the job: {_sbatch_error(e)}") from None
             pending[str(sj.job_id)] = (sj, job)
         unknown: dict[str, float] = {}
         while pending:
