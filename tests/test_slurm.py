@@ -98,6 +98,33 @@ def test_a_cancelled_job_leaves_its_runs_partial_and_the_next_run_resumes_them(t
     same_numbers(out / "st", tmp_path / "ref" / "st", 2)
 
 
+def test_sigterm_to_the_command_cancels_its_jobs_and_exits_143(tmp_path, slurm):
+    import signal
+
+    path = write_study(tmp_path, train={**TINY["train"], "steps": 1500, "checkpoint_every": 100})
+    out = tmp_path / "term"
+    proc = subprocess.Popen([sys.executable, "-m", "vaebench.cli", "run", str(path), "--out", str(out),
+                             "--executor", "slurm"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(out.glob("st/*/" + runs.CHECKPOINT)):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before the test could stop it"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "interrupted by SIGTERM" in stderr and "Traceback" not in stderr, stderr
+    jobs = slurm_jobs(out)
+    deadline = time.time() + 30
+    while time.time() < deadline:  # the job saves its run, then ends CANCELLED
+        q = subprocess.run(["squeue", "--states=all", "-h", "-o", "%T", "-j", jobs[0]], capture_output=True, text=True)
+        if q.stdout.strip() == "CANCELLED":
+            break
+        time.sleep(0.2)
+    assert q.stdout.strip() == "CANCELLED", q.stdout
+    (run,) = folders(out / "st").values()
+    assert runs.run_state(run).state == "partial" and runs.run_state(run).step >= 100
+
+
 def test_a_partition_sbatch_refuses_is_one_line_and_exit_2(tmp_path, slurm):
     one_line_error(run_cli("run", str(write_study(tmp_path)), "--out", str(tmp_path / "r"), "--executor", "slurm",
                            "--slurm-partition", "nope"), "sbatch refused the job", "invalid partition specified: nope")

@@ -27,7 +27,7 @@ from ..errors import ConfigError
 from ..signals import Terminated
 from .jobs import Job, execute
 
-POLL_S = 1.0
+POLL_S = (1.0, 10.0)  # squeue every second at first, then less often (a cluster's controller is shared)
 MAX_REQUEUES = 3  # times a job that reaches its time limit requeues itself
 # Slurm's states of a job that will not run again (unless requeued by Slurm, which makes it PENDING)
 ENDED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY",
@@ -94,21 +94,24 @@ class SlurmTask(_task_base()):
             return {"stopped": name}
 
 
-def states(ids: list[str]) -> dict[str, str]:
-    """Slurm's state of each job: squeue (jobs the controller still holds, finished ones for a few
-    minutes) and, for the others, sacct where accounting is on. A job missing from both is left out."""
+def states(ids: list[str]) -> dict[str, str] | None:
+    """Slurm's state of each job: squeue (jobs the controller still holds, finished ones for
+    MinJobAge, 5 minutes by default) and, for the others, sacct where accounting is on. A job missing
+    from both is left out; None when squeue cannot reach the controller (it is restarting, say)."""
     out: dict[str, str] = {}
     if not ids:
         return out
     try:
         q = subprocess.run(["squeue", "--states=all", "-h", "-o", "%i|%T", "-j", ",".join(ids)],
                            capture_output=True, text=True, timeout=60)
-        for line in q.stdout.splitlines():
-            jid, _, state = line.strip().partition("|")
-            if jid in ids:
-                out[jid] = state.split()[0] if state else "UNKNOWN"
     except (OSError, subprocess.TimeoutExpired):
-        pass
+        return None
+    if q.returncode != 0 and "invalid job id" not in q.stderr.lower():
+        return None
+    for line in q.stdout.splitlines():
+        jid, _, state = line.strip().partition("|")
+        if jid in ids:
+            out[jid] = state.split()[0] if state else "UNKNOWN"
     rest = [j for j in ids if j not in out]
     if rest and shutil.which("sacct"):
         try:
@@ -160,9 +163,10 @@ def executor(jobs: list[Job], on_done: Callable, opts, failed: Callable, paused:
                 raise ConfigError(f"sbatch refused the job: {_sbatch_error(e)}") from None
             pending[str(sj.job_id)] = (sj, job)
         unknown: dict[str, float] = {}
+        delay = POLL_S[0]
         while pending:
             now = states(list(pending))
-            for jid in list(pending):
+            for jid in list(pending) if now is not None else []:
                 sj, job = pending[jid]
                 state = now.get(jid)
                 if state is None:  # neither squeue nor sacct knows it (any more)
@@ -176,7 +180,8 @@ def executor(jobs: list[Job], on_done: Callable, opts, failed: Callable, paused:
                 del pending[jid]
                 on_done(job, _outcome(sj, job, state, failed, paused))
             if pending:
-                time.sleep(POLL_S)
+                time.sleep(delay)
+                delay = min(POLL_S[1], delay * 1.1)
     except BaseException:  # Ctrl-C or SIGTERM here: the jobs' runs save their status (SIGTERM) and end
         for sj, _ in pending.values():
             try:
