@@ -72,7 +72,7 @@ def vaebench_ls(out: Path) -> str:
 
 
 def test_a_cancelled_job_leaves_its_runs_partial_and_the_next_run_resumes_them(tmp_path, slurm):
-    path = write_study(tmp_path, seeds=2, train={**TINY["train"], "steps": 1500, "checkpoint_every": 100})
+    path = write_study(tmp_path, seeds=2, train={**TINY["train"], "steps": 1000, "checkpoint_every": 100})
     out = tmp_path / "cut"
     proc = subprocess.Popen([sys.executable, "-m", "vaebench.cli", "run", str(path), "--out", str(out),
                              "--executor", "slurm"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -101,7 +101,7 @@ def test_a_cancelled_job_leaves_its_runs_partial_and_the_next_run_resumes_them(t
 def test_sigterm_to_the_command_cancels_its_jobs_and_exits_143(tmp_path, slurm):
     import signal
 
-    path = write_study(tmp_path, train={**TINY["train"], "steps": 1500, "checkpoint_every": 100})
+    path = write_study(tmp_path, train={**TINY["train"], "steps": 1000, "checkpoint_every": 100})
     out = tmp_path / "term"
     proc = subprocess.Popen([sys.executable, "-m", "vaebench.cli", "run", str(path), "--out", str(out),
                              "--executor", "slurm"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
