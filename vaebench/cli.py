@@ -97,7 +97,8 @@ def cli() -> None:
 @click.option("--ray-address", default=None, metavar="ADDR",
               help="An existing Ray cluster, e.g. ray://head:10001 or auto (default: start a local one).")
 @click.option("--gpus-per-run", type=click.FloatRange(min=0), default=None,
-              help="GPUs a Ray task asks for (default 1 with --device cuda, else 0); 0.125 packs 8 runs per GPU.")
+              help="GPUs a Ray task asks for (default 1 with --device cuda, else 0); 0.125 packs 8 runs per GPU. "
+                   "A Slurm job asks for it rounded up to whole GPUs.")
 @click.option("--slurm-partition", default=None, metavar="NAME",
               help="With --executor slurm: the partition (default: the cluster's default partition).")
 @click.option("--slurm-time", type=click.IntRange(min=1), default=None, metavar="MINUTES",

@@ -156,10 +156,14 @@ def executor(jobs: list[Job], on_done: Callable, opts, failed: Callable, paused:
             remote = replace(job, run_dirs=tuple(Path(d).absolute() for d in job.run_dirs),
                              retry=tuple(Path(d).absolute() for d in job.retry), progress=False)
             ex.update_parameters(**base, cpus_per_task=opts.slurm_cpus_per_task or job.threads)
+            before = set(folder.iterdir()) if folder.is_dir() else set()
             try:
                 with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's errors, said below
                     sj = ex.submit(SlurmTask(), remote)
             except (submitit.core.utils.FailedJobError, subprocess.SubprocessError, OSError) as e:
+                for left in set(folder.iterdir()) - before if folder.is_dir() else ():  # its script and pickle
+                    if left.is_file():
+                        left.unlink(missing_ok=True)
                 raise ConfigError(f"sbatch refused the job: {_sbatch_error(e)}") from None
             pending[str(sj.job_id)] = (sj, job)
         unknown: dict[str, float] = {}
