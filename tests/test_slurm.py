@@ -1,5 +1,6 @@
 """--executor slurm on a real single-node Slurm (the ``slurm`` fixture): the pool's numbers, a job
-cancelled mid-run left partial with the reason and resumed by the next run, the one-line errors."""
+cancelled mid-run left partial with the reason and resumed by the next run, a job warned of its time
+limit requeued and finished, SIGTERM to the command, the one-line errors."""
 
 from __future__ import annotations
 
@@ -71,7 +72,10 @@ def vaebench_ls(out: Path) -> str:
     return r.stdout
 
 
-def test_a_cancelled_job_leaves_its_runs_partial_and_the_next_run_resumes_them(tmp_path, slurm):
+def test_a_cancelled_job_is_left_partial_a_warned_one_requeues_and_the_next_run_resumes(tmp_path, slurm):
+    """scancel (SIGTERM) on one job: its run is partial with the reason and the command exits 1. SIGUSR2
+    (submitit's warning before the time limit) on the other: it saves, requeues itself and finishes.
+    The next run resumes the first; both end with the numbers of runs never cut."""
     path = write_study(tmp_path, seeds=2, train={**TINY["train"], "steps": 1000, "checkpoint_every": 100})
     out = tmp_path / "cut"
     proc = subprocess.Popen([sys.executable, "-m", "vaebench.cli", "run", str(path), "--out", str(out),
@@ -81,15 +85,20 @@ def test_a_cancelled_job_leaves_its_runs_partial_and_the_next_run_resumes_them(t
     while time.time() < deadline and len(list(out.glob("st/*/" + runs.CHECKPOINT))) < 2:
         time.sleep(0.05)
     jobs = slurm_jobs(out)
-    assert len(jobs) == 2 and proc.poll() is None, "the runs finished before the test could cancel one"
+    assert len(jobs) == 2 and proc.poll() is None, "the runs finished before the test could cut them"
     subprocess.run(["scancel", jobs[0]], check=True)
-    stdout, stderr = proc.communicate(timeout=90)
+    subprocess.run(["scancel", "--signal=USR2", jobs[1]], check=True)
+    stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 1, stdout + stderr  # some runs are not done (the run command's exit status)
     assert "Traceback" not in stderr
     assert f"its Slurm job {jobs[0]} was" in stdout and "CANCELLED" in stdout, stdout
     assert "1 of 2 runs are not done (1 partial)" in stderr, stderr
-    cut = [d for d in folders(out / "st").values() if runs.run_state(d).state == "partial"]
-    assert len(cut) == 1 and f"Slurm job {jobs[0]}" in (runs.run_state(cut[0]).reason or "")
+    states = {d: runs.run_state(d) for d in folders(out / "st").values()}
+    cut = [d for d, st in states.items() if st.state == "partial"]
+    assert len(cut) == 1 and f"Slurm job {jobs[0]}" in (states[cut[0]].reason or "")
+    shown = subprocess.run(["scontrol", "show", "job", "-o", jobs[1]], capture_output=True, text=True).stdout
+    assert "Restarts=1" in shown and "JobState=COMPLETED" in shown, shown
+    assert "requeueing Slurm job" in (out / ".slurm" / jobs[1] / f"{jobs[1]}_0_log.err").read_text()
 
     again = run_cli("run", str(path), "--out", str(out), "--executor", "slurm", timeout=120)
     assert again.returncode == 0, again.stdout + again.stderr
