@@ -58,6 +58,17 @@ def _memory_mb() -> int:
         return 2048
 
 
+def _die_with_parent() -> None:
+    """In a daemon before it starts: SIGTERM when the process that started it dies (a test session
+    killed with -9 leaves no daemons behind; Linux's PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 class SlurmCluster:
     """One controller and one node named localhost with every core, partition debug."""
 
@@ -139,7 +150,7 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
     def _spawn(self, name: str, cmd: list, env: dict | None = None) -> None:
         out = open(self.root / "log" / f"{name}.out", "wb")
         self.procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                           start_new_session=True))
+                                           start_new_session=True, preexec_fn=_die_with_parent))
         out.close()
 
     def _wait(self, ready, timeout: float, what: str) -> None:
