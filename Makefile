@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-EXTRAS ?= dev,ray,docs,mlflow,tensorboard
+EXTRAS ?= dev,ray,slurm,docs,mlflow,tensorboard
 
 .PHONY: run test install clean bench soak docs serve-docs
 

@@ -97,3 +97,31 @@ def interrupt_at(monkeypatch, step: int, before=None):
 
     monkeypatch.setattr(TrainingRun, "flush", cut)
     return flush
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A real single-node Slurm (tests/slurm_cluster.py) for this session, found by the commands this
+    process starts through $SLURM_CONF; the daemons stop at the session's end. Skipped, saying why,
+    where Slurm is not installed or cannot start (not root)."""
+    from slurm_cluster import SlurmCluster, missing
+
+    why = missing()
+    if why:
+        pytest.skip(why)
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"), cpus=2)
+    try:
+        env = cluster.start()
+    except RuntimeError as e:
+        pytest.skip(str(e)[:500])
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -53,17 +53,22 @@ def run_study(config: str | Path | dict[str, Any] | RunConfig | Study, out: str 
               gpus_per_run: float | None = None, force: bool = False, retry_failed: bool = False,
               dry_run: bool = False, progress: bool | None = None, on_result=None,
               imports: list[str] | tuple[str, ...] = (), restart_changed: bool = False,
-              retry: list[str] | tuple[str, ...] = (), retry_damaged: bool = False) -> StudyResult:
+              retry: list[str] | tuple[str, ...] = (), retry_damaged: bool = False,
+              slurm_partition: str | None = None, slurm_time: int | None = None, slurm_mem: str | None = None,
+              slurm_cpus_per_task: int | None = None) -> StudyResult:
     """Run every missing run of a study (any config file is a study of one run); see vaebench.grid.
     A run whose plugin code changed since it started is refused, or with ``restart_changed`` trained over.
-    ``retry``: folder names, ids or globs of failed or damaged runs to redo; ``retry_damaged``: all damaged."""
+    ``retry``: folder names, ids or globs of failed or damaged runs to redo; ``retry_damaged``: all damaged.
+    ``executor="slurm"``: one Slurm job per job, asking for ``slurm_partition``, ``slurm_time`` (minutes),
+    ``slurm_mem`` (e.g. "4G") and ``slurm_cpus_per_task`` (default: the run's train.threads)."""
     if isinstance(config, Study) and (overrides or imports):
         raise ConfigError("give overrides and imports to vaebench.study, which builds the Study")
     s = config if isinstance(config, Study) else study(config, overrides, imports)
     return _run_study(s, out, device=device, jobs=jobs, executor=executor, ray_address=ray_address,
                       gpus_per_run=gpus_per_run, force=force, retry_failed=retry_failed, dry_run=dry_run,
                       progress=progress, on_result=on_result, restart_changed=restart_changed, retry=retry,
-                      retry_damaged=retry_damaged)
+                      retry_damaged=retry_damaged, slurm_partition=slurm_partition, slurm_time=slurm_time,
+                      slurm_mem=slurm_mem, slurm_cpus_per_task=slurm_cpus_per_task)
 
 
 def run(config: str | Path | dict[str, Any] | RunConfig, out: str | Path = "results",

@@ -106,11 +106,22 @@ def cli() -> None:
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
               help="Runs at once (default: one per core; one torch thread each unless train.threads).")
 @click.option("--executor", default="local", show_default=True,
-              help="local (a process pool) or ray (tasks on a Ray instance; pip install 'vaebench[ray]').")
+              help="local (a process pool), ray (tasks on a Ray instance; pip install 'vaebench[ray]') or "
+                   "slurm (one Slurm job per run or stack, through submitit; pip install 'vaebench[slurm]').")
 @click.option("--ray-address", default=None, metavar="ADDR",
               help="An existing Ray cluster, e.g. ray://head:10001 or auto (default: start a local one).")
 @click.option("--gpus-per-run", type=click.FloatRange(min=0), default=None,
-              help="GPUs a Ray task asks for (default 1 with --device cuda, else 0); 0.125 packs 8 runs per GPU.")
+              help="GPUs a Ray task asks for (default 1 with --device cuda, else 0); 0.125 packs 8 runs per GPU. "
+                   "A Slurm job asks for it rounded up to whole GPUs.")
+@click.option("--slurm-partition", default=None, metavar="NAME",
+              help="With --executor slurm: the partition (default: the cluster's default partition).")
+@click.option("--slurm-time", type=click.IntRange(min=1), default=None, metavar="MINUTES",
+              help="With --executor slurm: each job's time limit; near it a job saves its runs and requeues "
+                   "itself (default: the partition's limit).")
+@click.option("--slurm-mem", default=None, metavar="SIZE",
+              help="With --executor slurm: each job's memory, e.g. 4G (default: the cluster's default).")
+@click.option("--slurm-cpus-per-task", type=click.IntRange(min=1), default=None, metavar="N",
+              help="With --executor slurm: CPUs per job (default: the run's train.threads).")
 @click.option("--force", is_flag=True, help="Redo every run, even those that are done.")
 @click.option("--retry-failed", is_flag=True, help="Rerun runs that failed (they are skipped otherwise).")
 @click.option("--restart-changed", is_flag=True,
@@ -123,8 +134,9 @@ def cli() -> None:
               help="Print the runs and their state (done/partial/failed/damaged/new); run nothing.")
 @_imports
 def run(config: str, overrides: tuple[str, ...], out: str, device: str, jobs: int | None, executor: str,
-        ray_address: str | None, gpus_per_run: float | None, force: bool, retry_failed: bool,
-        restart_changed: bool, retry: tuple[str, ...], retry_damaged: bool, dry_run: bool,
+        ray_address: str | None, gpus_per_run: float | None, slurm_partition: str | None,
+        slurm_time: int | None, slurm_mem: str | None, slurm_cpus_per_task: int | None, force: bool,
+        retry_failed: bool, restart_changed: bool, retry: tuple[str, ...], retry_damaged: bool, dry_run: bool,
         imports: tuple[str, ...]) -> None:
     """Train the runs CONFIG describes (one run, or a study); rerunning does only what is missing.
 
@@ -149,7 +161,8 @@ def run(config: str, overrides: tuple[str, ...], out: str, device: str, jobs: in
     res = run_study(s, out=out, device=device, jobs=jobs, executor=executor, ray_address=ray_address,
                     gpus_per_run=gpus_per_run, force=force, retry_failed=retry_failed, dry_run=dry_run,
                     restart_changed=restart_changed, retry=retry, retry_damaged=retry_damaged,
-                    on_result=lambda root, r: (tqdm.write(_line(r)), sys.stdout.flush()))
+                    slurm_partition=slurm_partition, slurm_time=slurm_time, slurm_mem=slurm_mem,
+                    slurm_cpus_per_task=slurm_cpus_per_task, on_result=lambda root, r: (tqdm.write(_line(r)), sys.stdout.flush()))
     table = res.table()
     if dry_run:
         counts = table["state"].value_counts()

@@ -1,4 +1,4 @@
-"""Executors run a study's jobs: in this process, in a local process pool, or as Ray tasks.
+"""Executors run a study's jobs: in this process, in a local process pool, as Ray tasks or Slurm jobs.
 
 An executor is registered by name and called as ``executor(jobs, on_done, options)``; it runs
 ``execute(job)`` for every job and calls ``on_done(job, results)`` as each one finishes, in
@@ -31,6 +31,11 @@ class ExecOptions:
     workers: int  # jobs at once
     ray_address: str | None = None
     gpus_per_job: float = 0.0
+    folder: Path | None = None  # where an executor keeps its own files (Slurm's scripts and logs: OUT/.slurm)
+    slurm_partition: str | None = None
+    slurm_time: int | None = None  # minutes; None: the partition's default
+    slurm_mem: str | None = None  # e.g. 4G; None: the cluster's default
+    slurm_cpus_per_task: int | None = None  # None: the job's threads (train.threads)
 
 
 EXECUTORS: Registry[Callable[[list[Job], OnDone, ExecOptions], None]] = Registry("executor")
@@ -315,3 +320,13 @@ def ray_tasks(jobs: list[Job], on_done: OnDone, opts: ExecOptions) -> None:
         for ref in pending:
             ray.cancel(ref, force=True)
         raise
+
+
+@EXECUTORS.register("slurm")
+def slurm_jobs(jobs: list[Job], on_done: OnDone, opts: ExecOptions) -> None:
+    """Each job as a Slurm batch job through submitit (vaebench.grid.slurm), asking for its threads as
+    CPUs. A job cancelled, preempted or out of time leaves its runs partial, with the reason; one
+    that died otherwise fails its runs with Slurm's state; the other jobs go on."""
+    from . import slurm
+
+    slurm.executor(jobs, on_done, opts, _failed, _paused)

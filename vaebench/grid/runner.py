@@ -224,12 +224,14 @@ def run_study(study: Study, out: str | Path = "results", device: str = "auto", j
               force: bool = False, retry_failed: bool = False, dry_run: bool = False,
               progress: bool | None = None, on_result: Callable[[Path, Any], None] | None = None,
               restart_changed: bool = False, retry: list[str] | tuple[str, ...] = (),
-              retry_damaged: bool = False) -> StudyResult:
+              retry_damaged: bool = False, slurm_partition: str | None = None, slurm_time: int | None = None,
+              slurm_mem: str | None = None, slurm_cpus_per_task: int | None = None) -> StudyResult:
     """Run every missing run of ``study`` under ``out/<name>/``; see the module docstring.
     ``restart_changed``: runs whose plugin code changed since they started are trained over (without
     it, such a run is refused rather than resumed or skipped under code that did not make it).
     ``retry``: folder names, ids or globs of failed or damaged runs to redo (each damaged one from 0,
-    its old files kept in ``.damaged-<time>/``); ``retry_damaged``: every damaged run."""
+    its old files kept in ``.damaged-<time>/``); ``retry_damaged``: every damaged run. ``slurm_*``: what
+    each Slurm job asks for with executor="slurm" (submitit's files go to ``out/.slurm/``)."""
     run_executor = EXECUTORS.get(executor)
     root = Path(out) / study.name
     run_dirs = locate(root, study)
@@ -286,7 +288,9 @@ def run_study(study: Study, out: str | Path = "results", device: str = "auto", j
 
     gpus = gpus_per_run if gpus_per_run is not None else (1.0 if device == "cuda" else 0.0)
     try:
-        run_executor(job_list, done, ExecOptions(workers, ray_address, gpus))
+        run_executor(job_list, done, ExecOptions(
+            workers, ray_address, gpus, folder=Path(out) / ".slurm", slurm_partition=slurm_partition,
+            slurm_time=slurm_time, slurm_mem=slurm_mem, slurm_cpus_per_task=slurm_cpus_per_task))
     finally:
         bar.close()
     return result
