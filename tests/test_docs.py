@@ -3,11 +3,13 @@ config reference lists every key of the schema, and the README's tour runs as wr
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -46,10 +48,20 @@ def test_the_site_builds_strictly(tmp_path):
     assert "objective.free_bits_per" in config and "train.matmul" in config
 
 
+def _schema_keys() -> list[dict]:
+    """The schema's keys in a fresh process: this one may have imported other tests' plugins."""
+    code = ("import json; from vaebench.config import key_infos; print(json.dumps([dict(key=i.key, section=i.section, "
+            "changes_numbers=i.changes_numbers, per_run=i.per_run) for i in key_infos()]))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    return [SimpleNamespace(**d) for d in json.loads(p.stdout)]
+
+
 def test_the_config_reference_lists_every_key_with_its_default_and_facts():
     page = (REPO / "docs" / "reference" / "config.md").read_text()
     rows = {m[1]: m[0] for m in re.finditer(r"^\| `([^`]+)` \|.*$", page, flags=re.M)}
-    for info in key_infos():
+    infos = _schema_keys()
+    assert len(infos) > 70 and {i.key for i in key_infos()} >= {i.key for i in infos}
+    for info in infos:
         if "." not in info.key and info.section:
             assert f"## `{info.key}`" in page, info.key
             continue
@@ -115,7 +127,7 @@ def test_the_readme_tour_runs_as_written(tmp_path):
     assert p.stdout.split()[-2] == "8" and int(p.stdout.split()[-1]) > 0
 
     (work / "my_components.py").write_text(component)
-    args = shlex.split(component_cmd.strip())[1:] + TINY
+    args = shlex.split(component_cmd.replace("\\\n", " "))[1:] + TINY  # a line continued with \\
     p = run_cli(*args, cwd=work, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     (run_dir,) = [d for d in runs.find_runs(work / "results" / "baseline")
