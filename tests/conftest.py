@@ -50,6 +50,28 @@ def tiny_overrides() -> list[str]:
             "eval.enabled=false"]
 
 
+# A study small enough for a unit test, as a config mapping (write_study adds the study's own keys).
+TINY_STUDY = {"data": {"per_class": 20, "val_size": 20}, "eval": {"enabled": False},
+              "train": {"steps": 40, "batch_size": 20, "eval_every": 20, "flush_every": 20, "checkpoint_every": 20,
+                        "threads": 1}}
+
+
+def write_study(tmp_path: Path, **study) -> Path:
+    """``tmp_path/study.yaml``: the study "st" of TINY_STUDY with ``study``'s keys over it."""
+    import yaml
+
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"name": "st", **TINY_STUDY, **study}, sort_keys=False))
+    return path
+
+
+def folders(root: Path) -> dict[str, Path]:
+    """A study folder's run folders by id."""
+    from vaebench import runs
+
+    return {d.name.rsplit("-", 1)[-1]: d for d in root.iterdir() if (d / runs.CONFIG).is_file()}
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300):
     """Run the real console entry point in a subprocess, as a user would."""
     e = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))

@@ -21,18 +21,7 @@ from vaebench import runs
 from vaebench.config import resolve
 from vaebench.grid import expand, run_state
 
-from conftest import REPO, invoke, one_line_error, run_cli
-
-TINY = {"data": {"per_class": 20, "val_size": 20}, "eval": {"enabled": False},
-        "train": {"steps": 40, "batch_size": 20, "eval_every": 20, "flush_every": 20, "checkpoint_every": 20,
-                  "threads": 1}}
-
-
-def write_study(tmp_path: Path, **study) -> Path:
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump({"name": "st", **TINY, **study}, sort_keys=False))
-    return path
-
+from conftest import REPO, TINY_STUDY as TINY, folders, invoke, one_line_error, run_cli, write_study
 
 def values(study, *keys):
     return [tuple(r.varied.get(k) for k in keys) for r in study.runs]
@@ -134,11 +123,6 @@ def trained(stdout: str) -> list[str]:
 
 def metrics_of(run_dir: Path) -> pd.DataFrame:
     return runs.read_metrics(run_dir).sort_values(["split", "step"], ignore_index=True)
-
-
-def folders(root: Path) -> dict[str, Path]:
-    """Run folders by id."""
-    return {d.name.rsplit("-", 1)[-1]: d for d in root.iterdir() if (d / runs.CONFIG).is_file()}
 
 
 @pytest.mark.slow

@@ -12,25 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 from vaebench import runs
 
-from conftest import REPO, invoke, one_line_error, run_cli
-
-TINY = {"data": {"per_class": 20, "val_size": 20}, "eval": {"enabled": False},
-        "train": {"steps": 40, "batch_size": 20, "eval_every": 20, "flush_every": 20, "checkpoint_every": 20,
-                  "threads": 1}}
-
-
-def write_study(tmp_path: Path, **study) -> Path:
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump({"name": "st", **TINY, **study}, sort_keys=False))
-    return path
-
-
-def folders(root: Path) -> dict[str, Path]:
-    return {d.name.rsplit("-", 1)[-1]: d for d in root.iterdir() if (d / runs.CONFIG).is_file()}
+from conftest import REPO, TINY_STUDY as TINY, folders, invoke, one_line_error, run_cli, write_study
 
 
 def same_numbers(got: Path, want: Path, n: int) -> None:
