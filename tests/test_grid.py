@@ -358,3 +358,15 @@ def test_resuming_under_another_engine_keeps_the_first_engines_record(tmp_path, 
     assert vaebench.load(tmp_path, final=True).loc[0, "engine"] == "fused+torch"
     assert train_run(cfg, run_dir, "cpu", progress=False, force=True).state == "done"  # started over: one engine
     assert json.loads((run_dir / runs.ENV).read_text())["engines"] == [{"engine": "torch", "from_step": 0}]
+
+
+def test_a_job_sent_to_a_cluster_has_absolute_run_and_retry_folders(tmp_path, monkeypatch):
+    """A Ray task or Slurm job runs in its own working directory: its --retry folders must still be
+    the run folders it compares them with (both absolute)."""
+    from vaebench.grid.jobs import Job
+
+    monkeypatch.chdir(tmp_path)
+    job = Job(configs=(), run_dirs=(Path("r/st/a"), Path("r/st/b")), retry=(Path("r/st/b"),))
+    remote = job.absolute()
+    assert remote.run_dirs == (tmp_path / "r/st/a", tmp_path / "r/st/b") and remote.retry == (tmp_path / "r/st/b",)
+    assert remote.retry[0] in remote.run_dirs

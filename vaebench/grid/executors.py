@@ -14,7 +14,7 @@ import signal
 import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -298,9 +298,8 @@ def ray_tasks(jobs: list[Job], on_done: OnDone, opts: ExecOptions) -> None:
                               ) from None
     task = ray.remote(execute)
     pending = {}
-    for job in jobs:  # absolute folders: a cluster's workers run in their own working directory
-        remote_job = replace(job, run_dirs=tuple(Path(d).absolute() for d in job.run_dirs))
-        ref = task.options(num_cpus=job.threads, num_gpus=opts.gpus_per_job, max_retries=0).remote(remote_job)
+    for job in jobs:
+        ref = task.options(num_cpus=job.threads, num_gpus=opts.gpus_per_job, max_retries=0).remote(job.absolute())
         pending[ref] = job
     try:
         while pending:

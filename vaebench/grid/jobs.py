@@ -6,7 +6,7 @@ held for as long as it trains, so a second runner on the same folder skips it ("
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,12 @@ class Job:
     force: bool = False
     progress: bool | None = None
     retry: tuple[Path, ...] = ()  # damaged runs to start over (--retry): their files are set aside first
+
+    def absolute(self) -> "Job":
+        """This job with absolute folders, for a worker that runs in its own working directory (a Ray
+        task, a Slurm job): its run folders and the --retry ones, which it compares with them."""
+        return replace(self, run_dirs=tuple(Path(d).absolute() for d in self.run_dirs),
+                       retry=tuple(Path(d).absolute() for d in self.retry))
 
 
 def init_worker(lock: Any, slots: Any) -> None:

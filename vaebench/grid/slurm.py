@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ConfigError
-from ..signals import Terminated
+from ..signals import Terminated, raise_on_sigterm
 from .jobs import Job, execute
 
 POLL_S = (1.0, 10.0)  # squeue every second at first, then less often (a cluster's controller is shared)
@@ -54,10 +55,8 @@ class _Usr2(Terminated):
     signum = signal.SIGUSR2
 
 
-def _raise(exc: type) -> Callable:
-    def handler(signum, frame):
-        raise exc()
-    return handler
+def _raise_usr2(signum, frame) -> None:
+    raise _Usr2()
 
 
 def _task_base():
@@ -76,8 +75,8 @@ class SlurmTask(_task_base()):
     requeues the same job, whose runs resume from their checkpoints."""
 
     def __call__(self, job: Job) -> dict[str, Any]:
-        signal.signal(signal.SIGTERM, _raise(Terminated))
-        signal.signal(signal.SIGUSR2, _raise(_Usr2))
+        raise_on_sigterm()
+        signal.signal(signal.SIGUSR2, _raise_usr2)
         try:
             return {"results": execute(job)}
         except KeyboardInterrupt as e:
@@ -138,10 +137,10 @@ def executor(jobs: list[Job], on_done: Callable, opts, failed: Callable, paused:
     partial with it."""
     submitit = need_slurm()
     folder = Path(opts.folder or ".slurm").absolute()
-    ex = submitit.SlurmExecutor(folder=folder / "%j", python=shlex_quote(sys.executable))
+    ex = submitit.SlurmExecutor(folder=folder / "%j", python=shlex.quote(sys.executable))
     base: dict[str, Any] = {"job_name": "vaebench", "signal_delay_s": 60, "time": opts.slurm_time,
                             "additional_parameters": {"requeue": True},
-            "setup": [f"export PYTHONPATH={shlex_quote(_import_root())}${{PYTHONPATH:+:$PYTHONPATH}}"]}
+            "setup": [f"export PYTHONPATH={shlex.quote(_import_root())}${{PYTHONPATH:+:$PYTHONPATH}}"]}
     if opts.slurm_partition:
         base["partition"] = opts.slurm_partition
     if opts.slurm_mem:
@@ -153,8 +152,7 @@ def executor(jobs: list[Job], on_done: Callable, opts, failed: Callable, paused:
     pending: dict[str, tuple[Any, Job]] = {}
     try:
         for job in jobs:
-            remote = replace(job, run_dirs=tuple(Path(d).absolute() for d in job.run_dirs),
-                             retry=tuple(Path(d).absolute() for d in job.retry), progress=False)
+            remote = replace(job.absolute(), progress=False)
             ex.update_parameters(**base, cpus_per_task=opts.slurm_cpus_per_task or job.threads)
             before = set(folder.iterdir()) if folder.is_dir() else set()
             try:
@@ -239,8 +237,3 @@ def _import_root() -> str:
     """The folder this vaebench is imported from, so the job imports the same code."""
     return str(Path(__file__).resolve().parents[2])
 
-
-def shlex_quote(s: str) -> str:
-    import shlex
-
-    return shlex.quote(s)
