@@ -16,6 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from vaebench.signals import term_with_parent
+
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "squeue", "sinfo", "scontrol", "scancel")
 
@@ -56,17 +58,6 @@ def _memory_mb() -> int:
         return max(512, kb // 1024 - 512)
     except (OSError, StopIteration, ValueError):
         return 2048
-
-
-def _die_with_parent() -> None:
-    """In a daemon before it starts: SIGTERM when the process that started it dies (a test session
-    killed with -9 leaves no daemons behind; Linux's PR_SET_PDEATHSIG)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, int(signal.SIGTERM), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
 
 
 class SlurmCluster:
@@ -149,8 +140,9 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 
     def _spawn(self, name: str, cmd: list, env: dict | None = None) -> None:
         out = open(self.root / "log" / f"{name}.out", "wb")
+        # term_with_parent: a test session killed with -9 leaves no daemon behind
         self.procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                           start_new_session=True, preexec_fn=_die_with_parent))
+                                           start_new_session=True, preexec_fn=term_with_parent))
         out.close()
 
     def _wait(self, ready, timeout: float, what: str) -> None:

@@ -190,6 +190,15 @@ def loaded() -> list[str]:
     return list(_loaded)
 
 
+def init_worker(items: Sequence[str], parent: int) -> None:
+    """A pool worker's initializer (the report's drawers, eval -j's evaluators): ``items`` (the
+    parent's loaded()), no Ctrl-C of its own, and it dies with the process ``parent``."""
+    from .signals import die_with_parent
+
+    die_with_parent(parent)
+    load(items)
+
+
 def _import_file(path: Path) -> Any:
     """Import a plugin file as a module of the package it sits in (a folder with __init__.py) or as a
     top-level module, its root folder appended to sys.path: as if run from that folder."""

@@ -54,19 +54,24 @@ def spawning_workers():
         signal.signal(signal.SIGINT, saved)
 
 
+def term_with_parent() -> None:
+    """SIGTERM to this process when its parent dies (Linux's PR_SET_PDEATHSIG; elsewhere nothing).
+    It survives exec, so a subprocess's preexec_fn may call it too."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
 def die_with_parent(parent: int, on_orphan=None) -> None:
     """In a pool worker: SIGINT ignored, and SIGTERM when the parent ``parent`` dies (Linux's
     PR_SET_PDEATHSIG, plus a thread that watches the parent's pid, for other systems and for a
     parent that died before this ran). ``on_orphan()`` runs instead of the SIGTERM when given."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
+    term_with_parent()
 
     def watch() -> None:
         while os.getppid() == parent:

@@ -127,7 +127,7 @@ def evaluate_runs(run_dirs: list[Path], jobs: int = 1, **kw):
     from ..signals import spawning_workers, stop_pool
 
     kw = {**kw, "progress": False}  # bars of several processes would overwrite each other
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=plugins.init_worker,
                              initargs=(plugins.loaded(), os.getpid())) as pool:
         try:
             with spawning_workers():
@@ -137,15 +137,6 @@ def evaluate_runs(run_dirs: list[Path], jobs: int = 1, **kw):
         except BaseException:  # Ctrl-C, SIGTERM, a bug: stop the others, never leave them running
             stop_pool(pool)
             raise
-
-
-def _init_worker(imports: list[str], parent: int) -> None:
-    """An evaluating worker: the plugins this process imported; it dies with the command."""
-    from .. import plugins
-    from ..signals import die_with_parent
-
-    die_with_parent(parent)
-    plugins.load(imports)
 
 
 def _evaluate_caught(run_dir: Path, kw: dict[str, Any]):

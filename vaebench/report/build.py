@@ -28,7 +28,7 @@ from pyarrow import ArrowException
 from .. import __version__, plugins, runs
 from ..errors import VaebenchError
 from ..results import axis_heads, axis_label, load
-from ..signals import die_with_parent, spawning_workers, stop_pool
+from ..signals import spawning_workers, stop_pool
 from . import figures as F
 from .compare import compare, compare_text, default_metric
 from .tables import table_html
@@ -479,7 +479,7 @@ def _draw(run_tasks: list[tuple[Path, Path, str, str, tuple[str, ...]]], study_t
     workers = min(jobs or os.cpu_count() or 1, len(run_tasks) + len(study_tasks))
     if workers <= 1 or len(run_tasks) < 8:
         return [_draw_safely(*t) for t in run_tasks], [draw_study(*t) for t in study_tasks]
-    with _one_thread_each(), ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_drawer,
+    with _one_thread_each(), ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=plugins.init_worker,
                                                  initargs=(plugins.loaded(), os.getpid())) as pool:
         try:
             with spawning_workers():  # submit spawns the workers
@@ -489,12 +489,6 @@ def _draw(run_tasks: list[tuple[Path, Path, str, str, tuple[str, ...]]], study_t
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: drop the queued drawings, stop the drawing ones
             stop_pool(pool)
             raise
-
-
-def _init_drawer(imports: list[str], parent: int) -> None:
-    """A drawing worker: the --import plugins; no Ctrl-C of its own, and it dies with the report."""
-    die_with_parent(parent)
-    plugins.load(imports)
 
 
 _ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
