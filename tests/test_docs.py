@@ -43,7 +43,7 @@ def test_the_site_builds_strictly(tmp_path):
         assert html.is_file(), page
     api = (site / "reference" / "api" / "index.html").read_text()
     for name in ("run_study", "evaluate", "compare", "Registry", "check_kernels"):  # mkdocstrings found them
-        assert f'id="vaebench.' in api and name in api, name
+        assert 'id="vaebench.' in api and name in api, name
     config = (site / "reference" / "config" / "index.html").read_text()
     assert "objective.free_bits_per" in config and "train.matmul" in config
 

@@ -8,6 +8,7 @@ import click
 
 from . import __version__
 from .errors import VaebenchError, describe_os_error
+from .runs import SPLIT_ORDER
 from .signals import Terminated, raise_on_sigterm
 
 
@@ -38,8 +39,9 @@ class _Group(click.Group):
 
 
 DEVICES = ("auto", "cpu", "cuda")
-# Every command's --split: "test" is the whole test set, "val"/"train" a run's own splits.
-SPLITS = ("train", "val", "test")
+# Every command's --split: "test" is the whole test set, "val"/"train" a run's own splits; the
+# help lists them as the data flows: train, val, test.
+SPLITS = SPLIT_ORDER[::-1]
 
 # What a shell reports for a process ended by a closed pipe (128 + SIGPIPE), as `yes | head` does.
 EXIT_PIPE = 141
@@ -270,7 +272,9 @@ def ls_command(results: str, fmt: str, sort: tuple[str, ...], trust: bool, impor
         # pandas writes every value in full (NaN as null); json.dumps leaves a path's "/" as it is
         click.echo(json.dumps(json.loads(table.to_json(orient="records", double_precision=15)), indent=1))
     elif fmt == "markdown":
-        click.echo(_markdown(_formatted(table)))
+        from .report.tables import render
+
+        click.echo(render(_formatted(table), "markdown"), nl=False)
     else:
         click.echo(_table(table))
     if _say_damaged(table.attrs["damaged"]):
@@ -524,14 +528,6 @@ def config_command(config: str | None, overrides: tuple[str, ...], components: b
 def _table(df) -> str:
     """Config values as written, metrics (float columns named like val_elbo) to 2 decimals."""
     return _formatted(df).to_string(index=False)
-
-
-def _markdown(df) -> str:
-    """A GitHub-flavoured table of ``df``'s strings (a | inside a value escaped)."""
-    def row(values) -> str:
-        return "| " + " | ".join(str(v).replace("|", "\\|") for v in values) + " |"
-
-    return "\n".join([row(df.columns), row(["---"] * len(df.columns)), *(row(r) for r in df.itertuples(index=False))])
 
 
 def _formatted(df):
